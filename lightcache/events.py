@@ -1,0 +1,133 @@
+"""The run-event stream: the plain-data events one generation emits, in order.
+
+A generation (see :func:`lightcache.runner.run_generation`) is a generator of these dataclasses. The CLI, the
+Gradio app and the benchmark only consume them, which is why the trace shown live in the UI is identical to the
+``trace.json`` the CLI writes.
+
+Order of a normal run::
+
+    RunStarted
+    StageStarted("encode")  StageFinished("encode")
+    StageStarted("denoise") StepRecord x (steps x branches) StageFinished("denoise")
+    StageStarted("decode")  StageFinished("decode")
+    RunFinished
+
+``MemorySample`` and ``Note`` events may appear anywhere in between.
+
+Example:
+    >>> from lightcache.events import StepRecord
+    >>> r = StepRecord(step=3, timestep=812.0, branch="cond", computed=False, reason="E < tau",
+    ...                eps=0.01, error=0.03, tau=0.05, k=1.2, ms=0.4)
+    >>> r.to_dict()["reason"]
+    'E < tau'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("encode", "denoise", "decode")
+
+
+def _json_safe(value: Any) -> Any:
+    """Floats that JSON cannot hold (nan, inf) become strings; containers are converted recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class Event:
+    """Base class: every event converts to a JSON-safe dict with its type name under ``"event"``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        return {"event": type(self).__name__, **_json_safe(data)}
+
+
+@dataclass
+class RunStarted(Event):
+    """A generation began; ``settings`` is the validated request as a plain dict."""
+
+    preset: str
+    settings: dict[str, Any]
+    device: str
+
+
+@dataclass
+class StageStarted(Event):
+    """One of ``encode``, ``denoise``, ``decode`` began at ``t`` seconds since the run started."""
+
+    stage: str
+    t: float
+
+
+@dataclass
+class StageFinished(Event):
+    """A stage ended; ``seconds`` is its wall time and ``peak_bytes`` the peak memory seen during it (or None)."""
+
+    stage: str
+    t: float
+    seconds: float
+    peak_bytes: int | None = None
+
+
+@dataclass
+class StepRecord(Event):
+    """One transformer call (one CFG branch of one denoising step) and why it was computed or reused.
+
+    Attributes:
+        step: denoising step index, 0-based.
+        timestep: the scheduler timestep passed to the transformer.
+        branch: ``"cond"`` or ``"uncond"`` (or the cache-context name the pipeline used).
+        computed: True when the transformer ran, False when EasyCache returned ``x_t + delta``.
+        reason: short human-readable cause, e.g. ``"warm-up"``, ``"last step"``, ``"E < tau"``.
+        eps: the error estimate added at this step (None on forced steps and followers).
+        error: the accumulated error ``E`` after this decision (0 after a compute).
+        tau: the threshold in force (None when EasyCache is off).
+        k: the transformation rate used for the estimate (None until two computed steps exist).
+        ms: wall time of the call in milliseconds.
+        t: seconds since the run started, when the call returned (filled in by the runner).
+    """
+
+    step: int
+    timestep: float
+    branch: str
+    computed: bool
+    reason: str
+    eps: float | None = None
+    error: float | None = None
+    tau: float | None = None
+    k: float | None = None
+    ms: float = 0.0
+    t: float | None = None
+
+
+@dataclass
+class MemorySample(Event):
+    """One reading of the memory sampler: bytes per series (e.g. ``rss``, ``cuda_allocated``) at ``t`` seconds."""
+
+    t: float
+    values: dict[str, int]
+
+
+@dataclass
+class Note(Event):
+    """A plain message for the trace, e.g. that a strategy is a no-op on this device."""
+
+    message: str
+    t: float = 0.0
+
+
+@dataclass
+class RunFinished(Event):
+    """The run ended. ``frames`` is a float32 array (F, H, W, 3) in [0, 1] (not serialised); ``summary`` is plain data."""
+
+    summary: dict[str, Any]
+    frames: Any = field(default=None, repr=False)

@@ -1,0 +1,209 @@
+"""Model presets: one JSON file per model in ``presets/``, validated on load, turned into a ready pipeline.
+
+A preset names the model (a local directory or a Hugging Face Hub id), the dtypes, the recommended generation
+settings and the limits a request must respect. Presets are data; this module only reads and checks them.
+
+Example:
+    >>> from lightcache.presets import list_presets, load_preset
+    >>> "tiny" in list_presets()
+    True
+    >>> load_preset("tiny").limits.max_steps >= load_preset("tiny").defaults["steps"]
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import LightcacheError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = PROJECT_ROOT / "presets"
+
+_DTYPES = ("float32", "float16", "bfloat16")
+_REQUIRED_DEFAULTS = (
+    "prompt", "negative_prompt", "height", "width", "frames", "steps", "guidance_scale", "flow_shift",
+    "threshold", "warmup", "fps", "max_sequence_length",
+)
+
+
+@dataclass(frozen=True)
+class PresetLimits:
+    """What a request may ask of a preset. ``frame_multiple``: frames must be ``n * frame_multiple + 1``."""
+
+    max_frames: int
+    max_height: int
+    max_width: int
+    min_steps: int = 1
+    max_steps: int = 100
+    frame_multiple: int = 4
+    size_multiple: int = 16
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model preset. Build it with :func:`load_preset`."""
+
+    name: str
+    title: str
+    description: str
+    model: str
+    family: str
+    requires_gpu: bool
+    dtype: str
+    vae_dtype: str
+    defaults: dict[str, Any]
+    limits: PresetLimits
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def local_model_dir(self) -> Path | None:
+        """The model directory when ``model`` is a local path that exists, else None (a Hub id)."""
+        return resolve_local_model(self.model)
+
+
+def list_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
+    """Names of the presets on disk, sorted, ``tiny`` first."""
+    names = sorted(p.stem for p in Path(preset_dir).glob("*.json"))
+    return sorted(names, key=lambda n: (n != "tiny", n))
+
+
+def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> Preset:
+    """Read and validate ``presets/<name>.json``; a path to a JSON file also works.
+
+    Raises :class:`LightcacheError` naming the valid presets when ``name`` is unknown, and naming the field when
+    the file is malformed.
+    """
+    path = Path(name) if str(name).endswith(".json") else Path(preset_dir) / f"{name}.json"
+    if not path.is_file():
+        valid = ", ".join(list_presets(preset_dir)) or "(none found)"
+        raise LightcacheError(f"Unknown preset '{name}'. Valid presets: {valid}.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LightcacheError(f"Preset file {path} is not valid JSON: {exc}.") from None
+    return _parse_preset(data, path)
+
+
+def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
+    def need(key: str, kind: type | tuple[type, ...], where: dict[str, Any] = data, prefix: str = "") -> Any:
+        if key not in where:
+            raise LightcacheError(f"Preset {path.name}: missing field '{prefix}{key}'.")
+        value = where[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise LightcacheError(f"Preset {path.name}: field '{prefix}{key}' has the wrong type ({value!r}).")
+        return value
+
+    for key in ("name", "title", "description", "model", "family", "dtype", "vae_dtype"):
+        need(key, str)
+    need("requires_gpu", bool)
+    defaults = need("defaults", dict)
+    for key in _REQUIRED_DEFAULTS:
+        need(key, (str,) if "prompt" in key else (int, float), defaults, "defaults.")
+    raw_limits = need("limits", dict)
+    try:
+        limits = PresetLimits(**raw_limits)
+    except TypeError as exc:
+        raise LightcacheError(f"Preset {path.name}: bad 'limits' ({exc}).") from None
+    for dtype_key in ("dtype", "vae_dtype"):
+        if data[dtype_key] not in _DTYPES:
+            raise LightcacheError(f"Preset {path.name}: '{dtype_key}' must be one of {', '.join(_DTYPES)}.")
+    if data["family"] != "wan":
+        raise LightcacheError(f"Preset {path.name}: model family '{data['family']}' is not supported yet (wan).")
+    preset = Preset(
+        name=data["name"], title=data["title"], description=data["description"], model=data["model"],
+        family=data["family"], requires_gpu=data["requires_gpu"], dtype=data["dtype"],
+        vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits, path=path,
+    )
+    # The defaults must themselves be a valid request, or every run that keeps them would fail.
+    from .settings import RunSettings
+
+    try:
+        RunSettings.from_preset(preset)
+    except LightcacheError as exc:
+        raise LightcacheError(f"Preset {path.name}: its defaults are invalid: {exc}") from None
+    return preset
+
+
+def resolve_local_model(model: str) -> Path | None:
+    """``model`` as an existing local directory (absolute, relative to the cwd or the project), else None."""
+    candidate = Path(model).expanduser()
+    for path in (candidate, PROJECT_ROOT / candidate):
+        if path.is_dir():
+            return path.resolve()
+    return None
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """True for ``owner/name`` strings that are not local paths."""
+    parts = model.split("/")
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not model.startswith((".", "/", "~"))
+        and not model.startswith(("assets/", "presets/"))
+    )
+
+
+def load_pipeline(preset: Preset, device: str | None = None, model: str | None = None):
+    """Load the preset's pipeline (``WanPipeline.from_pretrained``) onto ``device`` in the preset's dtypes.
+
+    ``model`` overrides the preset's model: a local directory or a Hub id. Raises :class:`LightcacheError` for a
+    missing directory, a Hub id that cannot be fetched (offline: mentions ``HF_HUB_OFFLINE``) or a GPU preset
+    without a GPU.
+    """
+    import torch
+    from diffusers import WanPipeline
+
+    device = device or default_device()
+    if preset.requires_gpu and not device.startswith("cuda"):
+        raise LightcacheError(
+            f"Preset '{preset.name}' needs a CUDA GPU and this machine has none; use the 'tiny' preset on a CPU."
+        )
+    source = model or preset.model
+    local = resolve_local_model(source)
+    if local is None and not looks_like_hub_id(source):
+        raise LightcacheError(f"Model directory '{source}' does not exist.")
+    dtype = getattr(torch, preset.dtype)
+    vae_dtype = getattr(torch, preset.vae_dtype)
+    try:
+        pipe = _from_pretrained(WanPipeline, str(local or source), dtype, vae_dtype, offline=local is not None)
+    except LightcacheError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; the user needs one sentence
+        if local is not None:
+            raise LightcacheError(f"Could not load the model in '{local}': {exc}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        hint = (
+            "HF_HUB_OFFLINE is set, so only models already in the local Hugging Face cache can load"
+            if offline
+            else "the Hub could not be reached (offline?). Download it first on a connected machine, or set "
+            "HF_HUB_OFFLINE=1 to use the local cache only"
+        )
+        raise LightcacheError(
+            f"Could not load '{source}' from the Hugging Face Hub: {hint}. You can also pass a local directory "
+            f"with --model. ({type(exc).__name__})"
+        ) from None
+    for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _from_pretrained(cls, source: str, dtype, vae_dtype, offline: bool):
+    from diffusers import AutoencoderKLWan
+
+    kwargs = {"local_files_only": True} if offline else {}
+    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype, **kwargs)
+    return cls.from_pretrained(source, vae=vae, torch_dtype=dtype, **kwargs)
+
+
+def default_device() -> str:
+    """``cuda`` when a CUDA GPU is usable, else ``cpu``. Touches CUDA only when called, never at import."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

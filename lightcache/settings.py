@@ -1,0 +1,107 @@
+"""One generation request, validated against its preset's limits.
+
+Every field error names the field and the allowed range, so the CLI and the app can show it as it is.
+
+Example:
+    >>> from lightcache.presets import load_preset
+    >>> from lightcache.settings import RunSettings
+    >>> s = RunSettings.from_preset(load_preset("tiny"), prompt="a blue square moving up", threshold=0.1)
+    >>> s.threshold, s.easycache
+    (0.1, True)
+    >>> RunSettings.from_preset(load_preset("tiny"), frames=10)
+    Traceback (most recent call last):
+    ...
+    lightcache.errors.LightcacheError: frames must be of the form 4k+1 (e.g. 5, 9, 13, 17), got 10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import LightcacheError
+
+if TYPE_CHECKING:
+    from .presets import Preset
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one generation needs besides the model. Build with :meth:`from_preset` to validate."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    guidance_scale: float = 5.0
+    flow_shift: float = 3.0
+    easycache: bool = True
+    threshold: float = 0.05
+    warmup: int = 4
+    fps: int = 12
+    max_sequence_length: int = 16
+    # LightCache memory strategies; each is off unless asked for.
+    async_swap: bool = False
+    chunk_ffn: int | None = None
+    sliced_decode: bool = False
+
+    @classmethod
+    def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
+        """The preset's defaults with ``overrides`` applied (None values are ignored), validated."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in preset.defaults.items() if k in known}
+        for key, value in overrides.items():
+            if key not in known:
+                raise LightcacheError(f"Unknown setting '{key}'.")
+            if value is not None:
+                values[key] = value
+        settings = cls(**values)
+        settings.validate(preset)
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, preset: "Preset") -> None:
+        """Raise :class:`LightcacheError` for the first field outside what ``preset`` allows."""
+        lim = preset.limits
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise LightcacheError("prompt must not be empty.")
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("steps", self.steps, lim.min_steps, lim.max_steps)
+        _check_int("frames", self.frames, 1, lim.max_frames)
+        if (self.frames - 1) % lim.frame_multiple:
+            m = lim.frame_multiple
+            examples = ", ".join(str(m * k + 1) for k in range(1, 5))
+            raise LightcacheError(f"frames must be of the form {m}k+1 (e.g. {examples}), got {self.frames}.")
+        for name, value, top in (("height", self.height, lim.max_height), ("width", self.width, lim.max_width)):
+            _check_int(name, value, lim.size_multiple, top)
+            if value % lim.size_multiple:
+                raise LightcacheError(f"{name} must be a multiple of {lim.size_multiple}, got {value}.")
+        _check_float("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        _check_float("flow_shift", self.flow_shift, 0.0, 100.0)
+        _check_float("threshold", self.threshold, 0.0, math.inf)
+        _check_int("warmup", self.warmup, 0, self.steps - 1)
+        _check_int("fps", self.fps, 1, 60)
+        _check_int("max_sequence_length", self.max_sequence_length, 1, 512)
+        if self.chunk_ffn is not None:
+            _check_int("chunk_ffn", self.chunk_ffn, 1, 1_000_000)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LightcacheError(f"{name} must be a whole number between {low} and {high}, got {value!r}.")
+    if not low <= value <= high:
+        raise LightcacheError(f"{name} must be between {low} and {high}, got {value}.")
+
+
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise LightcacheError(f"{name} must be a number between {low} and {high}, got {value!r}.")
+    if not low <= value <= high:
+        raise LightcacheError(f"{name} must be between {low} and {high}, got {value}.")

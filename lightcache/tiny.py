@@ -1,0 +1,96 @@
+"""Tiny Wan pipelines built offline from configs, with seeded random weights.
+
+They have the real Wan architecture (``WanTransformer3DModel``, ``AutoencoderKLWan``, ``UMT5EncoderModel``) at a
+size that runs a whole generation in well under a second on a CPU, which is what the tests and the smoke runs
+need. Random weights draw noise, not shapes: the model the app ships by default is the trained one in
+``assets/tiny-wan``.
+
+Example:
+    >>> import torch
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline(seed=0)
+    >>> pipe("a red circle", num_inference_steps=2, height=32, width=32, num_frames=5,
+    ...      generator=torch.Generator().manual_seed(0), output_type="np").frames.shape
+    (1, 5, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Words the tiny tokenizer knows; anything else maps to ``<unk>``.
+TINY_WORDS = (
+    "a an the and on of with moving left right up down circle square triangle "
+    "red green blue yellow white black gray background"
+).split()
+
+
+def build_tiny_tokenizer(words=TINY_WORDS):
+    """A T5 tokenizer over a fixed word list, built without any sentencepiece file or download."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in words]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def build_tiny_pipeline(
+    seed: int = 0,
+    num_layers: int = 2,
+    dim_head: int = 16,
+    heads: int = 2,
+    ffn_dim: int = 64,
+    z_dim: int = 4,
+):
+    """A complete ``WanPipeline`` with random weights, in eval mode, 4x spatial / 2x temporal VAE compression.
+
+    The same ``seed`` always gives the same weights.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(tokenizer),
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+            )
+        )
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=heads,
+            attention_head_dim=dim_head,
+            in_channels=z_dim,
+            out_channels=z_dim,
+            text_dim=32,
+            freq_dim=32,
+            ffn_dim=ffn_dim,
+            num_layers=num_layers,
+            rope_max_seq_len=64,
+        )
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=z_dim,
+            dim_mult=[1, 2, 2],
+            num_res_blocks=1,
+            temperal_downsample=[False, True],
+            latents_mean=[0.0] * z_dim,
+            latents_std=[1.0] * z_dim,
+            scale_factor_spatial=4,
+            scale_factor_temporal=2,
+        )
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

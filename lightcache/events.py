@@ -9,7 +9,7 @@ Order of a normal run::
     RunStarted
     StageStarted("encode")  StageFinished("encode")
     StageStarted("denoise") StepRecord x (steps x branches) StageFinished("denoise")
-    StageStarted("decode")  StageFinished("decode")
+    StageStarted("decode")  FramesDecoded x n  StageFinished("decode")
     RunFinished
 
 ``MemorySample`` and ``Note`` events may appear anywhere in between.
@@ -123,6 +123,19 @@ class Note(Event):
 
     message: str
     t: float = 0.0
+
+
+@dataclass
+class FramesDecoded(Event):
+    """Decoded frames ``first .. first + len(frames) - 1`` as float32 (n, H, W, 3) in [0, 1], in order.
+
+    The plain decode emits one event with every frame; sliced decoding emits them as they come out of the VAE, so
+    a consumer can stream them to the video writer. Frames are not serialised by ``to_dict``.
+    """
+
+    first: int
+    t: float
+    frames: Any = field(default=None, repr=False)
 
 
 @dataclass

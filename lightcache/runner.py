@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from .easycache import EasyCacheConfig, apply_easycache, remove_easycache
 from .errors import LightcacheError, RunCancelled
-from .events import Event, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from .events import Event, FramesDecoded, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 
 
 def run_generation(
@@ -81,6 +81,7 @@ def run_generation(
 
             yield from _stage("decode", clock, stages)
             frames = _decode(pipe, latents)
+            yield FramesDecoded(first=0, t=clock(), frames=frames)
             yield _finish("decode", clock, stages)
     finally:
         remove_easycache(pipe.transformer)

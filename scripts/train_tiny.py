@@ -1,0 +1,389 @@
+"""Train the tiny shapes text-to-video model shipped in ``assets/tiny-wan``.
+
+Everything is built with diffusers' and transformers' own classes, so the result loads through
+``WanPipeline.from_pretrained(dir)`` exactly like a real Wan2.1 checkpoint:
+
+* tokenizer: a ``T5Tokenizer`` over the grammar's words (built offline, no sentencepiece file);
+* text encoder: a small ``UMT5EncoderModel`` with seeded random weights, frozen (it only has to give
+  each word a distinct, stable embedding; the transformer's cross-attention learns what they mean);
+* VAE: ``AutoencoderKLWan`` (8x spatial, 4x temporal compression, causal in time), trained first on
+  short clips and 64x64 crops, which is enough because it is fully convolutional;
+* transformer: ``WanTransformer3DModel`` trained by flow matching, as Wan: ``x_s = (1-s) x0 + s n``,
+  input timestep ``1000 s``, target ``n - x0``, with 10% empty captions so classifier-free guidance works.
+
+Data are synthetic clips from :mod:`lightcache.shapes`, generated from the seed; the (colour, shape,
+motion) triples in ``lightcache.shapes.HELD_OUT`` are never shown, so the prompt-following test can ask
+for them.
+
+Run (about 50 minutes on a 2-core CPU)::
+
+    python scripts/train_tiny.py --out assets/tiny-wan --seed 0
+
+``--smoke`` runs a few steps of each stage to check shapes and speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightcache import shapes  # noqa: E402
+
+# Words the tokenizer knows, in a fixed order so the token ids (and so the frozen encoder's
+# embeddings) are the same on every run.
+WORDS = shapes.VOCABULARY
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_tokenizer():
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in WORDS]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def build_text_encoder(vocab_size: int, d_model: int, seed: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=d_model * 2,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    enc = UMT5EncoderModel(cfg).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc
+
+
+def build_vae(args):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(args.seed + 1)
+    return AutoencoderKLWan(
+        base_dim=args.vae_dim,
+        z_dim=args.z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+        latents_mean=[0.0] * args.z_dim,
+        latents_std=[1.0] * args.z_dim,
+        scale_factor_spatial=8,
+        scale_factor_temporal=4,
+    )
+
+
+def build_transformer(args):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(args.seed + 2)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=args.dit_dim // 32,
+        attention_head_dim=32,
+        in_channels=args.z_dim,
+        out_channels=args.z_dim,
+        text_dim=args.text_dim,
+        freq_dim=128,
+        ffn_dim=args.dit_dim * 4,
+        num_layers=args.dit_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=256,
+    )
+
+
+def build_scheduler(flow_shift: float):
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=flow_shift
+    )
+
+
+def to_tensor(clips: np.ndarray) -> torch.Tensor:
+    """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [-1, 1], as the Wan VAE expects."""
+    x = torch.from_numpy(clips).float().div_(127.5).sub_(1.0)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+
+
+def vae_batch(rng: np.random.Generator, args) -> np.ndarray:
+    """Short windows and crops of full-size clips, centred near the object so most crops show it."""
+    out = []
+    for _ in range(args.vae_batch):
+        spec = shapes.sample_specs(1, int(rng.integers(2**31)), gray_fraction=0.3)[0]
+        seed = int(rng.integers(2**31))
+        first = int(rng.integers(0, args.frames - args.vae_frames + 1))
+        cx, cy = shapes.object_centre(spec, args.frames, seed, first + args.vae_frames // 2)
+        c = args.vae_crop
+        # Jitter the crop so the object is anywhere in it, sometimes at or past the edge.
+        top = int(np.clip(cy * args.height - c / 2 + rng.integers(-c // 3, c // 3 + 1), 0, args.height - c))
+        left = int(np.clip(cx * args.width - c / 2 + rng.integers(-c // 3, c // 3 + 1), 0, args.width - c))
+        out.append(
+            shapes.render_clip(
+                spec, args.frames, args.height, args.width, seed,
+                window=(first, first + args.vae_frames), crop=(top, left, c, c),
+            )
+        )
+    return np.stack(out)
+
+
+def train_vae(vae, args) -> list[float]:
+    rng = np.random.default_rng(args.seed + 10)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    vae.train()
+    curve, acc, t0 = [], [], time.time()
+    for step in range(args.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 50)
+        x = to_tensor(vae_batch(rng, args))
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=None)
+        rec = vae.decode(z).sample
+        l1 = (rec - x).abs().mean()
+        mse = F.mse_loss(rec, x)
+        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+        loss = l1 + mse + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        acc.append((l1.item(), mse.item(), kl.item()))
+        if (step + 1) % args.log_every == 0 or step + 1 == args.vae_steps:
+            a = np.mean(acc, axis=0)
+            acc = []
+            curve.append(float(a[0]))
+            log(f"vae step {step + 1}/{args.vae_steps} l1 {a[0]:.4f} mse {a[1]:.5f} kl {a[2]:.3f} ({time.time() - t0:.0f}s)")
+    vae.eval()
+    return curve
+
+
+# ------------------------------------------------------------------------------------- transformer
+
+
+def clip_set(args):
+    """The transformer's training clips: (spec, seed) pairs, deterministic from the seed."""
+    specs = shapes.sample_specs(args.num_clips, seed=args.seed + 20, gray_fraction=0.3)
+    rng = np.random.default_rng(args.seed + 21)
+    return [(s, int(rng.integers(2**31))) for s in specs]
+
+
+@torch.inference_mode()
+def encode_latents(vae, clips, args) -> torch.Tensor:
+    lat = []
+    t0 = time.time()
+    for i in range(0, len(clips), 4):
+        part = clips[i : i + 4]
+        x = to_tensor(np.stack([shapes.render_clip(s, args.frames, args.height, args.width, seed) for s, seed in part]))
+        lat.append(vae.encode(x).latent_dist.mode())
+        if (i // 4) % 50 == 0:
+            log(f"encoded {i + len(part)}/{len(clips)} clips ({time.time() - t0:.0f}s)")
+    return torch.cat(lat)
+
+
+@torch.inference_mode()
+def caption_embeddings(pipe, captions, max_len: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for c in captions:
+        emb, _ = pipe.encode_prompt(c, do_classifier_free_guidance=False, max_sequence_length=max_len, device="cpu")
+        out[c] = emb[0].float()
+    return out
+
+
+def train_transformer(dit, latents, clips, embeds, args) -> tuple[torch.nn.Module, list[float]]:
+    rng = np.random.default_rng(args.seed + 30)
+    gen = torch.Generator().manual_seed(args.seed + 31)
+    opt = torch.optim.AdamW(dit.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = copy.deepcopy(dit).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    dit.train()
+    curve, acc, t0 = [], [], time.time()
+    n = len(clips)
+    for step in range(args.dit_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.dit_steps, args.dit_lr, 200)
+        idx = rng.integers(0, n, size=args.dit_batch)
+        x0 = latents[idx]
+        caps = []
+        for i in idx:
+            spec = clips[i][0]
+            r = rng.random()
+            if r < args.caption_dropout:
+                caps.append("")
+            else:
+                # A black background is said half of the time: a prompt that names none must mean black.
+                caps.append(shapes.caption(spec, say_background=bool(rng.random() < 0.5)))
+        ctx = torch.stack([embeds[c] for c in caps])
+        # Uniform in [0, 1] then shifted like the sampler (flow_shift): each inference step is trained
+        # about as often as it is used.
+        u = torch.rand(args.dit_batch, generator=gen)
+        s = args.flow_shift * u / (1 + (args.flow_shift - 1) * u)
+        noise = torch.randn(x0.shape, generator=gen)
+        sv = s.view(-1, 1, 1, 1, 1)
+        xs = (1 - sv) * x0 + sv * noise
+        pred = dit(hidden_states=xs, timestep=s * 1000, encoder_hidden_states=ctx, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), dit.parameters()):
+                pe.lerp_(p, 1 - decay)
+        acc.append(loss.item())
+        if (step + 1) % args.log_every == 0 or step + 1 == args.dit_steps:
+            curve.append(float(np.mean(acc)))
+            acc = []
+            log(f"dit step {step + 1}/{args.dit_steps} loss {curve[-1]:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)")
+        if args.ckpt_every and (step + 1) % args.ckpt_every == 0:
+            torch.save({"step": step + 1, "ema": ema.state_dict(), "dit": dit.state_dict()}, args.ckpt)
+    return ema.eval(), curve
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="assets/tiny-wan")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--frames", type=int, default=33)
+    ap.add_argument("--z-dim", type=int, default=12)
+    ap.add_argument("--vae-dim", type=int, default=16)
+    ap.add_argument("--vae-steps", type=int, default=1000)
+    ap.add_argument("--vae-batch", type=int, default=4)
+    ap.add_argument("--vae-frames", type=int, default=5)
+    ap.add_argument("--vae-crop", type=int, default=64)
+    ap.add_argument("--vae-lr", type=float, default=1.5e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--text-dim", type=int, default=64)
+    ap.add_argument("--max-seq-len", type=int, default=16)
+    ap.add_argument("--num-clips", type=int, default=1200)
+    ap.add_argument("--dit-dim", type=int, default=128)
+    ap.add_argument("--dit-layers", type=int, default=4)
+    ap.add_argument("--dit-steps", type=int, default=4000)
+    ap.add_argument("--dit-batch", type=int, default=8)
+    ap.add_argument("--dit-lr", type=float, default=8e-4)
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--flow-shift", type=float, default=3.0)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--ckpt", default="/tmp/train_tiny_ckpt.pt")
+    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--vae-from", default=None, help="skip VAE training: load this saved VAE directory")
+    ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.vae_steps, args.dit_steps, args.num_clips, args.log_every = 6, 10, 16, 2
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    t_start = time.time()
+    log(f"args: {vars(args)}")
+    tok = build_tokenizer()
+    enc = build_text_encoder(len(tok), args.text_dim, args.seed)
+
+    # 1. VAE.
+    if args.vae_from:
+        vae = AutoencoderKLWan.from_pretrained(args.vae_from).eval()
+        vae_curve = []
+        log(f"loaded VAE from {args.vae_from}")
+    else:
+        vae = build_vae(args)
+        log(f"VAE params {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
+        vae_curve = train_vae(vae, args)
+        vae.save_pretrained("/tmp/train_tiny_vae")
+    t_vae = time.time() - t_start
+
+    # 2. Latents of the training clips; their per-channel statistics go into the VAE config so the
+    # pipeline's latents are ~unit variance, as Wan's are.
+    clips = clip_set(args)
+    raw = encode_latents(vae, clips, args)
+    mean = raw.mean(dim=(0, 2, 3, 4))
+    std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+    vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean], latents_std=[round(float(v), 5) for v in std])
+    latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    log(f"latents {tuple(latents.shape)}, channel std before scaling {[round(float(v), 3) for v in std]}")
+    t_lat = time.time() - t_start - t_vae
+
+    # 3. Transformer.
+    dit = build_transformer(args)
+    log(f"transformer params {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M")
+    pipe = WanPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=dit, scheduler=build_scheduler(args.flow_shift))
+    captions = {""}
+    for s, _ in clips:
+        captions.add(shapes.caption(s, say_background=True))
+        captions.add(shapes.caption(s, say_background=False))
+    embeds = caption_embeddings(pipe, sorted(captions), args.max_seq_len)
+    log(f"{len(embeds)} distinct captions embedded")
+    ema, dit_curve = train_transformer(dit, latents, clips, embeds, args)
+    t_dit = time.time() - t_start - t_vae - t_lat
+
+    pipe = WanPipeline(
+        tokenizer=tok, text_encoder=enc.eval(), vae=vae.eval(), transformer=ema.eval(), scheduler=build_scheduler(args.flow_shift)
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    report = {
+        "args": vars(args),
+        "seconds": {"vae": round(t_vae), "latents": round(t_lat), "transformer": round(t_dit), "total": round(time.time() - t_start)},
+        "vae_l1_curve": vae_curve,
+        "transformer_loss_curve": dit_curve,
+        "params": {
+            "transformer": sum(p.numel() for p in ema.parameters()),
+            "vae": sum(p.numel() for p in vae.parameters()),
+            "text_encoder": sum(p.numel() for p in enc.parameters()),
+        },
+    }
+    (out / "training_log.json").write_text(json.dumps(report, indent=1))
+    log(f"saved to {out}; seconds {report['seconds']}")
+
+
+if __name__ == "__main__":
+    main()

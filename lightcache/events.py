@@ -32,14 +32,14 @@ from typing import Any
 STAGES = ("encode", "denoise", "decode")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Floats that JSON cannot hold (nan, inf) become strings; containers are converted recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -48,7 +48,7 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
-        return {"event": type(self).__name__, **_json_safe(data)}
+        return {"event": type(self).__name__, **json_safe(data)}
 
 
 @dataclass

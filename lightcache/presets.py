@@ -198,8 +198,8 @@ def _from_pretrained(cls, source: str, dtype, vae_dtype, offline: bool):
     from diffusers import AutoencoderKLWan
 
     kwargs = {"local_files_only": True} if offline else {}
-    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=vae_dtype, **kwargs)
-    return cls.from_pretrained(source, vae=vae, torch_dtype=dtype, **kwargs)
+    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=vae_dtype, **kwargs)
+    return cls.from_pretrained(source, vae=vae, dtype=dtype, **kwargs)
 
 
 def default_device() -> str:

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny Wan pipelines built offline with random weights (a whole run takes well under a second)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach the network: a Hub id must fail fast and say so, never hang on a connection.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on a CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh random tiny WanPipeline (seeded, eval mode)."""
+    from lightcache.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The same tiny pipeline saved as a diffusers directory, for the from_pretrained / CLI paths."""
+    from lightcache.tiny import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_pipeline(seed=0).save_pretrained(path)
+    return path
+
+
+def tiny_settings(**overrides):
+    """Small, fast RunSettings for the tiny pipeline (32x32, 9 frames)."""
+    from lightcache.settings import RunSettings
+
+    values = dict(prompt="a red circle moving right", seed=3, steps=10, frames=9, height=32, width=32,
+                  guidance_scale=5.0, warmup=2, threshold=0.05, max_sequence_length=16)
+    values.update(overrides)
+    return RunSettings(**values)
+
+
+def pipe_video(pipe, settings):
+    """The plain diffusers call for the same request, as float32 frames (F, H, W, 3)."""
+    import torch
+
+    out = pipe(
+        settings.prompt, negative_prompt=settings.negative_prompt, height=settings.height, width=settings.width,
+        num_frames=settings.frames, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+        max_sequence_length=settings.max_sequence_length,
+    )
+    return out.frames[0]

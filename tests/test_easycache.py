@@ -1,0 +1,241 @@
+"""EasyCache against the plain pipeline and against an independent transcription of its rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import pipe_video, tiny_settings
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+from lightcache.easycache import (
+    EASYCACHE_HOOK,
+    EasyCacheConfig,
+    apply_easycache,
+    get_easycache_hook,
+    remove_easycache,
+)
+from lightcache.runner import run_generation, run_to_completion
+
+
+def _run(pipe, **overrides):
+    return run_to_completion(run_generation(pipe, tiny_settings(**overrides)))
+
+
+def _trace(finished_records):
+    return [(r.step, r.branch, r.computed, r.reason) for r in finished_records]
+
+
+# --- exactness ------------------------------------------------------------------------------------------
+def test_tau_zero_is_bit_identical_to_the_plain_pipeline(tiny_pipe):
+    settings = tiny_settings(threshold=0.0)
+    plain = pipe_video(tiny_pipe, settings)
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.0, warmup_steps=2))
+    cached = pipe_video(tiny_pipe, settings)
+    assert hook.records and all(r.computed for r in hook.records)
+    assert np.array_equal(plain, cached)
+
+
+def test_remove_easycache_restores_the_plain_output(tiny_pipe):
+    settings = tiny_settings()
+    plain = pipe_video(tiny_pipe, settings)
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    reused = pipe_video(tiny_pipe, settings)
+    assert any(not r.computed for r in hook.records)
+    assert not np.array_equal(plain, reused)  # caching really changed something ...
+    remove_easycache(tiny_pipe.transformer)
+    assert get_easycache_hook(tiny_pipe.transformer) is None
+    assert np.array_equal(plain, pipe_video(tiny_pipe, settings))  # ... and removing it undoes all of it
+
+
+def test_runner_with_tau_zero_matches_the_plain_pipeline(tiny_pipe):
+    settings = tiny_settings(threshold=0.0)
+    finished = run_to_completion(run_generation(tiny_pipe, settings))
+    assert finished.summary["calls_reused"] == 0
+    assert np.array_equal(finished.frames, pipe_video(tiny_pipe, settings))
+
+
+# --- the huge-tau schedule ------------------------------------------------------------------------------
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_huge_tau_computes_only_warmup_and_last_step(tiny_pipe, guidance):
+    steps, warmup = 12, 3
+    records = []
+    events = run_generation(tiny_pipe, tiny_settings(threshold=1e9, warmup=warmup, steps=steps, guidance_scale=guidance))
+    finished = run_to_completion(events, lambda e: records.append(e) if type(e).__name__ == "StepRecord" else None)
+    branches = ["cond", "uncond"] if guidance > 1 else ["cond"]
+    computed_steps = {s for s in range(warmup)} | {steps - 1}
+    # warm-up step 0 has no k yet; step 1 sets it; after that everything but the last step is reused
+    for branch in branches:
+        mine = [r for r in records if r.branch == branch]
+        assert [r.step for r in mine] == list(range(steps))
+        assert {r.step for r in mine if r.computed} == computed_steps
+    assert finished.summary["calls_computed"] == len(computed_steps) * len(branches)
+    assert finished.summary["calls_reused"] == (steps - len(computed_steps)) * len(branches)
+    reasons = {r.reason for r in records if r.branch == "cond"}
+    assert reasons == {"warm-up", "E < tau", "last step"}
+
+
+class _FakeTransformer(torch.nn.Module):
+    """Output = a fixed nonlinear function of the input, so every computed value is known exactly."""
+
+    def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, attention_kwargs=None,
+                return_dict=True):
+        out = torch.tanh(hidden_states * 1.7) + 0.1 * timestep.view(-1, 1, 1, 1, 1) / 1000
+        return (out,) if not return_dict else type("Out", (), {"sample": out})()
+
+
+def _call(model, x, step, branch, steps):
+    _set_cache_context(model, CacheContext(branch, step_index=step, num_inference_steps=steps))
+    try:
+        return model(hidden_states=x, timestep=torch.tensor([1000.0 - 10 * step]), return_dict=False)[0]
+    finally:
+        _set_cache_context(model, None)
+
+
+def test_reused_call_returns_exactly_input_plus_its_branch_delta():
+    model, plain = _FakeTransformer(), _FakeTransformer()
+    apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    gen = torch.Generator().manual_seed(0)
+    deltas = {}
+    steps = 6
+    for step in range(steps):
+        for branch, scale in (("cond", 1.0), ("uncond", 0.5)):
+            x = torch.randn(1, 4, 2, 4, 4, generator=gen) * scale
+            out = _call(model, x, step, branch, steps)
+            if step < 2 or step == steps - 1:
+                assert torch.equal(out, _call(plain, x, step, branch, steps))  # computed: the real output
+                deltas[branch] = out - x
+            else:
+                assert torch.equal(out, x + deltas[branch]), (step, branch)  # reused: x_t + its own delta
+    hook = get_easycache_hook(model)
+    assert [r.computed for r in hook.records if r.branch == "cond"] == [True, True, False, False, False, True]
+
+
+# --- an independent transcription of design.md §3 ------------------------------------------------------
+class _Recorder(ModelHook):
+    """Registered after EasyCache, so it wraps it: sees the input and the final output of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def new_forward(self, module, *args, **kwargs):
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.calls.append((kwargs["hidden_states"].clone(), output[0].clone()))
+        return output
+
+
+def _reference_decisions(xs, vs_if_computed, tau, warmup, steps):
+    """The §3 rules written out plainly for the cond branch; returns (computed, eps) per step."""
+    mean_abs = lambda t: t.float().abs().mean().item()  # noqa: E731
+    decisions = []
+    k = None
+    x_prev = x_last = v_last = None
+    err = 0.0
+    for i, x in enumerate(xs):
+        eps = None
+        if i < warmup or i == steps - 1:
+            compute, err = True, 0.0
+        elif k is None or x_prev is None or v_last is None:
+            compute, err = True, 0.0
+        else:
+            eps = k * mean_abs(x - x_prev) / mean_abs(v_last)
+            err += eps
+            compute = not err < tau
+            if compute:
+                err = 0.0
+        if compute:
+            v = vs_if_computed[i]
+            if v_last is not None:
+                k = mean_abs(v - v_last) / mean_abs(x - x_last)
+            v_last, x_last = v, x
+        x_prev = x
+        decisions.append((compute, eps))
+    return decisions
+
+
+@pytest.mark.parametrize("tau", [0.02, 0.05, 0.1, 0.3])
+def test_hook_matches_an_independent_transcription_over_50_steps(tiny_pipe, tau):
+    steps, warmup = 50, 5
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=tau, warmup_steps=warmup))
+    recorder = _Recorder()
+    HookRegistry.check_if_exists_or_initialize(tiny_pipe.transformer).register_hook(recorder, "test_recorder")
+    pipe_video(tiny_pipe, tiny_settings(steps=steps, warmup=warmup, threshold=tau))
+
+    cond = [r for r in hook.records if r.branch == "cond"]
+    cond_calls = recorder.calls[0::2]  # cond, uncond alternate in the Wan pipeline
+    assert len(cond) == len(cond_calls) == steps
+    xs = [x for x, _ in cond_calls]
+    vs = [v if r.computed else None for (_, v), r in zip(cond_calls, cond)]
+    expected = _reference_decisions(xs, vs, tau, warmup, steps)
+    assert [c for c, _ in expected] == [r.computed for r in cond]
+    for (_, eps), r in zip(expected, cond):
+        assert (eps is None) == (r.eps is None)
+        if eps is not None:
+            assert math.isclose(eps, r.eps, rel_tol=1e-6)
+    # uncond always follows cond
+    uncond = [r for r in hook.records if r.branch == "uncond"]
+    assert [r.computed for r in uncond] == [r.computed for r in cond]
+
+
+def test_transcription_sweep_is_not_trivial(tiny_pipe):
+    """At least one tau of the sweep above must mix computed and reused steps, or the comparison proves little."""
+    mixes = []
+    for tau in (0.02, 0.05, 0.1, 0.3):
+        finished = _run(tiny_pipe, steps=50, warmup=5, threshold=tau)
+        mixes.append(0 < finished.summary["calls_reused"] < 2 * (50 - 6))
+    assert any(mixes)
+
+
+# --- state per run --------------------------------------------------------------------------------------
+def test_two_identical_runs_give_identical_videos_and_traces(tiny_pipe):
+    first_records, second_records = [], []
+    collect = lambda into: lambda e: into.append(e) if type(e).__name__ == "StepRecord" else None  # noqa: E731
+    a = run_to_completion(run_generation(tiny_pipe, tiny_settings(threshold=0.3)), collect(first_records))
+    b = run_to_completion(run_generation(tiny_pipe, tiny_settings(threshold=0.3)), collect(second_records))
+    assert np.array_equal(a.frames, b.frames)
+    strip = lambda rs: [(r.step, r.branch, r.computed, r.reason, r.eps, r.error, r.k) for r in rs]  # noqa: E731
+    assert strip(first_records) == strip(second_records)
+    assert any(not r.computed for r in first_records)
+
+
+def test_a_different_run_in_between_does_not_leak_state(tiny_pipe):
+    a = _run(tiny_pipe, threshold=0.3)
+    _run(tiny_pipe, threshold=0.3, prompt="a blue square moving up", seed=9, steps=7)
+    b = _run(tiny_pipe, threshold=0.3)
+    assert np.array_equal(a.frames, b.frames)
+
+
+def test_hooks_are_removed_after_a_run(tiny_pipe):
+    _run(tiny_pipe, threshold=0.3)
+    registry = HookRegistry.check_if_exists_or_initialize(tiny_pipe.transformer)
+    assert registry.get_hook(EASYCACHE_HOOK) is None
+
+
+# --- misuse ---------------------------------------------------------------------------------------------
+def test_applying_twice_is_refused(tiny_pipe):
+    apply_easycache(tiny_pipe.transformer)
+    with pytest.raises(ValueError, match="already applied"):
+        apply_easycache(tiny_pipe.transformer)
+
+
+def test_refuses_to_stack_on_a_diffusers_cache(tiny_pipe):
+    from diffusers import FirstBlockCacheConfig
+
+    tiny_pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    with pytest.raises(ValueError, match="FirstBlockCacheConfig"):
+        apply_easycache(tiny_pipe.transformer)
+
+
+@pytest.mark.parametrize("tau", [-0.1, float("nan"), "0.1"])
+def test_bad_thresholds_are_rejected(tau):
+    with pytest.raises(ValueError, match="threshold"):
+        EasyCacheConfig(threshold=tau)
+
+
+def test_bad_warmup_is_rejected():
+    with pytest.raises(ValueError, match="warm-up"):
+        EasyCacheConfig(warmup_steps=-1)

@@ -1,0 +1,226 @@
+"""The app's form: its fields, their initial values and bounds per preset, and turning raw input into a job.
+
+The generation event receives the raw values the browser or an API client sent (Gradio's own preprocessing is
+off for it), so every check happens here and every refusal names the field as the form labels it and the range
+it allows. Gradio's built-in slider check would say only "Value 300 is greater than maximum value 256".
+
+Example:
+    >>> from lightcache.app.form import FIELDS, initial_values, parse_request
+    >>> values = initial_values("tiny")
+    >>> job = parse_request(dict(values, prompt="a blue square moving up"), device="cpu")
+    >>> job.settings.prompt, job.compare
+    ('a blue square moving up', False)
+    >>> parse_request(dict(values, steps=500), device="cpu")
+    Traceback (most recent call last):
+    ...
+    lightcache.errors.LightcacheError: Steps: steps must be between 2 and 100, got 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import LightcacheError
+from ..presets import Preset, list_presets, load_preset
+from ..settings import RunSettings
+
+DEFAULT_PRESET = "tiny"
+
+#: Tokens per slice when feature chunking is switched on and the preset names no size of its own
+#: (``defaults.chunk_ffn``). Small enough that the widest feed-forward intermediate shrinks many times over on
+#: the GPU presets, large enough that the per-slice overhead stays negligible.
+FEATURE_CHUNK_TOKENS = 1024
+
+#: Upper end of the tau slider. Larger values are accepted through the API (tau may be any number >= 0).
+TAU_SLIDER_MAX = 0.5
+
+#: The generation event's inputs, in order: API parameter name -> the label the form shows. The API parameter
+#: names are these keys; error messages use the labels.
+FIELDS: dict[str, str] = {
+    "preset": "Preset",
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "seed": "Seed",
+    "steps": "Steps",
+    "frames": "Frames",
+    "height": "Height",
+    "width": "Width",
+    "easycache": "EasyCache",
+    "tau": "tau (EasyCache threshold)",
+    "warmup": "Warm-up steps",
+    "async_swap": "Asynchronous swapping",
+    "feature_chunking": "Feature chunking",
+    "sliced_decode": "Sliced decoding",
+    "compare": "Compare with the plain run",
+}
+
+# RunSettings names some fields differently from the form; its messages start with its own name.
+_SETTING_TO_FIELD = {"threshold": "tau", "chunk_ffn": "feature_chunking"}
+_INT_FIELDS = ("seed", "steps", "frames", "height", "width", "warmup")
+_BOOL_FIELDS = ("easycache", "async_swap", "feature_chunking", "sliced_decode", "compare")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One validated request: the preset, the accelerated run's settings, and whether to also run the plain one."""
+
+    preset: Preset
+    settings: RunSettings
+    compare: bool = False
+
+    @property
+    def plain_settings(self) -> RunSettings:
+        """The same request with every acceleration off: the reference the comparison is measured against."""
+        return dataclasses.replace(
+            self.settings, easycache=False, async_swap=False, chunk_ffn=None, sliced_decode=False
+        )
+
+
+def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The form's starting value for every field in :data:`FIELDS`: the preset's defaults, accelerations as chosen.
+
+    ``overrides`` replaces any of them (tests use it to make the no-argument API call small).
+    """
+    preset = load_preset(preset_name)
+    d = preset.defaults
+    values = {
+        "preset": preset.name,
+        "prompt": d["prompt"],
+        "negative_prompt": d["negative_prompt"],
+        "seed": int(d.get("seed", 0)),
+        "steps": int(d["steps"]),
+        "frames": int(d["frames"]),
+        "height": int(d["height"]),
+        "width": int(d["width"]),
+        "easycache": True,
+        "tau": float(d["threshold"]),
+        "warmup": int(d["warmup"]),
+        "async_swap": False,
+        "feature_chunking": False,
+        "sliced_decode": False,
+        "compare": False,
+    }
+    for key, value in (overrides or {}).items():
+        if key not in values:
+            raise KeyError(f"unknown form field {key!r}; fields: {', '.join(values)}")
+        values[key] = value
+    return values
+
+
+def slider_bounds(preset: Preset) -> dict[str, dict[str, float]]:
+    """``field -> {minimum, maximum, step}`` for the sliders, from the preset's limits."""
+    lim = preset.limits
+    return {
+        "steps": dict(minimum=lim.min_steps, maximum=lim.max_steps, step=1),
+        "frames": dict(minimum=lim.frame_multiple + 1, maximum=lim.max_frames, step=lim.frame_multiple),
+        "height": dict(minimum=lim.size_multiple, maximum=lim.max_height, step=lim.size_multiple),
+        "width": dict(minimum=lim.size_multiple, maximum=lim.max_width, step=lim.size_multiple),
+        "warmup": dict(minimum=0, maximum=lim.max_steps - 1, step=1),
+        "tau": dict(minimum=0.0, maximum=TAU_SLIDER_MAX, step=0.005),
+    }
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    """``(label, name)`` pairs for the preset dropdown; GPU presets say so in their label."""
+    choices = []
+    for name in list_presets():
+        preset = load_preset(name)
+        choices.append((f"{name} - {preset.title}", name))
+    return choices
+
+
+def parse_request(raw: Mapping[str, Any], device: str) -> Job:
+    """Validate raw form values into a :class:`Job`, or raise :class:`LightcacheError` naming the field.
+
+    ``device`` is where the run would go (``cpu`` or ``cuda``): a GPU preset on a CPU-only machine is refused here,
+    before anything is loaded.
+    """
+    missing = [name for name in FIELDS if name not in raw]
+    if missing:
+        raise LightcacheError(f"Missing field(s): {', '.join(FIELDS[m] for m in missing)}.")
+    preset_name = raw["preset"]
+    if not isinstance(preset_name, str) or not preset_name.strip():
+        raise LightcacheError(f"Preset: choose one of {', '.join(list_presets())}.")
+    try:
+        preset = load_preset(preset_name.strip())
+    except LightcacheError as exc:
+        raise LightcacheError(f"Preset: {exc}") from None
+    if preset.requires_gpu and not str(device).startswith("cuda"):
+        raise LightcacheError(
+            f"Preset: '{preset.name}' needs a CUDA GPU and this machine has none. "
+            f"Choose '{DEFAULT_PRESET}', which runs on a CPU."
+        )
+    for name in ("prompt", "negative_prompt"):
+        if raw[name] is not None and not isinstance(raw[name], str):
+            raise LightcacheError(f"{FIELDS[name]} must be text, got {raw[name]!r}.")
+    flags = {name: _as_bool(name, raw[name]) for name in _BOOL_FIELDS}
+    ints = {name: _as_int(raw[name]) for name in _INT_FIELDS}
+    tau = _as_number(raw["tau"])
+    chunk = int(preset.defaults.get("chunk_ffn", FEATURE_CHUNK_TOKENS)) if flags["feature_chunking"] else None
+    try:
+        settings = RunSettings.from_preset(
+            preset,
+            prompt=(raw["prompt"] or "").strip(),
+            negative_prompt=raw["negative_prompt"] or "",
+            threshold=tau,
+            easycache=flags["easycache"],
+            async_swap=flags["async_swap"],
+            chunk_ffn=chunk,
+            sliced_decode=flags["sliced_decode"],
+            **ints,
+        )
+    except LightcacheError as exc:
+        raise LightcacheError(labelled(str(exc))) from None
+    return Job(preset=preset, settings=settings, compare=flags["compare"])
+
+
+def labelled(message: str) -> str:
+    """Prefix a settings error (which starts with the setting's name) with the form label of that field.
+
+    >>> labelled("threshold must be between 0.0 and inf, got -1.")
+    'tau (EasyCache threshold): threshold must be between 0.0 and inf, got -1.'
+    """
+    match = re.match(r"([a-z_]+)\b", message)
+    if match:
+        name = _SETTING_TO_FIELD.get(match.group(1), match.group(1))
+        if name in FIELDS:
+            return f"{FIELDS[name]}: {message}"
+    return message
+
+
+# --- coercion: JSON numbers arrive as floats from some clients, and "20" from others -------------------------
+def _as_int(value: Any) -> Any:
+    """Whole numbers in any JSON spelling become int; anything else is passed on for the range check to name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return _as_int(float(value.strip()))
+        except ValueError:
+            return value
+    return value
+
+
+def _as_number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise LightcacheError(f"{FIELDS[name]} must be true or false, got {value!r}.")

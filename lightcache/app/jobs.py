@@ -1,0 +1,154 @@
+"""Running one job for the app: the accelerated run, the plain run when comparing, their videos and metrics.
+
+:func:`job_updates` is what the UI consumes. It runs the job on a worker thread of its own and hands its updates
+over through a queue, for two reasons:
+
+* the worker owns the pipeline lock, the hooks and the video writers from start to end, in one thread, with plain
+  ``try/finally``; whatever the web server does with the consumer (closes it, cancels it, drops it), the worker
+  still unwinds completely: hooks removed, partial files deleted, memory released, lock freed;
+* a stop request only has to set a :class:`threading.Event`; the runner checks it before every transformer call.
+
+Example:
+    >>> import tempfile, threading
+    >>> from lightcache.app.form import initial_values, parse_request
+    >>> from lightcache.app.jobs import job_updates
+    >>> from lightcache.app.pipelines import PipelineCache
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> cache = PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu")
+    >>> job = parse_request(dict(initial_values(), steps=4, warmup=1, frames=5, height=32, width=32), "cpu")
+    >>> updates = list(job_updates(cache, job, tempfile.mkdtemp(), threading.Event()))
+    >>> [u.video.rsplit("/", 1)[-1] for u in updates if u.video]
+    ['accelerated.mp4']
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..events import Event, FramesDecoded, RunFinished
+from ..metrics import psnr, ssim
+from ..runner import run_generation
+from ..video import Mp4Writer
+from .form import Job
+from .pipelines import PipelineCache
+
+ACCELERATED, PLAIN = "accelerated", "plain"
+
+
+@dataclass
+class JobUpdate:
+    """One thing that happened in a job: an event of one of its runs, a finished video, or the comparison."""
+
+    run: str
+    event: Event | None = None
+    video: str | None = None
+    comparison: dict[str, Any] | None = field(default=None)
+
+
+def job_updates(pipelines: PipelineCache, job: Job, out_dir: str, cancel: threading.Event) -> Iterator[JobUpdate]:
+    """Run ``job`` on a worker thread and yield its updates as they happen; exceptions surface here.
+
+    Closing this iterator early sets ``cancel``: the worker stops at its next transformer call and cleans up.
+    """
+    updates: queue.Queue = queue.Queue()
+    done = object()
+
+    def work() -> None:
+        try:
+            with pipelines.use(job.preset) as pipe:
+                for update in stream_job(pipe, job, out_dir, cancel):
+                    updates.put(update)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            updates.put(exc)
+        finally:
+            updates.put(done)
+
+    worker = threading.Thread(target=work, name="lightcache-job", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = updates.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # Reached on normal end, on error, and when the consumer goes away mid-run; only the last needs it.
+        cancel.set()
+
+
+def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = None) -> Iterator[JobUpdate]:
+    """Run ``job`` on ``pipe`` in this thread, writing ``accelerated.mp4`` (and ``plain.mp4``) into ``out_dir``."""
+    runs = [(ACCELERATED, job.settings)] + ([(PLAIN, job.plain_settings)] if job.compare else [])
+    finished: dict[str, RunFinished] = {}
+    for label, settings in runs:
+        path = Path(out_dir) / f"{label}.mp4"
+        # Frames go to the file as the decoder produces them; a run that raises deletes its partial file.
+        with Mp4Writer(path, fps=settings.fps) as writer:
+            for event in run_generation(pipe, settings, job.preset.name, cancel):
+                if isinstance(event, FramesDecoded):
+                    writer.write(event.frames)
+                elif isinstance(event, RunFinished):
+                    finished[label] = event
+                yield JobUpdate(run=label, event=event)
+        yield JobUpdate(run=label, video=str(path))
+    if job.compare:
+        yield JobUpdate(run=PLAIN, comparison=compare_runs(finished[ACCELERATED], finished[PLAIN]))
+
+
+def compare_runs(accelerated: RunFinished, plain: RunFinished) -> dict[str, Any]:
+    """Speed-up (whole run and denoise stage), PSNR and SSIM of the accelerated video against the plain one."""
+    a, p = accelerated.summary, plain.summary
+
+    def ratio(x: float, y: float) -> float:
+        return x / y if y > 0 else float("inf")
+
+    return {
+        "accelerated_seconds": a["total_seconds"],
+        "plain_seconds": p["total_seconds"],
+        "speedup": ratio(p["total_seconds"], a["total_seconds"]),
+        "denoise_speedup": ratio(p["stages"]["denoise"]["seconds"], a["stages"]["denoise"]["seconds"]),
+        "psnr_db": psnr(accelerated.frames, plain.frames),
+        "ssim": ssim(accelerated.frames, plain.frames),
+        "accelerated_calls": (a["calls_computed"], a["calls_computed"] + a["calls_reused"]),
+        "plain_calls": (p["calls_computed"], p["calls_computed"] + p["calls_reused"]),
+    }
+
+
+class Session:
+    """One browser session's handle on its running job: the switch the Stop button flips.
+
+    Gradio deep-copies a ``gr.State`` value for every new session, so each visitor gets a fresh instance; the
+    copy (and pickling, which a ZeroGPU worker needs) never carries a live job along.
+    """
+
+    def __init__(self) -> None:
+        self._cancel: threading.Event | None = None
+
+    def start(self) -> threading.Event:
+        """A fresh cancel switch for a new job (stopping any job this session still had running)."""
+        self.stop()
+        self._cancel = threading.Event()
+        return self._cancel
+
+    def stop(self) -> bool:
+        """Ask the running job to stop; True when there was one still running."""
+        cancel, self._cancel = self._cancel, None
+        if cancel is None or cancel.is_set():
+            return False
+        cancel.set()
+        return True
+
+    def __deepcopy__(self, memo) -> "Session":
+        return Session()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._cancel = None

@@ -1,0 +1,267 @@
+"""The Gradio page: controls, live step trace, video beside the memory timeline, comparison, "How it works".
+
+:func:`build_demo` wires the components to the handlers in this module; the handlers only translate between the
+form, a job's updates (:mod:`.jobs`) and the figures and tables (:mod:`lightcache.plots`, :mod:`.view`).
+
+API: the Run button's event is ``/generate``. Its parameters are the form fields (:data:`.form.FIELDS`), each
+defaulting to what the page shows at start; it streams one update per transformer call and ends with the video,
+the timeline figure and the tables.
+
+Example:
+    >>> from lightcache.app import build_demo
+    >>> from lightcache.app.pipelines import PipelineCache
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> demo = build_demo(PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu"))
+    >>> type(demo).__name__
+    'Blocks'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Iterator, Mapping
+
+import gradio as gr
+
+from ..errors import LightcacheError, RunCancelled
+from ..events import RunFinished, StageFinished, StageStarted, StepRecord
+from ..plots import timeline_figure, trace_figure
+from ..presets import load_preset
+from . import texts, view
+from .form import DEFAULT_PRESET, FIELDS, initial_values, labelled, parse_request, preset_choices, slider_bounds
+from .gpu import estimate_gpu_seconds, on_gpu
+from .jobs import ACCELERATED, Session, job_updates
+from .outputs import OutputDirs
+from .pipelines import PipelineCache
+
+log = logging.getLogger(__name__)
+
+#: Waiting requests beyond this are turned away with "queue full" instead of piling up on one machine.
+QUEUE_MAX_SIZE = 16
+#: Gradio's cache of served files is swept every hour of files older than an hour (frequency, age in seconds).
+GRADIO_CACHE_SWEEP = (3600, 3600)
+#: During a long stage the timeline is refreshed at most this often (seconds), with the trace update it rides on.
+TIMELINE_REFRESH_S = 2.0
+
+
+def build_demo(
+    pipelines: PipelineCache | None = None,
+    outputs: OutputDirs | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> gr.Blocks:
+    """Build the page.
+
+    Args:
+        pipelines: where models come from; default a :class:`PipelineCache` over the presets' own models.
+        outputs: where videos are written; default per-run directories under ``<tmp>/lightcache-app``.
+        defaults: form values to start from instead of the tiny preset's (tests use small sizes).
+    """
+    pipelines = pipelines if pipelines is not None else PipelineCache()
+    outputs = outputs if outputs is not None else OutputDirs()
+    start = initial_values(DEFAULT_PRESET, defaults)
+    preset = load_preset(start["preset"])
+    bounds = slider_bounds(preset)
+    outputs.sweep()
+
+    with gr.Blocks(title="LightCache + EasyCache", delete_cache=GRADIO_CACHE_SWEEP) as demo:
+        session = gr.State(Session())
+        gr.Markdown(texts.INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                preset_dd = gr.Dropdown(
+                    preset_choices(), value=start["preset"], label=FIELDS["preset"], info=preset.description,
+                )
+                prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4)
+                negative = gr.Textbox(start["negative_prompt"], label=FIELDS["negative_prompt"], lines=1,
+                                      max_lines=4, placeholder="what the video should not show (optional)")
+                with gr.Row():
+                    seed = gr.Number(start["seed"], label=FIELDS["seed"], precision=0, minimum=None)
+                    steps = gr.Slider(value=start["steps"], label=FIELDS["steps"], **bounds["steps"])
+                with gr.Row():
+                    frames = gr.Slider(value=start["frames"], label=FIELDS["frames"], **bounds["frames"])
+                    height = gr.Slider(value=start["height"], label=FIELDS["height"], **bounds["height"])
+                    width = gr.Slider(value=start["width"], label=FIELDS["width"], **bounds["width"])
+                with gr.Group():
+                    gr.Markdown("**Accelerations**", padding=True)
+                    with gr.Row():
+                        easycache = gr.Checkbox(start["easycache"], label=FIELDS["easycache"],
+                                                info="reuse steps while E < tau")
+                        async_swap = gr.Checkbox(start["async_swap"], label=FIELDS["async_swap"],
+                                                 info="idle weights and caches to CPU (GPU only)")
+                    with gr.Row():
+                        chunking = gr.Checkbox(start["feature_chunking"], label=FIELDS["feature_chunking"],
+                                               info="feed-forward over token slices")
+                        sliced = gr.Checkbox(start["sliced_decode"], label=FIELDS["sliced_decode"],
+                                             info="decode the latent in slices")
+                    with gr.Row():
+                        tau = gr.Slider(value=start["tau"], label=FIELDS["tau"],
+                                        info="larger: more reuse, faster, less exact", **bounds["tau"])
+                        warmup = gr.Slider(value=start["warmup"], label=FIELDS["warmup"],
+                                           info="first steps always computed", **bounds["warmup"])
+                compare = gr.Checkbox(start["compare"], label=FIELDS["compare"],
+                                      info="run again with every acceleration off; speed-up, PSNR, SSIM")
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                gr.Examples(texts.EXAMPLES, inputs=[prompt, seed, tau], label="Prompts the tiny model draws well")
+            with gr.Column(scale=3, min_width=420):
+                status = gr.Markdown("Press **Run** to start.", elem_id="status")
+                trace = gr.Plot(label="Step trace: computed or reused, and E against tau", elem_id="trace")
+        with gr.Row(equal_height=False):
+            video = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True, interactive=False,
+                             scale=2)
+            timeline = gr.Plot(label="Memory timeline", elem_id="timeline", scale=3)
+        stages = gr.Markdown(elem_id="stages")
+        with gr.Row(equal_height=False):
+            plain_video = gr.Video(label="Plain run (every acceleration off)", elem_id="plain-video",
+                                   interactive=False, autoplay=True, loop=True, scale=2)
+            comparison = gr.Markdown(elem_id="comparison")
+        with gr.Accordion("How it works", open=False, elem_id="how-it-works"):
+            gr.Markdown(texts.HOW_IT_WORKS)
+
+        inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
+                  async_swap, chunking, sliced, compare, session]
+        results = [status, trace, video, timeline, stages, plain_video, comparison]
+
+        def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
+                     warmup, async_swap, feature_chunking, sliced_decode, compare, session: Session):
+            raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
+                                    easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare)))
+            yield from run_job(pipelines, outputs, raw, session)
+
+        def gpu_seconds(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
+                        warmup, async_swap, feature_chunking, sliced_decode, compare, session):
+            return estimate_gpu_seconds(preset, steps, frames, height, width, compare)
+
+        run_event = run_btn.click(
+            on_gpu(duration=gpu_seconds)(generate),
+            inputs=inputs,
+            outputs=results,
+            api_name="generate",
+            api_description="Generate one video; streams the step trace, then the video and the memory timeline.",
+            # Raw values in: every check (and its message naming the field) is ours, see form.parse_request.
+            preprocess=False,
+            concurrency_limit=1,
+            concurrency_id="generate",
+            show_progress="minimal",
+        )
+        stop_btn.click(
+            stop_job, inputs=[session], outputs=[status], cancels=[run_event], api_name="stop",
+            concurrency_limit=None, queue=False,
+        )
+        preset_dd.change(
+            lambda name: preset_updates(name, pipelines.device),
+            inputs=[preset_dd],
+            outputs=[preset_dd, prompt, negative, steps, frames, height, width, tau, warmup],
+            api_visibility="private",
+            concurrency_limit=None,
+        )
+    demo.queue(max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any],
+            session: Session) -> Iterator[tuple]:
+    """The generation handler's body: validate, run, and turn each update into new values for the outputs.
+
+    Output order: status, trace figure, video, timeline figure, stage table, plain video, comparison.
+    """
+    try:
+        job = parse_request(raw, pipelines.device)
+    except LightcacheError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+    cancel = session.start()
+    out_dir = outputs.new()
+    events: list = []
+    plain_events: list = []
+    video_path = plain_path = None
+    comparison_text = ""
+    kept = False
+    loading = pipelines.loaded != job.preset.name
+    yield (
+        "**Loading the model…**" if loading else "**Starting…**",
+        trace_figure([]), None, None, "", None, "",
+    )
+    try:
+        last_timeline = time.monotonic()
+        with contextlib.closing(job_updates(pipelines, job, out_dir, cancel)) as updates:
+            for update in updates:
+                if update.run == ACCELERATED:
+                    if update.video is not None:
+                        video_path = update.video
+                        yield (view.status_markdown(events), gr.skip(), video_path, timeline_figure(events),
+                               view.stages_markdown(events), gr.skip(), gr.skip())
+                        continue
+                    event = update.event
+                    events.append(event)
+                    if isinstance(event, StepRecord):
+                        timeline = gr.skip()
+                        if time.monotonic() - last_timeline > TIMELINE_REFRESH_S:
+                            timeline, last_timeline = timeline_figure(events), time.monotonic()
+                        yield (view.status_markdown(events), trace_figure(events), gr.skip(), timeline,
+                               gr.skip(), gr.skip(), gr.skip())
+                    elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
+                        last_timeline = time.monotonic()
+                        yield (view.status_markdown(events), gr.skip(), gr.skip(), timeline_figure(events),
+                               view.stages_markdown(events), gr.skip(), gr.skip())
+                else:
+                    if update.event is not None:
+                        plain_events.append(update.event)
+                        if isinstance(update.event, (StepRecord, StageStarted)):
+                            yield (_plain_status(events, plain_events),) + (gr.skip(),) * 6
+                    elif update.video is not None:
+                        plain_path = update.video
+                    elif update.comparison is not None:
+                        comparison_text = view.comparison_markdown(update.comparison)
+        kept = True
+        # The last update carries every output in full, so an API caller's final result is complete.
+        yield (view.status_markdown(events), trace_figure(events), video_path, timeline_figure(events),
+               view.stages_markdown(events), plain_path, comparison_text)
+    except RunCancelled:
+        yield ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
+    except LightcacheError as exc:
+        raise gr.Error(labelled(str(exc)), print_exception=False) from None
+    except Exception as exc:
+        log.exception("generation failed")
+        raise gr.Error(f"The run failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if not kept:
+            outputs.discard(out_dir)
+
+
+def stop_job(session: Session) -> str:
+    """The Stop button: ask this session's running job to stop at its next transformer call."""
+    if session.stop():
+        return ("**Stopped.** The run ends at its next transformer call; its hooks are removed and its memory "
+                "released before the next run starts.")
+    return "Nothing is running."
+
+
+def preset_updates(name: str, device: str) -> tuple:
+    """New bounds and starting values for the controls when the preset changes (a GPU preset on CPU: warn)."""
+    try:
+        preset = load_preset(name)
+    except LightcacheError as exc:
+        raise gr.Error(f"Preset: {exc}", print_exception=False) from None
+    values = initial_values(preset.name)
+    bounds = slider_bounds(preset)
+    info = preset.description
+    if preset.requires_gpu and not str(device).startswith("cuda"):
+        info = f"Needs a CUDA GPU; this machine has none, so Run will refuse it. {info}"
+        gr.Warning(f"'{preset.name}' needs a CUDA GPU and this machine has none.")
+    return (
+        gr.update(info=info),
+        values["prompt"],
+        values["negative_prompt"],
+        *(gr.update(value=values[k], **bounds[k]) for k in ("steps", "frames", "height", "width", "tau", "warmup")),
+    )
+
+
+def _plain_status(events: list, plain_events: list) -> str:
+    records = [e for e in plain_events if isinstance(e, StepRecord)]
+    steps = next((e.settings.get("steps") for e in plain_events if hasattr(e, "settings")), None)
+    done = len({r.step for r in records})
+    return (view.status_markdown(events) + f"  \n**Plain run for comparison:** step {done} / {steps}")

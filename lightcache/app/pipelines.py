@@ -1,0 +1,114 @@
+"""The process-wide pipeline cache: one loaded model, lent to one run at a time.
+
+Loading a model costs far more than a tiny run, so the app keeps the last one it loaded. EasyCache and the memory
+strategies attach hooks to that one pipeline for the length of a run, so two runs must never hold it at once:
+:meth:`PipelineCache.use` holds a lock for the whole run. The generation queue already lets one run through at a
+time; the lock is what keeps a stopped run that is still unwinding from overlapping with the next one.
+
+The loader is injectable, which is how the tests serve a random-weight tiny pipeline built offline.
+
+Example:
+    >>> from lightcache.app.pipelines import PipelineCache
+    >>> from lightcache.presets import load_preset
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> cache = PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu")
+    >>> with cache.use(load_preset("tiny")) as pipe:
+    ...     type(pipe).__name__
+    'WanPipeline'
+    >>> cache.loaded
+    'tiny'
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from ..presets import Preset, default_device, load_pipeline
+from ..runner import run_to_completion, run_generation
+from ..settings import RunSettings
+
+Loader = Callable[[Preset, str], object]
+
+
+class PipelineCache:
+    """Holds at most one loaded pipeline; :meth:`use` lends it to one run at a time.
+
+    Args:
+        loader: ``loader(preset, device) -> pipeline``; default :func:`lightcache.presets.load_pipeline`.
+        device: ``"cpu"`` or ``"cuda"``; default: decided on first use (never at import, so a ZeroGPU Space's main
+            process never touches CUDA).
+        warm_up: run one minimal generation right after loading, so that one-time costs (allocator growth, lazy
+            imports, kernel selection) land on no timed run and "compare" measures like against like.
+    """
+
+    def __init__(self, loader: Loader | None = None, device: str | None = None, warm_up: bool = True):
+        self._loader = loader or (lambda preset, dev: load_pipeline(preset, device=dev))
+        self._device = device
+        self._warm_up = warm_up
+        self._lock = threading.Lock()
+        self._name: str | None = None
+        self._pipe = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = default_device()
+        return self._device
+
+    @property
+    def loaded(self) -> str | None:
+        """Name of the preset whose pipeline is loaded, or None."""
+        return self._name
+
+    @contextmanager
+    def use(self, preset: Preset) -> Iterator[object]:
+        """Lend the pipeline of ``preset`` (loading it, and dropping any other, first) for the ``with`` block."""
+        with self._lock:
+            if self._name != preset.name or self._pipe is None:
+                self._drop()
+                pipe = self._loader(preset, self.device)
+                if self._warm_up:
+                    _warm_up(pipe, preset)
+                self._pipe, self._name = pipe, preset.name
+            try:
+                yield self._pipe
+            finally:
+                release_memory()
+
+    def clear(self) -> None:
+        """Forget the loaded pipeline (waits for a run using it to end)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        self._pipe, self._name = None, None
+        release_memory()
+
+
+def release_memory() -> None:
+    """Return what a finished or stopped run held: Python garbage, and the CUDA cache when CUDA is in use."""
+    gc.collect()
+    import torch
+
+    # is_initialized() is False in a process that never used CUDA, so this never starts a CUDA context.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _warm_up(pipe, preset: Preset) -> None:
+    lim = preset.limits
+    settings = RunSettings(
+        prompt=preset.defaults["prompt"],
+        steps=lim.min_steps,
+        frames=1,
+        height=lim.size_multiple,
+        width=lim.size_multiple,
+        easycache=False,
+        warmup=0,
+        guidance_scale=float(preset.defaults["guidance_scale"]),
+        max_sequence_length=int(preset.defaults["max_sequence_length"]),
+    )
+    run_to_completion(run_generation(pipe, settings, preset.name))

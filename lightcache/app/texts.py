@@ -1,0 +1,66 @@
+"""The words on the page: the introduction, the "How it works" section and the example prompts.
+
+Kept apart from the layout so that a teacher can reword them without reading any UI code. Every paragraph points
+at something the reader can see in the step trace or the memory timeline.
+"""
+
+INTRO = """\
+# LightCache + EasyCache: faster, lighter video diffusion, and why
+
+Pick a preset, type a prompt and press **Run**. While the video is being made, the **step trace** shows every
+call of the diffusion transformer as it happens: computed (blue square) or reused from the cache (green circle),
+and the error estimate **E** that decides it. When it is done you get the video next to a **memory timeline** of
+the three stages: encode, denoise, decode. Switch each acceleration on or off, move **tau**, and tick
+**Compare with the plain run** to see what they buy and what they cost.
+"""
+
+HOW_IT_WORKS = """\
+### EasyCache: skip the steps whose work can be predicted
+
+A video diffusion model runs its transformer once per denoising step (twice with classifier-free guidance: a
+*cond* and an *uncond* branch; the two rows of the trace). Between neighbouring steps, what the transformer does
+to its input, the **transformation vector** (output minus input), changes only slowly. After two computed steps
+EasyCache knows **k**, how much the output moves per unit of input change. At each later step it estimates the
+error of reusing the last transformation as k times how far the input moved, relative to the last output, and
+adds that up into **E**. While **E stays below tau** the step returns *input + cached transformation* without
+running the transformer (green circles); when E reaches tau the step runs in full (blue square) and E starts
+again from 0. The first **warm-up** steps (grey band) and the last step always run. In the lower half of the
+trace the purple line is E climbing towards the red dashed tau and dropping back to 0. A larger tau reuses more:
+faster, and further from the plain result; tau = 0 reuses nothing and gives the plain video exactly.
+
+### Asynchronous swapping: keep only what is needed on the GPU
+
+Whatever is idle (the text encoder once the prompt is encoded, transformer blocks between their turns, the VAE
+until decoding, cached tensors between the steps that use them) waits in pinned CPU memory and is copied back on a
+side stream just before it is needed, so the copy overlaps with computing. In the timeline the CUDA memory line
+stays lower through the denoise band at little extra time. On a CPU there is nowhere to swap to: the run says so
+under the stage table and nothing changes.
+
+### Feature chunking: never build the widest tensor whole
+
+The transformer's feed-forward layers treat every token on its own, and their middle layer is several times wider
+than the model. Feature chunking runs them over slices of the token sequence, so that this widest intermediate
+never exists for the whole video at once. The result is the same up to float rounding; in the timeline the peak
+inside the denoise band is lower.
+
+### Sliced decoding: decode the latent in pieces
+
+The VAE turns the small latent video into full-size frames, and its full-resolution activations are the largest
+tensors of the whole run: the jump at the start of the decode band. Sliced decoding decodes the latent in slices,
+overlapping enough that the result is exact, and streams finished frames out, so the decode peak drops.
+
+### Reading the comparison
+
+**Compare with the plain run** generates the same prompt and seed again with every acceleration off and shows
+both videos. The speed-up is plain time over accelerated time. PSNR (in dB, higher is closer; "inf" means
+identical) and SSIM (1 means identical) say how close the accelerated video is to the plain one.
+"""
+
+#: (prompt, seed, tau) triples the tiny shapes model draws well: seen colour/shape/motion combinations only.
+EXAMPLES = [
+    ["a red circle moving right", 0, 0.05],
+    ["a yellow triangle moving up on a gray background", 1, 0.1],
+    ["a blue square moving down", 2, 0.2],
+    ["a white circle moving left on a gray background", 3, 0.05],
+    ["a green square moving right", 4, 0.1],
+]

@@ -1,0 +1,139 @@
+"""What the page shows of a run, computed from its events: status line, counts, stage table, comparison table.
+
+Plain functions of plain data; :mod:`lightcache.plots` draws the figures from the same events.
+
+Example:
+    >>> from lightcache.events import StepRecord
+    >>> from lightcache.app.view import call_counts
+    >>> records = [StepRecord(step=0, timestep=999.0, branch="cond", computed=True, reason="warm-up", ms=10.0),
+    ...            StepRecord(step=1, timestep=500.0, branch="cond", computed=False, reason="E < tau", ms=0.1)]
+    >>> c = call_counts(records)
+    >>> c.computed, c.reused, round(c.estimated_speedup, 2)
+    (1, 1, 1.98)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from ..events import Event, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from ..plots import peak_by_stage
+
+# Which memory series best stands for "how much memory the run needed", in order of preference.
+_PEAK_SERIES = ("cuda_allocated", "cuda_reserved", "rss")
+
+
+@dataclass(frozen=True)
+class CallCounts:
+    """Transformer calls so far: computed, reused, and the denoise speed-up they imply.
+
+    ``estimated_speedup`` is (calls x mean time of a computed call) / (time all calls took): what the denoise
+    stage would have cost had every call run the transformer, over what it did cost.
+    """
+
+    computed: int
+    reused: int
+    estimated_speedup: float
+
+    @property
+    def total(self) -> int:
+        return self.computed + self.reused
+
+
+def call_counts(records: Iterable[StepRecord]) -> CallCounts:
+    records = list(records)
+    computed = [r for r in records if r.computed]
+    spent = sum(r.ms for r in records)
+    if not computed or spent <= 0:
+        return CallCounts(len(computed), len(records) - len(computed), 1.0)
+    mean_computed = sum(r.ms for r in computed) / len(computed)
+    return CallCounts(len(computed), len(records) - len(computed), len(records) * mean_computed / spent)
+
+
+def status_markdown(events: Sequence[Event], label: str = "") -> str:
+    """One line for the top of the page: stage, step i / n, computed / reused counts, estimated speed-up."""
+    records = [e for e in events if isinstance(e, StepRecord)]
+    settings = next((e.settings for e in events if isinstance(e, RunStarted)), {})
+    steps = settings.get("steps")
+    branches = max(1, len({r.branch for r in records}))
+    stage = "starting"
+    for e in events:
+        if isinstance(e, StageStarted):
+            stage = e.stage
+        elif isinstance(e, StageFinished):
+            stage = f"{e.stage} done"
+        elif isinstance(e, RunFinished):
+            stage = "finished"
+    counts = call_counts(records)
+    step_done = len({r.step for r in records}) if records else 0
+    parts = [f"**{label + ': ' if label else ''}{stage}**"]
+    if steps:
+        parts.append(f"step {min(step_done, steps)} / {steps}")
+    parts.append(f"transformer calls: **{counts.computed} computed**, **{counts.reused} reused**")
+    if records and settings.get("easycache", True):
+        parts.append(f"est. denoise speed-up **{counts.estimated_speedup:.2f}x**")
+    if records and branches > 1:
+        parts.append(f"{branches} CFG branches per step")
+    finished = next((e for e in events if isinstance(e, RunFinished)), None)
+    if finished is not None:
+        parts.append(f"total **{finished.summary['total_seconds']:.1f} s**")
+    return " · ".join(parts)
+
+
+def notes_markdown(events: Sequence[Event]) -> str:
+    """The run's notes (e.g. a strategy that is a no-op on this device), as a bullet list."""
+    notes = [e.message for e in events if isinstance(e, Note)]
+    return "\n".join(f"- {n}" for n in notes)
+
+
+def stages_markdown(events: Sequence[Event]) -> str:
+    """A table of the stages: wall time and peak memory (from the stage's own report or the memory samples)."""
+    finished = [e for e in events if isinstance(e, StageFinished)]
+    if not finished:
+        return ""
+    sampled = peak_by_stage(events)
+    rows = ["| stage | time | peak memory |", "|---|---:|---:|"]
+    for e in finished:
+        rows.append(f"| {e.stage} | {e.seconds:.2f} s | {_peak_text(e.peak_bytes, sampled.get(e.stage, {}))} |")
+    end = next((e for e in events if isinstance(e, RunFinished)), None)
+    if end is not None:
+        rows.append(f"| **total** | **{end.summary['total_seconds']:.2f} s** | |")
+    notes = notes_markdown(events)
+    return "\n".join(rows) + ("\n\n" + notes if notes else "")
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    """The comparison of the accelerated run with the plain one, as a headline and a small table."""
+    c = comparison
+    psnr_text = "identical (inf)" if math.isinf(c["psnr_db"]) else f"{c['psnr_db']:.2f} dB"
+    a_done, a_all = c["accelerated_calls"]
+    p_done, p_all = c["plain_calls"]
+    return "\n".join(
+        [
+            f"**Speed-up {c['speedup']:.2f}x** (denoise stage {c['denoise_speedup']:.2f}x) · "
+            f"**PSNR {psnr_text}** · **SSIM {c['ssim']:.4f}** against the plain run",
+            "",
+            "| | accelerated | plain |",
+            "|---|---:|---:|",
+            f"| total time | {c['accelerated_seconds']:.2f} s | {c['plain_seconds']:.2f} s |",
+            f"| transformer calls computed | {a_done} / {a_all} | {p_done} / {p_all} |",
+        ]
+    )
+
+
+def _peak_text(reported: int | None, sampled: dict[str, int]) -> str:
+    if reported is not None:
+        return _bytes(reported)
+    for name in _PEAK_SERIES:
+        if name in sampled:
+            return f"{_bytes(sampled[name])} ({name})"
+    if sampled:
+        name, value = next(iter(sampled.items()))
+        return f"{_bytes(value)} ({name})"
+    return "not sampled"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -30,10 +30,10 @@ from ..settings import RunSettings
 
 DEFAULT_PRESET = "tiny"
 
-#: Tokens per slice when feature chunking is switched on and the preset names no size of its own
-#: (``defaults.chunk_ffn``). Small enough that the widest feed-forward intermediate shrinks many times over on
-#: the GPU presets, large enough that the per-slice overhead stays negligible.
-FEATURE_CHUNK_TOKENS = 1024
+#: Token slices per layer when feature chunking is switched on and the preset names no number of its own
+#: (``defaults.chunk_ffn``): the widest intermediates shrink 8x, and slices stay long enough to keep a GPU busy
+#: at the Wan2.1 sizes (see :class:`lightcache.chunk.FeatureChunkConfig`).
+FEATURE_CHUNKS = 8
 
 #: Upper end of the tau slider. Larger values are accepted through the API (tau may be any number >= 0).
 TAU_SLIDER_MAX = 0.5
@@ -160,7 +160,7 @@ def parse_request(raw: Mapping[str, Any], device: str) -> Job:
     flags = {name: _as_bool(name, raw[name]) for name in _BOOL_FIELDS}
     ints = {name: _as_int(raw[name]) for name in _INT_FIELDS}
     tau = _as_number(raw["tau"])
-    chunk = int(preset.defaults.get("chunk_ffn", FEATURE_CHUNK_TOKENS)) if flags["feature_chunking"] else None
+    chunk = int(preset.defaults.get("chunk_ffn", FEATURE_CHUNKS)) if flags["feature_chunking"] else None
     try:
         settings = RunSettings.from_preset(
             preset,

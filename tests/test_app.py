@@ -1,0 +1,324 @@
+"""The Gradio app: form validation, per-run outputs, sessions, and the served page driven through gradio_client.
+
+The served app uses a random-weight tiny pipeline built offline (injected through PipelineCache) and small form
+defaults, so that every run takes a second or two on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client
+
+from lightcache.app import build_demo, parse_args
+from lightcache.app.form import FIELDS, initial_values, labelled, parse_request
+from lightcache.app.gpu import estimate_gpu_seconds, on_gpu
+from lightcache.app.jobs import Session, stream_job
+from lightcache.app.layout import preset_updates
+from lightcache.app.outputs import OutputDirs
+from lightcache.app.pipelines import PipelineCache
+from lightcache.app.view import call_counts
+from lightcache.errors import LightcacheError
+from lightcache.events import StepRecord
+from lightcache.tiny import build_tiny_pipeline
+from lightcache.video import read_mp4
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(steps=6, warmup=2, frames=5, height=32, width=32, tau=0.2)
+
+
+# --- form -------------------------------------------------------------------------------------------------
+def _raw(**changes):
+    return dict(initial_values("tiny", SMALL), **changes)
+
+
+def test_initial_values_cover_every_field_and_make_a_valid_job():
+    values = initial_values("tiny")
+    assert list(values) == list(FIELDS)
+    job = parse_request(values, device="cpu")
+    assert job.settings.easycache and job.settings.threshold == values["tau"]
+    assert not job.plain_settings.easycache and job.plain_settings.chunk_ffn is None
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(prompt=""), "Prompt: prompt must not be empty."),
+        (dict(prompt="   "), "Prompt: prompt must not be empty."),
+        (dict(prompt=None), "Prompt: prompt must not be empty."),
+        (dict(steps=500), "Steps: steps must be between 2 and 100, got 500."),
+        (dict(steps=2.5), "Steps: steps must be a whole number between 2 and 100, got 2.5."),
+        (dict(frames=6), "Frames: frames must be of the form 4k+1"),
+        (dict(frames=129), "Frames: frames must be between 1 and 65, got 129."),
+        (dict(height=40), "Height: height must be a multiple of 16, got 40."),
+        (dict(width=4096), "Width: width must be between 16 and 256, got 4096."),
+        (dict(seed=-1), "Seed: seed must be between 0 and"),
+        (dict(tau=-0.1), "tau (EasyCache threshold): threshold must be between 0.0 and inf, got -0.1."),
+        (dict(tau="abc"), "tau (EasyCache threshold): threshold must be a number"),
+        (dict(warmup=6), "Warm-up steps: warmup must be between 0 and 5, got 6."),
+        (dict(easycache="maybe"), "EasyCache must be true or false, got 'maybe'."),
+        (dict(preset="nope"), "Preset: Unknown preset 'nope'. Valid presets: tiny"),
+        (dict(preset="wan2.1-t2v-1.3b"), "Preset: 'wan2.1-t2v-1.3b' needs a CUDA GPU and this machine has none."),
+    ],
+)
+def test_bad_input_names_the_field_and_range(changes, message):
+    with pytest.raises(LightcacheError) as info:
+        parse_request(_raw(**changes), device="cpu")
+    assert str(info.value).startswith(message)
+
+
+def test_gpu_preset_is_accepted_where_cuda_is():
+    job = parse_request(_raw(preset="wan2.1-t2v-1.3b", height=480, width=832, frames=81), device="cuda")
+    assert job.preset.requires_gpu
+
+
+def test_numbers_in_any_json_spelling_are_accepted():
+    job = parse_request(_raw(steps=6.0, frames="5", seed="3", tau="0.1", compare="true"), device="cpu")
+    assert (job.settings.steps, job.settings.frames, job.settings.seed, job.settings.threshold, job.compare) == (
+        6, 5, 3, 0.1, True)
+
+
+def test_feature_chunking_toggle_sets_a_chunk_count():
+    assert parse_request(_raw(feature_chunking=True), device="cpu").settings.chunk_ffn >= 1
+    assert parse_request(_raw(feature_chunking=False), device="cpu").settings.chunk_ffn is None
+
+
+def test_labelled_maps_setting_names_to_form_labels():
+    assert labelled("chunk_ffn is 8 but ...").startswith("Feature chunking: ")
+    assert labelled("something else") == "something else"
+
+
+def test_preset_change_updates_bounds_and_warns_about_gpu_presets():
+    with pytest.warns(UserWarning, match="needs a CUDA GPU"):
+        info, prompt, negative, steps, frames, height, width, tau, warmup = preset_updates("wan2.1-t2v-1.3b", "cpu")
+    assert "Needs a CUDA GPU" in info["info"]
+    assert height["maximum"] == 720 and width["maximum"] == 1280 and frames["value"] == 81
+    info, *_ = preset_updates("tiny", "cpu")
+    assert "CUDA" not in info["info"]
+
+
+# --- outputs, sessions, GPU estimate, counts ---------------------------------------------------------------
+def test_output_dirs_are_unique_and_old_ones_are_swept(tmp_path):
+    dirs = OutputDirs(root=tmp_path, max_age_s=60)
+    a, b = dirs.new(), dirs.new()
+    assert a != b and os.path.isdir(a) and os.path.isdir(b)
+    old = time.time() - 120
+    os.utime(a, (old, old))
+    assert dirs.sweep() == [a]
+    assert not os.path.exists(a) and os.path.isdir(b)
+    dirs.discard(b)
+    assert not os.path.exists(b)
+    outside = tempfile.mkdtemp()
+    dirs.discard(outside)  # never removes anything it did not create
+    assert os.path.isdir(outside)
+    os.rmdir(outside)
+
+
+def test_session_copies_are_independent_and_stop_only_their_own_run():
+    template = Session()
+    a, b = copy.deepcopy(template), copy.deepcopy(template)
+    cancel = a.start()
+    assert not b.stop() and not cancel.is_set()
+    assert a.stop() and cancel.is_set()
+    assert not a.stop()  # nothing left to stop
+    again = pickle.loads(pickle.dumps(a))
+    assert not again.stop()
+
+
+def test_gpu_estimate_grows_with_work_and_decorator_is_a_noop_here():
+    small = estimate_gpu_seconds("wan2.1-t2v-1.3b", 10, 33, 480, 832, False)
+    big = estimate_gpu_seconds("wan2.1-t2v-1.3b", 50, 81, 480, 832, False)
+    assert small < big <= estimate_gpu_seconds("wan2.1-t2v-1.3b", 50, 81, 480, 832, True)
+    assert estimate_gpu_seconds("tiny", 20, 33, 128, 128, False) == 60
+    assert estimate_gpu_seconds("nope", "x", None, 1, 1, False) == 60
+
+    def f(x):
+        return x
+
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        assert on_gpu(duration=lambda *a: 1)(f) is f
+
+
+def test_call_counts_estimate_the_denoise_speedup():
+    def rec(computed, ms):
+        return StepRecord(step=0, timestep=1.0, branch="cond", computed=computed, reason="", ms=ms)
+
+    counts = call_counts([rec(True, 10.0), rec(True, 10.0), rec(False, 0.0), rec(False, 0.0)])
+    assert (counts.computed, counts.reused, counts.estimated_speedup) == (2, 2, 2.0)
+    assert call_counts([]).estimated_speedup == 1.0
+
+
+def test_app_py_help_lists_its_flags(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--share" in out and "GRADIO_SERVER_PORT" in out
+
+
+# --- the served app -------------------------------------------------------------------------------------
+class _Loader:
+    """Builds tiny random pipelines and remembers them, so tests can inspect what the app ran on."""
+
+    def __init__(self):
+        self.pipes = []
+
+    def __call__(self, preset, device):
+        self.pipes.append(build_tiny_pipeline(0))
+        return self.pipes[-1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    loader = _Loader()
+    out_root = tmp_path_factory.mktemp("app-outputs")
+    demo = build_demo(PipelineCache(loader=loader, device="cpu"), OutputDirs(out_root), defaults=SMALL)
+    demo.launch(prevent_thread_lock=True, quiet=True, server_port=_free_port())
+    try:
+        yield demo, loader, out_root
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[0].local_url, verbose=False)
+
+
+def _is_value(output):
+    return not (isinstance(output, dict) and output.get("__type__") == "update")
+
+
+def _plot(output):
+    assert isinstance(output, dict) and output["type"] == "plotly", output
+    return json.loads(output["plot"])
+
+
+def test_default_run_streams_every_step_then_video_and_timeline(client):
+    job = client.submit(api_name="/generate")  # no arguments: the form's defaults
+    final = job.result(timeout=120)
+    updates = job.outputs()
+    trace_updates = [u for u in updates if _is_value(u[1]) and _plot(u[1])["data"][0]["x"]]
+    assert len(trace_updates) >= SMALL["steps"]
+    first_step = next(i for i, u in enumerate(updates) if "step 1 /" in u[0])
+    first_video = next(i for i, u in enumerate(updates) if _is_value(u[2]) and u[2])
+    assert first_step < first_video, "the trace must be live: steps show before the video exists"
+
+    status, trace, video, timeline, stages, plain_video, comparison = final
+    assert "finished" in status and f"step {SMALL['steps']} / {SMALL['steps']}" in status
+    frames = read_mp4(video)
+    assert frames.shape == (SMALL["frames"], SMALL["height"], SMALL["width"], 3)
+    timeline_fig = _plot(timeline)
+    labels = " ".join(a["text"] for a in timeline_fig["layout"]["annotations"])
+    assert "encode" in labels and "denoise" in labels and "decode" in labels
+    assert "| decode |" in stages and plain_video is None and comparison == ""
+
+
+def test_compare_shows_plain_video_speedup_psnr_ssim(client):
+    args = dict(initial_values("tiny", SMALL), compare=True)
+    final = client.predict(*args.values(), api_name="/generate")
+    status, trace, video, timeline, stages, plain_video, comparison = final
+    assert read_mp4(plain_video).shape == read_mp4(video).shape
+    assert "Speed-up" in comparison and "PSNR" in comparison and "SSIM" in comparison
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(prompt=""), "Prompt: prompt must not be empty."),
+        (dict(steps=500), "Steps: steps must be between 2 and 100, got 500."),
+        (dict(height=300), "Height: height must be between 16 and 256, got 300."),
+        (dict(tau=-1), "tau (EasyCache threshold): threshold must be between 0.0 and inf"),
+        (dict(preset="wan2.1-t2v-14b"), "Preset: 'wan2.1-t2v-14b' needs a CUDA GPU"),
+        (dict(prompt="a red circle moving right " * 4), "Prompt: prompt is 21 tokens long; this model's text "
+                                                        "encoder takes at most 16."),
+    ],
+)
+def test_bad_inputs_return_the_specific_error(client, served, changes, message):
+    before = set(os.listdir(served[2]))
+    with pytest.raises(Exception) as info:
+        client.predict(**changes, api_name="/generate")
+    assert message in str(info.value)
+    assert set(os.listdir(served[2])) <= before, "a refused run must leave no output directory behind"
+
+
+def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(client, served):
+    demo, loader, out_root = served
+    before = set(os.listdir(out_root))
+    job = client.submit(steps=100, api_name="/generate")
+    deadline = time.time() + 120
+    while not any("step 1 /" in u[0] for u in job.outputs()):
+        assert time.time() < deadline and not job.done(), "the run never reached its first step"
+        time.sleep(0.05)
+    assert "Stopped" in client.predict(api_name="/stop")
+    final = job.result(timeout=60)
+    assert "Stopped" in final[0]
+    assert "step 100 / 100" not in job.outputs()[-2][0]
+
+    pipe = loader.pipes[-1]
+    registry = getattr(pipe.transformer, "_diffusers_hook", None)
+    assert registry is None or not registry.hooks, "hooks left on the transformer after Stop"
+    assert set(os.listdir(out_root)) == before, "the stopped run's output directory was not removed"
+
+    after_stop = client.predict(api_name="/generate")
+    assert len(loader.pipes) == 1  # the same pipeline object served the stopped and the next run
+    job = parse_request(initial_values("tiny", SMALL), device="cpu")
+    with tempfile.TemporaryDirectory() as fresh_dir:
+        list(stream_job(build_tiny_pipeline(0), job, fresh_dir))
+        fresh = read_mp4(Path(fresh_dir) / "accelerated.mp4")
+    np.testing.assert_array_equal(read_mp4(after_stop[2]), fresh)
+
+
+def test_two_clients_are_queued_both_finish_and_see_only_their_own_run(served):
+    url = served[0].local_url
+    a, b, c = Client(url, verbose=False), Client(url, verbose=False), Client(url, verbose=False)
+    job_a = a.submit(prompt="a blue square moving down", api_name="/generate")
+    job_b = b.submit(prompt="a yellow triangle moving up", seed=7, api_name="/generate")
+    assert "Nothing is running" in c.predict(api_name="/stop")  # c cannot stop a or b
+    result_a, result_b = job_a.result(timeout=120), job_b.result(timeout=120)
+    assert "finished" in result_a[0] and "finished" in result_b[0]
+    assert result_a[2] != result_b[2]
+    assert not np.array_equal(read_mp4(result_a[2]), read_mp4(result_b[2]))
+
+
+def test_python_app_py_serves_the_page_on_the_gradio_port():
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120  # generous: this checks that it serves, the benchmark times it
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                assert time.time() < deadline, "python app.py did not serve the page"
+                time.sleep(0.2)
+        assert "LightCache + EasyCache" in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -165,7 +165,9 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
 # --- helpers ----------------------------------------------------------------------------------------------
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands that live in their own modules register themselves here."""
-    return []
+    from .bench.cli import register as register_bench
+
+    return [register_bench]
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,280 @@
+"""What a run really computed, and how much memory each stage took.
+
+:class:`WorkMeter` counts, with plain PyTorch forward pre-hooks, which parts of the transformer actually ran:
+transformer bodies (the patch embedding ran: a call EasyCache reused never gets there), block bodies (the block's
+first norm ran: a block a cache skipped never gets there), and the tokens that went through each block's
+self-attention, cross-attention and feed-forward layers. PyTorch hooks fire on ``module(...)`` whatever diffusers'
+hooks do inside ``forward``, so a cache that skips a layer simply leaves its counters alone, and a method that slices
+the tokens (feature chunking) adds up to the same totals.
+
+From the token counts it derives the work in multiply-accumulate FLOPs of those layers (they are nearly all of a
+Wan transformer's arithmetic; embeddings and the output head are left out). ``work / plain work`` is the fraction
+of the transformer's work a method computed. Each hook costs well under a microsecond; a tiny-model call takes
+milliseconds.
+
+:class:`MemoryMeter` turns a run's stage events into a peak per stage: from the runner when it reports one, else
+from the CUDA allocator (on a GPU) or a process RSS sampler (on a CPU).
+
+Example:
+    >>> import torch
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> from lightcache.bench.meter import WorkMeter
+    >>> transformer = build_tiny_pipeline(seed=0).transformer
+    >>> with WorkMeter(transformer) as meter, torch.no_grad():
+    ...     _ = transformer(torch.randn(1, 4, 3, 8, 8), torch.tensor([500]), torch.randn(1, 6, 32))
+    >>> meter.counts()["block_calls"], meter.counts()["transformer_bodies"]
+    (2, 1)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+
+from ..errors import LightcacheError
+from ..events import Event, StageFinished, StageStarted
+
+#: The keys of :meth:`WorkMeter.counts`, in order.
+COUNT_KEYS = (
+    "transformer_calls", "transformer_bodies", "block_calls", "self_attention_calls", "cross_attention_calls",
+    "ffn_calls", "work_flops",
+)
+
+
+class WorkMeter:
+    """Counts executed transformer parts with forward pre-hooks; use as a context manager or attach/detach."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        blocks = getattr(transformer, "blocks", None)
+        if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
+            raise LightcacheError(
+                f"The work meter needs a transformer with a 'blocks' list (Wan); {type(transformer).__name__} has none."
+            )
+        self.transformer = transformer
+        config = transformer.config
+        self.dim = int(config.num_attention_heads * config.attention_head_dim)
+        self.ffn_dim = int(config.ffn_dim)
+        self.patch = tuple(config.patch_size)
+        self.num_blocks = len(blocks)
+        self._handles: list[Any] = []
+        self.reset()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Zero every count. In place: the hooks hold references to these lists and sets."""
+        if not hasattr(self, "block_calls"):
+            self.block_calls = [0] * self.num_blocks
+            self.self_attention_calls = [0] * self.num_blocks
+            self.cross_attention_calls = [0] * self.num_blocks
+            self.ffn_calls = [0] * self.num_blocks
+            self._seen: list[set[str]] = [set() for _ in range(self.num_blocks)]
+        for counter in (self.block_calls, self.self_attention_calls, self.cross_attention_calls, self.ffn_calls):
+            counter[:] = [0] * self.num_blocks
+        for seen in self._seen:
+            seen.clear()
+        self.transformer_calls = 0
+        self.transformer_bodies = 0
+        self.flops = 0.0
+        self._tokens = 0  # sequence length of the current call
+        self._cross_queries = 0  # query tokens per sample of the cross-attention being run
+
+    def attach(self) -> "WorkMeter":
+        if self._handles:
+            return self
+        t = self.transformer
+        add = self._handles.append
+        add(t.register_forward_pre_hook(self._on_transformer, with_kwargs=True))
+        add(t.patch_embedding.register_forward_pre_hook(self._on_body))
+        for i, block in enumerate(t.blocks):
+            add(block.register_forward_pre_hook(self._make_block_hook(i)))
+            add(block.norm1.register_forward_pre_hook(self._make_unit_hook(i, "block", self.block_calls)))
+            add(block.attn1.to_q.register_forward_pre_hook(self._make_unit_hook(i, "self", self.self_attention_calls,
+                                                                                 self._self_attention_flops)))
+            add(block.attn2.to_q.register_forward_pre_hook(self._make_unit_hook(i, "cross", self.cross_attention_calls,
+                                                                                  self._cross_attention_flops)))
+            add(block.attn2.to_k.register_forward_pre_hook(self._make_flops_hook(self._projection_flops)))
+            first_ffn_layer = _first_linear(block.ffn)
+            add(first_ffn_layer.register_forward_pre_hook(self._make_unit_hook(i, "ffn", self.ffn_calls,
+                                                                                 self._ffn_flops)))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "WorkMeter":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def counts(self) -> dict[str, float | int]:
+        """Totals since the last :meth:`reset`: calls and bodies of the transformer, executed block parts, FLOPs."""
+        return {
+            "transformer_calls": self.transformer_calls,
+            "transformer_bodies": self.transformer_bodies,
+            "block_calls": sum(self.block_calls),
+            "self_attention_calls": sum(self.self_attention_calls),
+            "cross_attention_calls": sum(self.cross_attention_calls),
+            "ffn_calls": sum(self.ffn_calls),
+            "work_flops": self.flops,
+        }
+
+    def per_block(self) -> dict[str, list[int]]:
+        """Executions per block index, for checking what a method skipped."""
+        return {
+            "block_calls": list(self.block_calls),
+            "self_attention_calls": list(self.self_attention_calls),
+            "cross_attention_calls": list(self.cross_attention_calls),
+            "ffn_calls": list(self.ffn_calls),
+        }
+
+    # --- hooks ---------------------------------------------------------------------------------------------
+    def _on_transformer(self, module, args, kwargs):
+        self.transformer_calls += 1
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if isinstance(hidden, torch.Tensor) and hidden.ndim == 5:
+            pt, ph, pw = self.patch
+            self._tokens = (hidden.shape[2] // pt) * (hidden.shape[3] // ph) * (hidden.shape[4] // pw)
+        return None
+
+    def _on_body(self, module, args):
+        self.transformer_bodies += 1
+
+    def _make_block_hook(self, index: int):
+        def hook(module, args):
+            # A new invocation of this block: each unit counts once per invocation, however many slices it runs.
+            self._seen[index].clear()
+
+        return hook
+
+    def _make_unit_hook(self, index: int, unit: str, counter: list[int], flops=None):
+        seen = self._seen[index]
+
+        def hook(module, args):
+            if unit not in seen:
+                seen.add(unit)
+                counter[index] += 1
+            if flops is not None:
+                self.flops += flops(args[0])
+
+        return hook
+
+    def _make_flops_hook(self, flops):
+        def hook(module, args):
+            self.flops += flops(args[0])
+
+        return hook
+
+    # --- the work model (multiply-accumulates x 2) ---------------------------------------------------------
+    def _self_attention_flops(self, x: torch.Tensor) -> float:
+        # q, k, v and output projections per query token, plus its scores and weighted sum against every token of
+        # the call (keys and values are as many as the call's tokens, however the queries are sliced).
+        d = self.dim
+        return _rows(x) * (4 * 2 * d * d + 2 * 2 * self._tokens * d)
+
+    def _cross_attention_flops(self, x: torch.Tensor) -> float:
+        # q and output projections per query token; the scores are added when the keys are projected (next hook),
+        # because only then is the text length known. The processor always projects q before k.
+        d = self.dim
+        self._cross_queries = _rows(x) // max(1, x.shape[0])
+        return _rows(x) * 2 * 2 * d * d
+
+    def _projection_flops(self, context: torch.Tensor) -> float:
+        # cross-attention keys and values of the text tokens, and the scores of the queries just projected.
+        d = self.dim
+        text_tokens = _rows(context) // max(1, context.shape[0])
+        return _rows(context) * 2 * 2 * d * d + context.shape[0] * self._cross_queries * text_tokens * 2 * 2 * d
+
+    def _ffn_flops(self, x: torch.Tensor) -> float:
+        return _rows(x) * 2 * 2 * self.dim * self.ffn_dim
+
+
+def _rows(x: Any) -> int:
+    """Tokens in a (batch, tokens, features) activation: every row a linear layer sees."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        return 0
+    return x.numel() // x.shape[-1]
+
+
+def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Linear):
+            return sub
+    raise LightcacheError(f"No linear layer found in {type(module).__name__}.")
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+class MemoryMeter:
+    """Peak memory per stage of one run, fed with the run's events as they happen.
+
+    On CUDA the allocator's peak is reset at each ``StageStarted`` and read at ``StageFinished`` (bytes allocated by
+    tensors). On a CPU a background thread samples the process RSS every ``interval`` seconds; its peak includes
+    everything resident (weights, the Python heap), and the allocator keeps freed memory, so a stage's increase over
+    its start can read low after an earlier stage grew the heap. When the runner itself reports a stage's
+    ``peak_bytes``, that figure is used.
+    """
+
+    def __init__(self, device: str | torch.device, interval: float = 0.005):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.interval = interval
+        self.stages: dict[str, dict[str, Any]] = {}
+        self._stage: str | None = None
+        self._start = 0
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "MemoryMeter":
+        if not self.cuda:
+            import psutil
+
+            self._process = psutil.Process()
+            self._thread = threading.Thread(target=self._sample, name="bench-rss-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            self._stage = event.stage
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self._start = torch.cuda.memory_allocated(self.device)
+            else:
+                self._start = self._peak = self._rss()
+        elif isinstance(event, StageFinished):
+            if event.peak_bytes is not None:
+                peak, source = int(event.peak_bytes), "runner"
+            elif self.cuda:
+                torch.cuda.synchronize(self.device)
+                peak, source = int(torch.cuda.max_memory_allocated(self.device)), "cuda allocator"
+            else:
+                peak, source = max(self._peak, self._rss()), "process rss"
+            self.stages[event.stage] = {
+                "peak_bytes": peak,
+                "increase_bytes": max(0, peak - self._start) if source != "runner" else None,
+                "source": source,
+            }
+            self._stage = None
+
+    def _rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            if self._stage is not None:
+                rss = self._rss()
+                if rss > self._peak:
+                    self._peak = rss
+            time.sleep(self.interval)

@@ -227,7 +227,7 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
     if not series:
         fig.add_annotation(
             x=0.5, y=0.6, xref="paper", yref="paper", showarrow=False,
-            text="no memory samples in this run (the stages and transformer calls are still shown)",
+            text="no memory samples in this run<br>(stages and transformer calls are still shown)",
             font=dict(color="#868e96"),
         )
         fig.update_yaxes(showticklabels=False, row=1, col=1)

@@ -26,13 +26,13 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 
 from ..errors import LightcacheError, RunCancelled
-from ..events import RunFinished, StageFinished, StageStarted, StepRecord
+from ..events import RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import timeline_figure, trace_figure
 from ..presets import load_preset
 from . import texts, view
 from .form import DEFAULT_PRESET, FIELDS, initial_values, labelled, parse_request, preset_choices, slider_bounds
 from .gpu import estimate_gpu_seconds, on_gpu
-from .jobs import ACCELERATED, Session, job_updates
+from .jobs import ACCELERATED, PLAIN, Session, job_updates
 from .outputs import OutputDirs
 from .pipelines import PipelineCache
 
@@ -44,6 +44,8 @@ QUEUE_MAX_SIZE = 16
 GRADIO_CACHE_SWEEP = (3600, 3600)
 #: During a long stage the timeline is refreshed at most this often (seconds), with the trace update it rides on.
 TIMELINE_REFRESH_S = 2.0
+#: Pixel height of the video players (the tiny model's 128 px clips would otherwise fill the screen).
+VIDEO_HEIGHT = 300
 
 
 def build_demo(
@@ -68,6 +70,9 @@ def build_demo(
     with gr.Blocks(title="LightCache + EasyCache", delete_cache=GRADIO_CACHE_SWEEP) as demo:
         session = gr.State(Session())
         gr.Markdown(texts.INTRO)
+        with gr.Accordion("How it works: EasyCache and the three memory strategies", open=False,
+                          elem_id="how-it-works"):
+            gr.Markdown(texts.HOW_IT_WORKS)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 preset_dd = gr.Dropdown(
@@ -92,7 +97,7 @@ def build_demo(
                                                  info="idle weights and caches to CPU (GPU only)")
                     with gr.Row():
                         chunking = gr.Checkbox(start["feature_chunking"], label=FIELDS["feature_chunking"],
-                                               info="feed-forward over token slices")
+                                               info="token-wise layers over token slices")
                         sliced = gr.Checkbox(start["sliced_decode"], label=FIELDS["sliced_decode"],
                                              info="decode the latent in slices")
                     with gr.Row():
@@ -109,17 +114,17 @@ def build_demo(
             with gr.Column(scale=3, min_width=420):
                 status = gr.Markdown("Press **Run** to start.", elem_id="status")
                 trace = gr.Plot(label="Step trace: computed or reused, and E against tau", elem_id="trace")
-        with gr.Row(equal_height=False):
-            video = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True, interactive=False,
-                             scale=2)
-            timeline = gr.Plot(label="Memory timeline", elem_id="timeline", scale=3)
-        stages = gr.Markdown(elem_id="stages")
-        with gr.Row(equal_height=False):
-            plain_video = gr.Video(label="Plain run (every acceleration off)", elem_id="plain-video",
-                                   interactive=False, autoplay=True, loop=True, scale=2)
-            comparison = gr.Markdown(elem_id="comparison")
-        with gr.Accordion("How it works", open=False, elem_id="how-it-works"):
-            gr.Markdown(texts.HOW_IT_WORKS)
+                with gr.Row(equal_height=False):
+                    video = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True,
+                                     interactive=False, height=VIDEO_HEIGHT, scale=2, min_width=200)
+                    timeline = gr.Plot(label="Memory timeline", elem_id="timeline", scale=3)
+                stages = gr.Markdown(elem_id="stages")
+                with gr.Row(equal_height=False):
+                    plain_video = gr.Video(label="Plain run (every acceleration off)", elem_id="plain-video",
+                                           interactive=False, autoplay=True, loop=True, height=VIDEO_HEIGHT,
+                                           scale=2, min_width=200)
+                    with gr.Column(scale=3, min_width=240):
+                        comparison = gr.Markdown(texts.COMPARE_HINT, elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
                   async_swap, chunking, sliced, compare, session]
@@ -175,51 +180,11 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
 
     cancel = session.start()
     out_dir = outputs.new()
-    events: list = []
-    plain_events: list = []
-    video_path = plain_path = None
-    comparison_text = ""
     kept = False
-    loading = pipelines.loaded != job.preset.name
-    yield (
-        "**Loading the model…**" if loading else "**Starting…**",
-        trace_figure([]), None, None, "", None, "",
-    )
     try:
-        last_timeline = time.monotonic()
         with contextlib.closing(job_updates(pipelines, job, out_dir, cancel)) as updates:
-            for update in updates:
-                if update.run == ACCELERATED:
-                    if update.video is not None:
-                        video_path = update.video
-                        yield (view.status_markdown(events), gr.skip(), video_path, timeline_figure(events),
-                               view.stages_markdown(events), gr.skip(), gr.skip())
-                        continue
-                    event = update.event
-                    events.append(event)
-                    if isinstance(event, StepRecord):
-                        timeline = gr.skip()
-                        if time.monotonic() - last_timeline > TIMELINE_REFRESH_S:
-                            timeline, last_timeline = timeline_figure(events), time.monotonic()
-                        yield (view.status_markdown(events), trace_figure(events), gr.skip(), timeline,
-                               gr.skip(), gr.skip(), gr.skip())
-                    elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
-                        last_timeline = time.monotonic()
-                        yield (view.status_markdown(events), gr.skip(), gr.skip(), timeline_figure(events),
-                               view.stages_markdown(events), gr.skip(), gr.skip())
-                else:
-                    if update.event is not None:
-                        plain_events.append(update.event)
-                        if isinstance(update.event, (StepRecord, StageStarted)):
-                            yield (_plain_status(events, plain_events),) + (gr.skip(),) * 6
-                    elif update.video is not None:
-                        plain_path = update.video
-                    elif update.comparison is not None:
-                        comparison_text = view.comparison_markdown(update.comparison)
+            yield from _present(job, updates, loading=pipelines.loaded != job.preset.name, device=pipelines.device)
         kept = True
-        # The last update carries every output in full, so an API caller's final result is complete.
-        yield (view.status_markdown(events), trace_figure(events), video_path, timeline_figure(events),
-               view.stages_markdown(events), plain_path, comparison_text)
     except RunCancelled:
         yield ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
     except LightcacheError as exc:
@@ -230,6 +195,65 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
     finally:
         if not kept:
             outputs.discard(out_dir)
+
+
+def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
+    """Turn a job's updates into output values: per denoising step while it runs, everything in full at the end.
+
+    Both runs of a comparison are shown live the same way (the plain run's trace fills the chart while it runs),
+    so the browser's redrawing costs the two timed runs alike and the speed-up compares like with like.
+    """
+    runs: dict[str, list] = {ACCELERATED: [], PLAIN: []}
+    videos: dict[str, str | None] = {ACCELERATED: None, PLAIN: None}
+    comparison = "" if job.compare else texts.COMPARE_HINT
+    calls_per_step = 2 if job.settings.guidance_scale > 1.0 else 1
+    last_timeline = time.monotonic()
+    skip = gr.skip
+
+    # An empty trace with this run's axes, tau and warm-up band, so the page shows what is about to fill in.
+    planned = RunStarted(preset=job.preset.name, settings=job.settings.to_dict(), device=device)
+    yield ("**Loading the model…**" if loading else "**Starting…**", trace_figure([planned]), None, None, "",
+           None, comparison)
+    for update in updates:
+        events = runs[update.run]
+        accelerated = update.run == ACCELERATED
+        if update.comparison is not None:
+            comparison = view.comparison_markdown(update.comparison)
+            continue
+        if update.video is not None:
+            videos[update.run] = update.video
+            if accelerated:
+                yield (_status(runs), skip(), update.video, timeline_figure(events), view.stages_markdown(events),
+                       skip(), skip())
+            continue
+        event = update.event
+        events.append(event)
+        if isinstance(event, StepRecord):
+            calls = sum(isinstance(e, StepRecord) for e in events)
+            if calls % calls_per_step:
+                continue  # one update per step, once all its CFG branches are in
+            timeline = skip()
+            if accelerated and time.monotonic() - last_timeline > TIMELINE_REFRESH_S:
+                timeline, last_timeline = timeline_figure(events), time.monotonic()
+            yield (_status(runs), trace_figure(events), skip(), timeline, skip(), skip(), skip())
+        elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
+            if accelerated:
+                last_timeline = time.monotonic()
+                yield (_status(runs), skip(), skip(), timeline_figure(events), view.stages_markdown(events),
+                       skip(), skip())
+            else:
+                yield (_status(runs),) + (skip(),) * 6
+    # The last update carries every output in full, so an API caller's final result is complete.
+    events = runs[ACCELERATED]
+    yield (_status(runs, done=True), trace_figure(events), videos[ACCELERATED], timeline_figure(events),
+           view.stages_markdown(events), videos[PLAIN], comparison)
+
+
+def _status(runs: dict[str, list], done: bool = False) -> str:
+    line = view.status_markdown(runs[ACCELERATED], headline="Done." if done else None)
+    if runs[PLAIN] and not done:
+        line += "  \n" + view.status_markdown(runs[PLAIN], label="Plain run for comparison")
+    return line
 
 
 def stop_job(session: Session) -> str:
@@ -258,10 +282,3 @@ def preset_updates(name: str, device: str) -> tuple:
         values["negative_prompt"],
         *(gr.update(value=values[k], **bounds[k]) for k in ("steps", "frames", "height", "width", "tau", "warmup")),
     )
-
-
-def _plain_status(events: list, plain_events: list) -> str:
-    records = [e for e in plain_events if isinstance(e, StepRecord)]
-    steps = next((e.settings.get("steps") for e in plain_events if hasattr(e, "settings")), None)
-    done = len({r.step for r in records})
-    return (view.status_markdown(events) + f"  \n**Plain run for comparison:** step {done} / {steps}")

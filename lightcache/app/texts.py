@@ -56,6 +56,10 @@ both videos. The speed-up is plain time over accelerated time. PSNR (in dB, high
 identical) and SSIM (1 means identical) say how close the accelerated video is to the plain one.
 """
 
+COMPARE_HINT = (
+    "Tick **Compare with the plain run** to see the plain video here, with the speed-up, PSNR and SSIM."
+)
+
 #: (prompt, seed, tau) triples the tiny shapes model draws well: seen colour/shape/motion combinations only.
 EXAMPLES = [
     ["a red circle moving right", 0, 0.05],

@@ -52,8 +52,11 @@ def call_counts(records: Iterable[StepRecord]) -> CallCounts:
     return CallCounts(len(computed), len(records) - len(computed), len(records) * mean_computed / spent)
 
 
-def status_markdown(events: Sequence[Event], label: str = "") -> str:
-    """One line for the top of the page: stage, step i / n, computed / reused counts, estimated speed-up."""
+def status_markdown(events: Sequence[Event], label: str = "", headline: str | None = None) -> str:
+    """One line for the top of the page: stage, step i / n, computed / reused counts, estimated speed-up.
+
+    ``label`` names the run (e.g. the plain run of a comparison); ``headline`` replaces the stage name.
+    """
     records = [e for e in events if isinstance(e, StepRecord)]
     settings = next((e.settings for e in events if isinstance(e, RunStarted)), {})
     steps = settings.get("steps")
@@ -68,7 +71,7 @@ def status_markdown(events: Sequence[Event], label: str = "") -> str:
             stage = "finished"
     counts = call_counts(records)
     step_done = len({r.step for r in records}) if records else 0
-    parts = [f"**{label + ': ' if label else ''}{stage}**"]
+    parts = [f"**{label + ': ' if label else ''}{headline or stage}**"]
     if steps:
         parts.append(f"step {min(step_done, steps)} / {steps}")
     parts.append(f"transformer calls: **{counts.computed} computed**, **{counts.reused} reused**")

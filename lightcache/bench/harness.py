@@ -73,8 +73,9 @@ DEFAULT_PROMPTS = (
 REUSE_TAU = 10.0
 
 NOTES = (
-    "FasterCache is not benchmarked: it assumes classifier-free guidance batched into one transformer call, and "
-    "Wan's pipeline calls the transformer once per branch, which FasterCache does not support.",
+    "FasterCache is not benchmarked: it assumes classifier-free guidance batched into one transformer call (its "
+    "block hook splits every output in two along the batch), and Wan's pipeline calls the transformer once per "
+    "branch with batch 1, so on Wan it stops with IndexError at its first cached step.",
     "TaylorSeer uses the module patterns blocks.N.attn1, blocks.N.attn2 and blocks.N.ffn: its default patterns "
     "hook nothing on Wan. Its Taylor factors are kept in the transformer's dtype (the default is bfloat16).",
     "Pyramid Attention Broadcast gets one state per CFG branch (diffusers keeps one per attention layer, which on "

@@ -1,4 +1,4 @@
-"""The page in a real browser: headless system Chromium driven by Playwright loads it, runs, and screenshots.
+"""The page in a real browser: headless system Chromium driven by Playwright loads it, runs, stops, screenshots.
 
 Skips (saying why) where the ``playwright`` package or a system Chromium is missing; CI installs both.
 """
@@ -16,6 +16,7 @@ from lightcache.app.pipelines import PipelineCache
 from lightcache.tiny import build_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(warmup=2, frames=5, height=32, width=32, tau=0.2)
 
 
 def _screenshot_module():
@@ -26,18 +27,24 @@ def _screenshot_module():
     return module
 
 
-def test_page_runs_in_headless_chromium(tmp_path):
+@pytest.fixture(scope="module")
+def shot():
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    shot = _screenshot_module()
-    if shot.chromium_path() is None:
+    module = _screenshot_module()
+    if module.chromium_path() is None:
         pytest.skip("no system Chromium (apt-get install chromium)")
+    return module
 
-    demo = build_demo(
-        PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu"),
-        OutputDirs(tmp_path / "outputs"),
-        defaults=dict(steps=8, warmup=2, frames=5, height=32, width=32, tau=0.2),
-    )
+
+def _serve(tmp_path, loader, **defaults):
+    demo = build_demo(PipelineCache(loader=loader, device="cpu"), OutputDirs(tmp_path / "outputs"),
+                      defaults=dict(SMALL, **defaults))
     demo.launch(prevent_thread_lock=True, quiet=True)
+    return demo
+
+
+def test_page_runs_in_headless_chromium(shot, tmp_path):
+    demo = _serve(tmp_path, lambda preset, device: build_tiny_pipeline(0), steps=8)
     try:
         png = tmp_path / "page.png"
         seen = shot.run_in_browser(demo.local_url, png, timeout_s=180)
@@ -46,3 +53,36 @@ def test_page_runs_in_headless_chromium(tmp_path):
     assert seen["status"].startswith("Done.") and "step 8 / 8" in seen["status"]
     assert seen["first_marker_s"] <= seen["finished_s"]
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    pipes = []
+
+    def loader(preset, device):
+        pipes.append(build_tiny_pipeline(0))
+        return pipes[-1]
+
+    demo = _serve(tmp_path, loader, steps=100)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shot.chromium_path(), args=shot.CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(demo.local_url)
+            page.locator("#run").click()
+            page.wait_for_selector("#trace .js-plotly-plot .scatterlayer .point", timeout=120_000)
+            page.locator("#stop").click()
+            page.wait_for_function(
+                "() => (document.querySelector('#status')?.innerText || '').startsWith('Stopped.')", timeout=60_000)
+            page.wait_for_timeout(1000)  # any update still in flight would land now and must not undo the stop
+            assert page.locator("#status").inner_text().startswith("Stopped.")
+            page.locator("#run").click()
+            page.wait_for_function(
+                "() => (document.querySelector('#status')?.innerText || '').startsWith('Done.')", timeout=180_000)
+            browser.close()
+    finally:
+        demo.close()
+    registry = getattr(pipes[0].transformer, "_diffusers_hook", None)
+    assert len(pipes) == 1 and (registry is None or not registry.hooks)
+    assert not list((tmp_path / "outputs").iterdir())[1:], "only the finished run's directory may remain"

@@ -152,10 +152,13 @@ def build_demo(
             concurrency_id="generate",
             show_progress="minimal",
         )
+        # The stop message goes through a hidden box and is copied to the status afterwards: an update of the run
+        # that was already on its way when Stop was pressed would otherwise overwrite it.
+        stop_note = gr.Textbox(visible=False)
         stop_btn.click(
-            stop_job, inputs=[session], outputs=[status], cancels=[run_event], api_name="stop",
+            stop_job, inputs=[session], outputs=[stop_note], cancels=[run_event], api_name="stop",
             concurrency_limit=None, queue=False,
-        )
+        ).then(lambda note: note, inputs=[stop_note], outputs=[status], api_visibility="private", queue=False)
         preset_dd.change(
             lambda name: preset_updates(name, pipelines.device),
             inputs=[preset_dd],

@@ -201,7 +201,7 @@ def test_results_schema_is_stable(bench_results, tmp_path):
     assert AGGREGATE_KEYS == (
         "method", "label", "kind", "setting", "params", "cases", "denoise_seconds", "end_to_end_seconds",
         "speedup_denoise", "speedup_end_to_end", "work_fraction", "psnr_db", "psnr_db_min", "ssim", "peak_bytes",
-        "pareto",
+        "peak_increase_bytes", "pareto",
     )
     for record in bench_results["records"]:
         assert tuple(record) == RECORD_KEYS

@@ -31,6 +31,11 @@ def _psnr(value: Any) -> str:
     return "identical" if math.isinf(v) else ("-" if math.isnan(v) else f"{v:.2f}")
 
 
+def _psnr_db(value: Any) -> str:
+    text = _psnr(value)
+    return text if text in ("identical", "-") else f"{text} dB"
+
+
 def _x(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}x"
 
@@ -54,9 +59,17 @@ def results_table(results: dict[str, Any]) -> str:
             f"| {a['label']} | {a['setting']}{front} | {a['denoise_seconds']:.3f} | {_x(a['speedup_denoise'])} "
             f"| {a['end_to_end_seconds']:.3f} | {_x(a['speedup_end_to_end'])} | {_pct(a['work_fraction'])} "
             f"| {psnr} | {a['ssim']:.4f} | "
-            + " | ".join(format_bytes(a["peak_bytes"].get(s)) for s in stages) + " |"
+            + " | ".join(_memory(a, s) for s in stages) + " |"
         )
     return "\n".join(rows)
+
+
+def _memory(aggregate: dict[str, Any], stage: str) -> str:
+    peak = aggregate["peak_bytes"].get(stage)
+    increase = aggregate["peak_increase_bytes"].get(stage)
+    if peak is None:
+        return "-"
+    return format_bytes(peak) + (f" (+{format_bytes(increase)})" if increase is not None else "")
 
 
 def memory_source(results: dict[str, Any]) -> str:
@@ -80,9 +93,9 @@ def targets_section(results: dict[str, Any]) -> str:
         for e in d["exceptions"]:
             near = e["nearest_easycache"]
             near_text = (f"closest EasyCache point {near['setting']} at {_x(near['speed'])}, PSNR "
-                         f"{_psnr(near['psnr_db'])} dB" if near else "no EasyCache point")
+                         f"{_psnr_db(near['psnr_db'])}" if near else "no EasyCache point")
             lines.append(f"  - not dominated: {e['method']} {e['setting']} at {_x(e['speed'])}, PSNR "
-                         f"{_psnr(e['psnr_db'])} dB; {near_text}.")
+                         f"{_psnr_db(e['psnr_db'])}; {near_text}.")
     o = results.get("overhead")
     for key, label in (("tau0_overhead", "EasyCache at tau = 0 (never reuses) costs <= 2% over plain"),
                        ("reused_call_cost", "a reused call costs <= 2% of a computed call")):
@@ -148,7 +161,7 @@ def summary_text(results: dict[str, Any]) -> str:
         for p in points:
             lines.append(f"{p['label'] + ' ' + p['setting']:28s} {_x(p['speedup_denoise'])} denoise, "
                          f"{_x(p['speedup_end_to_end'])} end-to-end, work {_pct(p['work_fraction'])}, "
-                         f"PSNR {_psnr(p['psnr_db'])}{'' if math.isinf(as_float(p['psnr_db'])) else ' dB'}, SSIM {p['ssim']:.4f}")
+                         f"PSNR {_psnr_db(p['psnr_db'])}, SSIM {p['ssim']:.4f}")
     t = results["targets"]
     for axis, d in t["pareto_dominance"].items():
         lines.append(f"EasyCache dominates built-ins by {axis}: {d['dominated']}/{d['built_in_points']}")
@@ -205,7 +218,9 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         "Speed-ups are plain time / method time for the same prompt and seed (geometric mean over cases). Work "
         "computed: FLOPs of the attention and feed-forward layers that ran, against plain. PSNR and SSIM compare "
         "each video with the plain video of the same prompt and seed. \u25c6 marks the method's Pareto front "
-        "(denoise speed-up against PSNR).",
+        "(denoise speed-up against PSNR). Peak memory: the highest reading during the stage, and in brackets its "
+        "rise over the reading when the stage began (on a CPU the process RSS, which includes the weights and "
+        "the Python heap).",
         "",
         results_table(results),
         "",

@@ -40,7 +40,7 @@ RECORD_KEYS = (
 AGGREGATE_KEYS = (
     "method", "label", "kind", "setting", "params", "cases", "denoise_seconds", "end_to_end_seconds",
     "speedup_denoise", "speedup_end_to_end", "work_fraction", "psnr_db", "psnr_db_min", "ssim", "peak_bytes",
-    "pareto",
+    "peak_increase_bytes", "pareto",
 )
 #: The speed axes a point can be compared on: measured denoise time, measured end-to-end time, counted work.
 AXES = ("denoise", "end_to_end", "work")
@@ -129,10 +129,12 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         psnrs = [as_float(r["psnr_db"]) for r in rs]
         fractions = [r["work_fraction"] for r in rs if r["work_fraction"] is not None]
         peaks: dict[str, int] = {}
+        increases: dict[str, int] = {}
         for r in rs:
             for stage, mem in (r["memory"] or {}).items():
-                if mem.get("peak_bytes") is not None:
-                    peaks[stage] = max(peaks.get(stage, 0), int(mem["peak_bytes"]))
+                for key, into in (("peak_bytes", peaks), ("increase_bytes", increases)):
+                    if mem.get(key) is not None:
+                        into[stage] = max(into.get(stage, 0), int(mem[key]))
         out.append({
             "method": method, "label": rs[0]["label"], "kind": rs[0]["kind"], "setting": setting,
             "params": rs[0]["params"], "cases": len(rs),
@@ -145,6 +147,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "psnr_db_min": min(psnrs),
             "ssim": sum(r["ssim"] for r in rs) / len(rs),
             "peak_bytes": peaks,
+            "peak_increase_bytes": increases,
             "pareto": {},
         })
     for method in {a["method"] for a in out}:

@@ -322,3 +322,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_building_the_page_never_touches_cuda(monkeypatch):
+    # A ZeroGPU Space forbids CUDA in the main process: importing app.py and building the page must not ask.
+    import torch
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("CUDA was queried while building the page")
+
+    monkeypatch.setattr(torch.cuda, "is_available", forbidden)
+    monkeypatch.setattr(torch.cuda, "init", forbidden)
+    monkeypatch.setattr(torch.cuda, "device_count", forbidden)
+    demo = build_demo(outputs=OutputDirs(tempfile.mkdtemp()))
+    assert demo.fns  # built, with its events

@@ -112,19 +112,20 @@ def build_demo(
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 gr.Examples(texts.EXAMPLES, inputs=[prompt, seed, tau], label="Prompts the tiny model draws well")
             with gr.Column(scale=3, min_width=420):
-                status = gr.Markdown("Press **Run** to start.", elem_id="status")
+                status = gr.Markdown("Press **Run** to start.", label="Status", show_label=False, elem_id="status")
                 trace = gr.Plot(label="Step trace: computed or reused, and E against tau", elem_id="trace")
                 with gr.Row(equal_height=False):
                     video = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True,
                                      interactive=False, height=VIDEO_HEIGHT, scale=2, min_width=200)
                     timeline = gr.Plot(label="Memory timeline", elem_id="timeline", scale=3)
-                stages = gr.Markdown(elem_id="stages")
+                stages = gr.Markdown(label="Stage times and peaks", show_label=False, elem_id="stages")
                 with gr.Row(equal_height=False):
                     plain_video = gr.Video(label="Plain run (every acceleration off)", elem_id="plain-video",
                                            interactive=False, autoplay=True, loop=True, height=VIDEO_HEIGHT,
                                            scale=2, min_width=200)
                     with gr.Column(scale=3, min_width=240):
-                        comparison = gr.Markdown(texts.COMPARE_HINT, elem_id="comparison")
+                        comparison = gr.Markdown(texts.COMPARE_HINT, label="Comparison", show_label=False,
+                                                 elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
                   async_swap, chunking, sliced, compare, session]
@@ -154,7 +155,7 @@ def build_demo(
         )
         # The stop message goes through a hidden box and is copied to the status afterwards: an update of the run
         # that was already on its way when Stop was pressed would otherwise overwrite it.
-        stop_note = gr.Textbox(visible=False)
+        stop_note = gr.Textbox(label="Stop", visible=False)
         stop_btn.click(
             stop_job, inputs=[session], outputs=[stop_note], cancels=[run_event], api_name="stop",
             concurrency_limit=None, queue=False,

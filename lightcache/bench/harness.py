@@ -93,10 +93,10 @@ class BenchConfig:
     """What to benchmark. The defaults are the full benchmark; ``quick=True`` is the three-minute CPU version.
 
     Attributes:
-        quick: two prompts, one seed, one repeat, a short sweep.
-        prompts: override the preset's prompt set.
-        seeds: override the seeds (quick: 0; full: 0 and 1).
-        repeats: timed runs per method x setting x case (quick 1, full 3); the median is reported.
+        quick: two prompts, one repeat, a short sweep.
+        prompts: override the preset's prompt set (five prompts; quick takes the first two).
+        seeds: override the seeds (default: 0).
+        repeats: timed runs per method x setting x case (quick 1, full 2); the median is reported.
         methods: restrict to these method names (see :data:`lightcache.bench.methods.METHODS`).
         sweeps: override a method's parameter sets, e.g. ``{"fbc": ({"threshold": 0.1},)}``.
         overhead: also measure EasyCache's hook overhead (tau = 0 against plain, reused against computed calls).
@@ -149,10 +149,10 @@ class BenchConfig:
         return prompts[:2] if self.quick and self.prompts is None else prompts
 
     def resolved_seeds(self) -> tuple[int, ...]:
-        return self.seeds or ((0,) if self.quick else (0, 1))
+        return self.seeds or (0,)
 
     def resolved_repeats(self) -> int:
-        return self.repeats or (1 if self.quick else 3)
+        return self.repeats or (1 if self.quick else 2)
 
     def resolved_overhead_repeats(self) -> int:
         return self.overhead_repeats or (3 if self.quick else 5)

@@ -304,3 +304,17 @@ def test_magcache_calibration_is_read_from_diffusers_report(tiny_pipe):
     plain = run_to_completion(run_generation(tiny_pipe, RunSettings(prompt="a red circle moving right",
                                                                     easycache=False, **SMALL)))
     assert np.array_equal(finished.frames, plain.frames)  # calibration computes everything
+
+
+def test_memory_strategies_method_runs_or_says_why_not(tiny_pipe):
+    results = run_benchmark(tiny_pipe, load_preset("tiny"), _config(
+        methods=("easycache+memory",), sweeps={"easycache+memory": ({"threshold": 5.0, "chunk_ffn": 2},)}))
+    reason = M.memory_strategies_wired()
+    ran = {r["method"] for r in results["records"]}
+    if reason is None:
+        assert "easycache+memory" in ran
+        record = next(r for r in results["records"] if r["method"] == "easycache+memory")
+        assert record["skip_check"]["holds"] and record["calls_reused"] > 0
+    else:
+        assert ran == {"plain"}
+        assert results["skipped"] == [{"method": "easycache+memory", "setting": "", "reason": reason}]

@@ -90,16 +90,57 @@ def speed_psnr_figure(aggregates: list[dict[str, Any]], title: str = "Speed vs q
 
 
 def write_chart(aggregates: list[dict[str, Any]], out_dir: Path, title: str) -> dict[str, str | None]:
-    """Write ``speed_vs_psnr.html`` (always) and ``speed_vs_psnr.png`` (when a Plotly image exporter such as
-    kaleido is installed). Returns the file names written, or None for the PNG with the reason in ``png_note``."""
+    """Write ``speed_vs_psnr.html`` (always) and ``speed_vs_psnr.png`` when an image exporter is at hand.
+
+    The PNG comes from Plotly's own exporter (kaleido) when it is installed, else from a headless Chromium
+    screenshot of the chart when a ``chromium`` binary is on the PATH. Returns the file names written; ``png`` is
+    None with the reason in ``png_note`` when neither works.
+    """
     fig = speed_psnr_figure(aggregates, title)
     out_dir = Path(out_dir)
     html = out_dir / "speed_vs_psnr.html"
+    # plotly.js from its CDN keeps the committed page small; the PNG below is the offline view.
     fig.write_html(html, include_plotlyjs="cdn", full_html=True)
     written: dict[str, str | None] = {"html": html.name, "png": None, "png_note": None}
+    png = out_dir / "speed_vs_psnr.png"
     try:
-        fig.write_image(out_dir / "speed_vs_psnr.png", scale=1)
-        written["png"] = "speed_vs_psnr.png"
-    except Exception as exc:  # noqa: BLE001 - no exporter installed is the normal case; say so instead
-        written["png_note"] = f"no PNG: Plotly could not export an image ({type(exc).__name__}; install kaleido)"
+        fig.write_image(png, scale=1)
+        written["png"] = png.name
+        return written
+    except Exception as exc:  # noqa: BLE001 - no exporter installed is the normal case; try the next one
+        reason = f"{type(exc).__name__}"
+    if _png_with_chromium(fig, png):
+        written["png"] = png.name
+    else:
+        written["png_note"] = (f"no PNG: Plotly could not export an image ({reason}) and no chromium binary was "
+                               "found; install kaleido or Chromium for one")
     return written
+
+
+def _png_with_chromium(fig, png: Path) -> bool:
+    """Screenshot the figure with headless Chromium (plotly.js inlined, so no network is needed)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                  None)
+    if binary is None:
+        return False
+    width, height = int(fig.layout.width or 1350), int(fig.layout.height or 480)
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / "chart.html"
+        fig.write_html(page, include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
+        shot = Path(tmp) / "chart.png"
+        try:
+            subprocess.run(
+                [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 f"--window-size={width + 20},{height + 20}", f"--screenshot={shot}", page.as_uri()],
+                check=True, capture_output=True, timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        if not shot.is_file() or shot.stat().st_size == 0:
+            return False
+        shutil.copyfile(shot, png)
+    return True

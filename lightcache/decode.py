@@ -1,0 +1,464 @@
+"""Sliced decoding: decode Wan latents without ever holding the VAE's full-resolution activations for a whole frame.
+
+The Wan VAE decoder already works one latent frame at a time, carrying a causal cache (the last two frames of every
+causal convolution's input) from one latent frame to the next. At 720x1280 those caches alone are about 8 GiB, and
+one latent frame's activations at full resolution several more: that is the decode surge. diffusers' tiling cuts it
+by decoding overlapping tiles and blending them, which changes the output at the seams and recomputes the overlaps.
+
+This module decodes exactly, without recomputing anything:
+
+1. **Whole frame, low resolution.** ``conv_in``, the mid block (whose attention is global over each frame) and the
+   first up block run on the whole latent frame, one frame at a time, as in diffusers. Their caches and outputs are
+   small (latent and 2x latent resolution); the outputs are kept aside, off the accelerator when there is one.
+2. **Slice by slice, all frames.** The upsampling stages and the output head run on vertical (or horizontal) bands of
+   the frame. A band goes through *all* latent frames before the next band starts, so only that band's causal caches
+   exist at any time. Every stage is a chain of "units" (a residual block, an upsampler, the head) whose 3x3
+   convolutions need a few neighbouring columns; instead of recomputing a halo, each unit hands the last columns of
+   its input to the next band (a *carry*, stored per latent frame). Bands therefore come out shifted left by a fixed
+   lag, and the last band runs to the frame's edge. Zero padding is applied only at the frame's true borders, so
+   every output pixel is computed from exactly the values it depends on in the plain decode.
+
+Outputs are identical to ``vae.decode`` up to float rounding (the tests hold fp32 to 1e-4), with no seams.
+Decoded bands are moved to host memory as they come out; frames are yielded once the last band is done (the order
+that keeps only one band's caches alive completes frames last), grouped per latent frame like the plain decode.
+
+Example:
+    >>> import torch
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> from lightcache.decode import iter_sliced_decode
+    >>> vae = build_tiny_pipeline(seed=0).vae
+    >>> latents = torch.randn(1, 4, 3, 16, 16)
+    >>> chunks = list(iter_sliced_decode(vae, latents, num_slices=2))
+    >>> [c.shape for c in chunks]
+    [(1, 64, 64, 3), (2, 64, 64, 3), (2, 64, 64, 3)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import LightcacheError
+
+#: Frames of each causal convolution's input the Wan VAE carries from one latent frame to the next.
+_CACHE_T = 2
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One step of the sliced chain and its geometry along the slicing axis.
+
+    ``scale``: output columns per input column; ``shrink``: columns lost at an interior edge (its convolutions'
+    reach, in output columns); ``carry``: input columns the next band needs from this band.
+    """
+
+    kind: str  # "resnet" | "resample" | "head"
+    module: torch.nn.Module
+    scale: int
+    shrink: int
+    carry: int
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Columns [start, stop) of a unit's input or output, in that unit's resolution."""
+
+    start: int
+    stop: int
+
+    @property
+    def width(self) -> int:
+        return self.stop - self.start
+
+
+def check_sliced_decode_supported(vae) -> None:
+    """Raise :class:`LightcacheError` unless ``vae`` is a Wan2.1-style VAE this module can decode exactly.
+
+    Example:
+        >>> from lightcache.tiny import build_tiny_pipeline
+        >>> check_sliced_decode_supported(build_tiny_pipeline(seed=0).vae)
+        >>> check_sliced_decode_supported(object())
+        Traceback (most recent call last):
+        ...
+        lightcache.errors.LightcacheError: Sliced decoding supports the Wan VAE (AutoencoderKLWan), not object.
+    """
+    from diffusers import AutoencoderKLWan
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanUpBlock
+
+    if not isinstance(vae, AutoencoderKLWan):
+        raise LightcacheError(f"Sliced decoding supports the Wan VAE (AutoencoderKLWan), not {type(vae).__name__}.")
+    if vae.config.is_residual or vae.config.patch_size is not None:
+        raise LightcacheError(
+            "Sliced decoding supports the Wan2.1 VAE; this one is a Wan2.2-style VAE (residual up blocks / patchified "
+            "output). Turn sliced decoding off for this model."
+        )
+    if not all(isinstance(b, WanUpBlock) for b in vae.decoder.up_blocks):
+        raise LightcacheError("Sliced decoding does not know this VAE decoder's up blocks; turn sliced decoding off.")
+    for name, module in vae.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if getattr(module, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
+            raise LightcacheError(
+                "Sliced decoding needs the VAE without offloading hooks (group or CPU offload): it runs the decoder's "
+                f"parts itself. Found one on '{name or 'vae'}'."
+            )
+
+
+def iter_sliced_decode(
+    vae,
+    latents: torch.Tensor,
+    num_slices: int | None = None,
+    axis: str | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode de-normalised Wan ``latents`` (1, z, F, h, w) band by band; yield float32 frames (n, H, W, 3) in [0, 1].
+
+    One array per latent frame (1 frame, then 4 each for the Wan VAE), postprocessed exactly as
+    ``pipe.video_processor.postprocess_video(video, output_type="np")`` does. ``num_slices``: bands across the frame
+    (None: one per ~64 decoded pixels, at most 16; each band holds about 1/num_slices of the decode's activations
+    and caches); ``axis``: ``"width"`` or ``"height"`` (None: the longer side, so the cuts are short). The input
+    must already be de-normalised (``latents / inv_std + mean``).
+
+    Example:
+        >>> import torch
+        >>> from lightcache.tiny import build_tiny_pipeline
+        >>> vae = build_tiny_pipeline(seed=0).vae
+        >>> frames = np.concatenate(list(iter_sliced_decode(vae, torch.randn(1, 4, 2, 8, 24), num_slices=3)))
+        >>> frames.shape, frames.dtype
+        ((3, 32, 96, 3), dtype('float32'))
+    """
+    if latents.ndim != 5 or latents.shape[0] != 1:
+        raise LightcacheError(f"Sliced decoding takes one video's latents (1, C, F, H, W), got {tuple(latents.shape)}.")
+    bands, layout = sliced_decode_bands(vae, latents, num_slices=num_slices, axis=axis, postprocess=True)
+    dim = layout["dim"]
+    first = 0
+    for count in layout["frames_per_latent"]:
+        parts = [band[0, first : first + count] for band in bands]  # (n, H, w_s, 3) per band
+        yield np.ascontiguousarray(np.concatenate(parts, axis=2 if dim == -1 else 1), dtype=np.float32)
+        first += count
+
+
+def sliced_decode(vae, latents: torch.Tensor, num_slices: int | None = None, axis: str | None = None) -> torch.Tensor:
+    """The decoded video (B, 3, F, H, W) in [-1, 1] on the CPU, as ``vae.decode(latents).sample`` gives it."""
+    bands, layout = sliced_decode_bands(vae, latents, num_slices=num_slices, axis=axis, postprocess=False)
+    video = torch.cat([torch.from_numpy(b) for b in bands], dim=3 if layout["dim"] == -1 else 2)
+    return video.permute(0, 4, 1, 2, 3)
+
+
+def plan_slices(vae, latent_height: int, latent_width: int, num_slices: int | None = None, axis: str | None = None):
+    """The band layout for a latent frame of this size: cut columns, output windows and the chain's lag.
+
+    Raises :class:`LightcacheError` when ``num_slices`` is not a whole number >= 1 or leaves a band too narrow.
+    """
+    check_sliced_decode_supported(vae)
+    if axis is None:
+        axis = "width" if latent_width >= latent_height else "height"
+    if axis not in ("width", "height"):
+        raise LightcacheError(f"Sliced decoding axis must be 'width' or 'height', got {axis!r}.")
+    if num_slices is not None and (isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1):
+        raise LightcacheError(f"Sliced decoding needs a whole number of slices >= 1, got {num_slices!r}.")
+    whole, units = _split_units(vae)
+    # Bands are cut where the sliced chain starts, after the whole-frame units have upsampled the latent.
+    length = (latent_width if axis == "width" else latent_height) * _total_scale(whole)
+    if num_slices is None:
+        num_slices = max(1, min(16, length * _total_scale(units) // 64))
+        while num_slices > 1 and _simulate(units, _cuts(units, length, num_slices), length) is None:
+            num_slices -= 1
+    cuts = _cuts(units, length, num_slices)
+    windows = _simulate(units, cuts, length)
+    if windows is None:
+        most = _max_slices(units, length)
+        raise LightcacheError(
+            f"Sliced decoding with {num_slices} slices leaves a slice too narrow for this VAE at a latent "
+            f"{axis} of {length // _total_scale(whole)}; use between 1 and {most} slices."
+        )
+    lag = _lag(units, length)
+    return {"axis": axis, "dim": -1 if axis == "width" else -2, "cuts": cuts, "lag": lag, "windows": windows}
+
+
+def sliced_decode_bands(vae, latents, num_slices=None, axis=None, postprocess=True):
+    """Decode and return ``(bands, layout)``: one host float32 array (B, F, H, w, 3) per band, in order.
+
+    ``postprocess=True`` maps to [0, 1] like ``VideoProcessor.postprocess_video``; False keeps the clamped [-1, 1]
+    decoder output.
+    """
+    plan = plan_slices(vae, latents.shape[-2], latents.shape[-1], num_slices=num_slices, axis=axis)
+    store = _HostStore(_module_device(vae))
+    bands, frames_per_latent = decode_into(vae, latents, plan, store, postprocess=postprocess)
+    arrays = [b.float().numpy() for b in bands]
+    return arrays, {"dim": plan["dim"], "frames_per_latent": frames_per_latent, "plan": plan}
+
+
+def decode_into(vae, latents, plan, store, postprocess=True):
+    """The decode itself, keeping set-aside tensors in ``store``; returns (host band tensors, frames per latent)."""
+    dim, cuts, windows = plan["dim"], plan["cuts"], plan["windows"]
+    whole, units = _split_units(vae)
+    decoder = vae.decoder
+    num_latent = latents.shape[2]
+    num_bands = len(cuts) - 1
+
+    with torch.no_grad():
+        z = latents.to(device=_module_device(vae), dtype=vae.dtype)
+        # 1. Whole frames at low resolution: conv_in, the mid block (its attention sees the whole frame) and the
+        # first up block. Their caches are small; running them whole keeps the sliced chain's lag short.
+        x = vae.post_quant_conv(z)
+        del z
+        first_cache: list = [None] * _count_causal_convs([decoder.conv_in, decoder.mid_block, *(u.module for u in whole)])
+        for i in range(num_latent):
+            idx = [0]
+            h = _cached_conv(decoder.conv_in, x[:, :, i : i + 1], first_cache, idx)
+            h = decoder.mid_block(h, feat_cache=first_cache, feat_idx=idx)
+            for unit in whole:
+                h = _run_unit(unit, decoder, h, first_cache, idx)
+            for s in range(num_bands):
+                store.put(("mid", s, i), h.narrow(dim, cuts[s], cuts[s + 1] - cuts[s]))
+            del h
+        del x, first_cache
+
+        # 2. Band by band through every latent frame; carries hand each unit's last input columns to the next band.
+        bands = []
+        frames_per_latent = []
+        total_frames = 1 + (num_latent - 1) * _frames_per_step(vae)
+        tail_convs = _count_causal_convs([u.module for u in units if u.kind != "head"]) + 1
+        for s in range(num_bands):
+            last = s == num_bands - 1
+            cache: list = [None] * tail_convs
+            band = None
+            written = 0
+            for i in range(num_latent):
+                # Ask for everything this frame needs at once: later units' carries arrive while earlier units run.
+                store.prefetch([("mid", s, i)] + [("carry", k, i) for k in range(len(units)) if s > 0])
+                idx = [0]
+                x = store.get(("mid", s, i))
+                for k, unit in enumerate(units):
+                    if s > 0:
+                        x = torch.cat([store.get(("carry", k, i)), x], dim=dim)
+                    window, out_window = windows[s][k]
+                    if x.shape[dim] != window.width:
+                        raise AssertionError(f"band {s} unit {k}: {x.shape[dim]} columns, planned {window.width}")
+                    if not last:
+                        store.put(("carry", k, i), x.narrow(dim, x.shape[dim] - unit.carry, unit.carry))
+                    y = _run_unit(unit, decoder, x, cache, idx)
+                    del x
+                    x = y.narrow(dim, out_window.start - window.start * unit.scale, out_window.width)
+                    del y
+                video = torch.clamp(x, min=-1.0, max=1.0)
+                del x
+                if postprocess:
+                    video = (video * 0.5 + 0.5).clamp(0, 1)
+                video = video.permute(0, 2, 3, 4, 1)  # (B, T, H, w, 3): frames laid out as postprocess_video does
+                if band is None:
+                    band = store.host_buffer((video.shape[0], total_frames, *video.shape[2:]), video.dtype)
+                band[:, written : written + video.shape[1]].copy_(video, non_blocking=True)
+                if s == 0:
+                    frames_per_latent.append(video.shape[1])
+                written += video.shape[1]
+                del video
+            if written != total_frames:
+                raise AssertionError(f"band {s}: decoded {written} frames, expected {total_frames}")
+            store.drop(lambda key: key[0] == "mid" and key[1] == s)
+            bands.append(band)
+        store.synchronize()
+    return bands, frames_per_latent
+
+
+# --- the chain -----------------------------------------------------------------------------------------------
+def _split_units(vae) -> tuple[list[_Unit], list[_Unit]]:
+    """(units run on whole frames, units run band by band): the split is after the first upsampler."""
+    units = _units(vae)
+    for k, unit in enumerate(units):
+        if unit.kind == "resample":
+            return units[: k + 1], units[k + 1 :]
+    return [], units
+
+
+def _units(vae) -> list[_Unit]:
+    decoder = vae.decoder
+    units = []
+    for block in decoder.up_blocks:
+        for resnet in block.resnets:
+            units.append(_Unit("resnet", resnet, scale=1, shrink=2, carry=4))
+        if block.upsamplers is not None:
+            # Nearest 2x then a 3x3 conv: an output column 2c+1 needs input columns c..c+1 (one carried column).
+            units.append(_Unit("resample", block.upsamplers[0], scale=2, shrink=1, carry=1))
+    units.append(_Unit("head", decoder.conv_out, scale=1, shrink=1, carry=2))
+    return units
+
+
+def _run_unit(unit: _Unit, decoder, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+    if unit.kind == "head":
+        x = decoder.nonlinearity(decoder.norm_out(x))
+        return _cached_conv(decoder.conv_out, x, cache, idx)
+    return unit.module(x, feat_cache=cache, feat_idx=idx)
+
+
+def _cached_conv(conv, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+    """A causal conv with the Wan decoder's cache bookkeeping (as in ``WanDecoder3d.forward``)."""
+    i = idx[0]
+    cache_x = x[:, :, -_CACHE_T:].clone()
+    if cache_x.shape[2] < 2 and cache[i] is not None:
+        cache_x = torch.cat([cache[i][:, :, -1:].to(cache_x.device), cache_x], dim=2)
+    out = conv(x, cache[i])
+    cache[i] = cache_x
+    idx[0] += 1
+    return out
+
+
+def _total_scale(units: list[_Unit]) -> int:
+    scale = 1
+    for u in units:
+        scale *= u.scale
+    return scale
+
+
+def _step(unit: _Unit, window: _Window, length_in: int) -> _Window:
+    """The exact output columns of ``unit`` given input columns ``window`` of a ``length_in`` wide frame."""
+    start = window.start * unit.scale + (unit.shrink if window.start > 0 else 0)
+    stop = window.stop * unit.scale - (unit.shrink if window.stop < length_in else 0)
+    return _Window(start, stop)
+
+
+def _lag(units: list[_Unit], length: int) -> int:
+    """How far (in output columns) an interior cut moves left through the chain."""
+    # Follow a band that starts at the frame's left edge and stops at an interior cut: its right edge loses each
+    # unit's reach, scaled up by the units after it.
+    cut = far = 1 << 20
+    window = _Window(0, cut)
+    for u in units:
+        window = _step(u, window, far * 4)
+        far *= u.scale
+    return cut * _total_scale(units) - window.stop
+
+
+def _simulate(units: list[_Unit], cuts: list[int], length: int):
+    """Per band, per unit: (input window, output window); None when some band is too narrow to be exact."""
+    bands = []
+    previous: list[_Window] | None = None
+    for s in range(len(cuts) - 1):
+        if cuts[s + 1] <= cuts[s]:
+            return None
+        last = s == len(cuts) - 2
+        rows = []
+        new = _Window(cuts[s], cuts[s + 1])
+        length_in = length
+        for k, u in enumerate(units):
+            start = 0 if previous is None else previous[k].stop - u.carry
+            window = _Window(start, new.stop)
+            if previous is not None and start < previous[k].start:
+                return None
+            if not last and window.width < u.carry:
+                return None
+            out = _step(u, window, length_in)
+            if out.width <= 0:
+                return None
+            rows.append((window, out))
+            new = out
+            length_in *= u.scale
+        if s > 0 and rows[-1][1].start != bands[-1][-1][1].stop:
+            return None
+        bands.append(rows)
+        previous = [w for w, _ in rows]
+    if bands[-1][-1][1].stop != length * _total_scale(units):
+        return None
+    return bands
+
+
+def _max_slices(units: list[_Unit], length: int) -> int:
+    best = 1
+    for n in range(2, length + 1):
+        if _simulate(units, _cuts(units, length, n), length) is None:
+            break
+        best = n
+    return best
+
+
+def _cuts(units: list[_Unit], length: int, num_slices: int) -> list[int]:
+    """Latent columns where bands start, chosen so the decoded bands come out about equally wide."""
+    total, lag = _total_scale(units), _lag(units, length)
+    cuts = [0]
+    for s in range(1, num_slices):
+        target = round((s * length * total / num_slices + lag) / total)
+        # Leave at least one column for each band still to come.
+        cuts.append(min(max(target, cuts[-1] + 1), length - (num_slices - s)))
+    return cuts + [length]
+
+
+def _count_causal_convs(modules) -> int:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    return sum(isinstance(m, WanCausalConv3d) for module in modules for m in module.modules())
+
+
+def _frames_per_step(vae) -> int:
+    return 2 ** sum(bool(t) for t in vae.temperal_upsample)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class _HostStore:
+    """Where the mid-block outputs and the carries wait between uses.
+
+    On a CUDA device they go to pinned host memory on a side stream and come back ahead of use, so the accelerator
+    holds only what the current band and frame need. On a CPU they simply stay where they are (as copies, so that a
+    carried view does not keep a whole activation alive).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.items: dict = {}
+        self.ready: dict = {}  # key -> (device tensor, event) fetched ahead of use
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def put(self, key, tensor: torch.Tensor) -> None:
+        if not self.cuda:
+            self.items[key] = tensor.clone()
+            return
+        # Copy out on the side stream once the compute stream has produced the tensor; record_stream keeps the
+        # allocator from handing its memory to a later kernel before the copy has read it.
+        produced = torch.cuda.current_stream(self.device).record_event()
+        old = self.items.get(key)
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(produced)
+            host = old if old is not None and old.shape == tensor.shape else torch.empty(
+                tensor.shape, dtype=tensor.dtype, pin_memory=True
+            )
+            host.copy_(tensor, non_blocking=True)
+        tensor.record_stream(self.stream)
+        self.items[key] = host
+
+    def prefetch(self, keys) -> None:
+        if not self.cuda:
+            return
+        for key in keys:
+            if key in self.ready or key not in self.items:
+                continue
+            with torch.cuda.stream(self.stream):
+                on_device = self.items[key].to(self.device, non_blocking=True)
+                done = self.stream.record_event()
+            self.ready[key] = (on_device, done)
+
+    def get(self, key) -> torch.Tensor:
+        if not self.cuda:
+            return self.items[key]
+        if key not in self.ready:
+            self.prefetch([key])
+        on_device, done = self.ready.pop(key)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        on_device.record_stream(current)
+        return on_device
+
+    def drop(self, predicate) -> None:
+        for key in [k for k in self.items if predicate(k)]:
+            del self.items[key]
+
+    def host_buffer(self, shape, dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)

@@ -145,36 +145,65 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------- VAE
 
 
-def vae_batch(rng: np.random.Generator, args) -> np.ndarray:
+def vae_batch(rng: np.random.Generator, args, frames: int, crop: int) -> np.ndarray:
     """Short windows and crops of full-size clips, centred near the object so most crops show it."""
     out = []
     for _ in range(args.vae_batch):
         spec = shapes.sample_specs(1, int(rng.integers(2**31)), gray_fraction=0.3)[0]
         seed = int(rng.integers(2**31))
-        first = int(rng.integers(0, args.frames - args.vae_frames + 1))
-        cx, cy = shapes.object_centre(spec, args.frames, seed, first + args.vae_frames // 2)
-        c = args.vae_crop
+        first = int(rng.integers(0, args.frames - frames + 1))
+        cx, cy = shapes.object_centre(spec, args.frames, seed, first + frames // 2)
+        c = crop
         # Jitter the crop so the object is anywhere in it, sometimes at or past the edge.
         top = int(np.clip(cy * args.height - c / 2 + rng.integers(-c // 3, c // 3 + 1), 0, args.height - c))
         left = int(np.clip(cx * args.width - c / 2 + rng.integers(-c // 3, c // 3 + 1), 0, args.width - c))
         out.append(
             shapes.render_clip(
                 spec, args.frames, args.height, args.width, seed,
-                window=(first, first + args.vae_frames), crop=(top, left, c, c),
+                window=(first, first + frames), crop=(top, left, c, c),
             )
         )
     return np.stack(out)
 
 
-def train_vae(vae, args) -> list[float]:
-    rng = np.random.default_rng(args.seed + 10)
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """``AutoencoderKLWan._decode`` without its final clamp to [-1, 1].
+
+    Training through the clamp fails: the decoder learns to push the black background below -1 (free,
+    since the clamp hides it), the whole output drifts there, and object pixels below -1 get no
+    gradient, so objects are never learned. The loss must see the raw output.
+    """
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    outs = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(outs, 2)
+
+
+def train_vae(vae, args, phase: int) -> list[float]:
+    """Phase 1: 5-frame windows (first frame + one chunk), 64x64 crops, plain loss: learns shapes.
+    Phase 2: 9-frame windows (so the chunk-to-chunk causal cache is trained too), 48x48 crops, and
+    object pixels weighted up: phase 1 learns where things are long before it learns their colour,
+    because the background is most of every pixel."""
+    steps, frames, crop, obj_w = (
+        (args.vae_steps, 5, 64, 0.0) if phase == 1 else (args.vae2_steps, 9, 48, args.vae2_obj_weight)
+    )
+    rng = np.random.default_rng(args.seed + 10 * phase)
+    if phase == 2:
+        torch.manual_seed(args.seed + 200)  # phase 2 starts from a known state, also when resumed
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     vae.train()
     curve, acc, t0 = [], [], time.time()
-    for step in range(args.vae_steps):
+    for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, 50)
-        x = to_tensor(vae_batch(rng, args))
+            g["lr"] = cosine_lr(step, steps, args.vae_lr, 50)
+        x = to_tensor(vae_batch(rng, args, frames, crop))
+        # Object pixels: those away from the clip's median colour (the background covers most of it).
+        bg = x.flatten(2).median(dim=2).values[:, :, None, None, None]
+        weight = 1.0 + obj_w * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.1).float()
         post = vae.encode(x).latent_dist
         # A fixed small latent noise instead of the learned posterior variance: with the variance head
         # starting at 1 against means of ~0.1, a sampled latent is all noise and the decoder learns
@@ -182,9 +211,9 @@ def train_vae(vae, args) -> list[float]:
         # wrong latents (which is what a diffusion model hands it); the L2 term stops the encoder from
         # simply scaling its way past the noise. Latents are read with ``.mode()`` afterwards.
         z = post.mean + args.vae_noise * torch.randn_like(post.mean)
-        rec = vae.decode(z).sample
-        l1 = (rec - x).abs().mean()
-        mse = F.mse_loss(rec, x)
+        rec = decode_unclamped(vae, z)
+        l1 = ((rec - x).abs() * weight).mean() / weight.mean()
+        mse = ((rec - x).pow(2) * weight).mean() / weight.mean()
         kl = post.mean.pow(2).mean()
         loss = l1 + mse + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
@@ -192,11 +221,11 @@ def train_vae(vae, args) -> list[float]:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         acc.append((l1.item(), mse.item(), kl.item()))
-        if (step + 1) % args.log_every == 0 or step + 1 == args.vae_steps:
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
             a = np.mean(acc, axis=0)
             acc = []
             curve.append(float(a[0]))
-            log(f"vae step {step + 1}/{args.vae_steps} l1 {a[0]:.4f} mse {a[1]:.5f} mean^2 {a[2]:.3f} ({time.time() - t0:.0f}s)")
+            log(f"vae phase {phase} step {step + 1}/{steps} l1 {a[0]:.4f} mse {a[1]:.5f} mean^2 {a[2]:.3f} ({time.time() - t0:.0f}s)")
     vae.eval()
     return curve
 
@@ -292,22 +321,20 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/tiny-wan")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--frames", type=int, default=33)
+    ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--z-dim", type=int, default=12)
     ap.add_argument("--vae-dim", type=int, default=16)
-    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=4)
-    ap.add_argument("--vae-frames", type=int, default=5)
-    ap.add_argument("--vae-crop", type=int, default=64)
-    ap.add_argument("--vae-lr", type=float, default=1.5e-3)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-3, help="weight of the L2 penalty on latent means")
     ap.add_argument("--vae-noise", type=float, default=0.05, help="std of the noise added to latents in training")
     ap.add_argument("--text-dim", type=int, default=64)
     ap.add_argument("--max-seq-len", type=int, default=16)
-    ap.add_argument("--num-clips", type=int, default=800)
+    ap.add_argument("--num-clips", type=int, default=1000)
     ap.add_argument("--dit-dim", type=int, default=128)
     ap.add_argument("--dit-layers", type=int, default=4)
     ap.add_argument("--dit-steps", type=int, default=3000)
@@ -320,10 +347,13 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt", default="/tmp/train_tiny_ckpt.pt")
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--vae-from", default=None, help="skip VAE training: load this saved VAE directory")
+    ap.add_argument("--vae-phase1-from", default=None, help="resume: load the phase-1 VAE saved by an earlier run")
+    ap.add_argument("--vae2-steps", type=int, default=400)
+    ap.add_argument("--vae2-obj-weight", type=float, default=4.0)
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.vae_steps, args.dit_steps, args.num_clips, args.log_every = 6, 10, 16, 2
+        args.vae_steps, args.vae2_steps, args.dit_steps, args.num_clips, args.log_every = 4, 4, 10, 16, 2
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals make CPU convolutions crawl late in training
@@ -341,9 +371,16 @@ def main(argv=None) -> None:
         vae_curve = []
         log(f"loaded VAE from {args.vae_from}")
     else:
-        vae = build_vae(args)
-        log(f"VAE params {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
-        vae_curve = train_vae(vae, args)
+        if args.vae_phase1_from:
+            vae = AutoencoderKLWan.from_pretrained(args.vae_phase1_from)
+            vae_curve = []
+            log(f"loaded phase-1 VAE from {args.vae_phase1_from}")
+        else:
+            vae = build_vae(args)
+            log(f"VAE params {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
+            vae_curve = train_vae(vae, args, phase=1)
+            vae.save_pretrained("/tmp/train_tiny_vae_phase1")
+        vae_curve += train_vae(vae, args, phase=2)
         vae.save_pretrained("/tmp/train_tiny_vae")
     t_vae = time.time() - t_start
 

@@ -1,0 +1,203 @@
+"""The shipped tiny model (assets/tiny-wan) and the synthetic world it was trained on.
+
+The first half checks the grammar, the renderer and the measurement on rendered clips, so the
+measurement is shown to be able to fail. The second half loads the shipped weights offline through
+``WanPipeline.from_pretrained`` and checks what the model draws: for every prompt, the dominant colour of
+the moving object must be the one asked for and its centroid must move the stated way by a clear margin.
+Prompts include (colour, shape, motion) triples that were held out of training.
+
+Run ``pytest tests/test_tiny_model.py -s`` to see the per-prompt table and the pass rate.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightcache import shapes
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "tiny-wan"
+
+# Settings of the prompt-following check. Fewer steps than the app's default keep the test quick;
+# the model follows prompts at these settings too (see MODEL_CARD.md for the pass rate at the default).
+HEIGHT, WIDTH, FRAMES = 128, 128, 17
+STEPS = 12
+GUIDANCE = 5.0
+MAX_SEQ_LEN = 16
+
+PROMPTS = [
+    # Held out of training: the model never saw these (colour, shape, motion) combinations.
+    "a red square moving up",
+    "a green circle moving left",
+    "a blue triangle moving right",
+    "a yellow circle moving down",
+    "a white square moving left",
+    "a green triangle moving up",
+    # Seen combinations, every colour, shape and direction, black background said or not.
+    "a red circle moving right",
+    "a red triangle moving down",
+    "a green square moving right",
+    "a green circle moving down",
+    "a blue circle moving up",
+    "a blue square moving left",
+    "a yellow square moving right",
+    "a yellow triangle moving left",
+    "a white circle moving up",
+    "a white triangle moving down",
+    "a blue square moving down on a black background",
+    "a red circle moving left on a black background",
+    # Gray backgrounds.
+    "a red circle moving up on a gray background",
+    "a green square moving left on a gray background",
+    "a blue circle moving right on a gray background",
+    "a yellow triangle moving down on a gray background",
+    "a white triangle moving right on a gray background",
+    "a blue triangle moving up on a gray background",
+]
+
+
+# ------------------------------------------------------------------ grammar, renderer, measurement
+
+
+def test_parse_prompt_and_caption_round_trip():
+    for spec in shapes.all_specs(include_held_out=True):
+        for bg in shapes.BACKGROUNDS:
+            s = shapes.ClipSpec(spec.colour, spec.shape, spec.motion, bg)
+            assert shapes.parse_prompt(shapes.caption(s)) == s
+            assert shapes.parse_prompt(shapes.caption(s, say_background=True)) == s
+    assert shapes.parse_prompt("a red circle moving right").background == "black"
+    assert shapes.parse_prompt("A White Square moving down on a grey background").background == "gray"
+    with pytest.raises(ValueError):
+        shapes.parse_prompt("a purple circle moving right")
+
+
+def test_sampler_is_deterministic_and_holds_out():
+    a, b = shapes.sample_specs(300, seed=7), shapes.sample_specs(300, seed=7)
+    assert a == b
+    assert not any(s.triple in shapes.HELD_OUT for s in a)
+    assert {s.colour for s in a} == set(shapes.COLOURS)
+    assert {s.motion for s in a} == set(shapes.MOTIONS)
+    assert all(p.split(" moving")[0] for p in PROMPTS)
+    assert sum(shapes.parse_prompt(p).triple in shapes.HELD_OUT for p in PROMPTS) == len(shapes.HELD_OUT)
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a = shapes.render_clip("a green square moving up", 17, 64, 64, seed=1)
+    b = shapes.render_clip("a green square moving up", 17, 64, 64, seed=1)
+    c = shapes.render_clip("a green square moving up", 17, 64, 64, seed=2)
+    assert a.shape == (17, 64, 64, 3) and a.dtype == np.uint8
+    assert (a == b).all() and not (a == c).all()
+
+
+@pytest.mark.parametrize("spec", shapes.all_specs(include_held_out=True)[::5])
+def test_measurement_reads_rendered_clips(spec):
+    for bg in shapes.BACKGROUNDS:
+        s = shapes.ClipSpec(spec.colour, spec.shape, spec.motion, bg)
+        clip = shapes.render_clip(s, FRAMES, HEIGHT, WIDTH, seed=3)
+        ok, m = shapes.follows_prompt(clip, s)
+        assert ok, m
+        assert m.colour == s.colour and m.direction == s.motion and m.background == bg
+        # Float frames in [0, 1] with a batch axis, as the pipeline returns them, read the same.
+        assert shapes.measure_motion(clip[None].astype(np.float32) / 255.0).direction == s.motion
+
+
+def test_measurement_can_fail():
+    clip = shapes.render_clip("a red circle moving right", FRAMES, HEIGHT, WIDTH, seed=0)
+    m = shapes.measure_motion(clip)
+    assert (m.colour, m.direction) == ("red", "right") and m.dx > 0.3
+    # Played backwards, it moves left, so a "moving right" prompt fails.
+    assert shapes.measure_motion(clip[::-1]).direction == "left"
+    assert not shapes.follows_prompt(clip[::-1], "a red circle moving right")[0]
+    assert not shapes.follows_prompt(clip, "a blue circle moving right")[0]
+    # A still object (every frame the first) has no motion; an empty video has no object at all.
+    assert not shapes.follows_prompt(np.repeat(clip[:1], FRAMES, 0), "a red circle moving right")[0]
+    assert shapes.measure_motion(np.zeros_like(clip)).colour is None
+    # Painting the whole frame red is a red background with nothing on it, not a red object.
+    red = np.zeros_like(clip)
+    red[...] = shapes.PALETTE["red"]
+    assert not shapes.follows_prompt(red, "a red circle moving right")[0]
+
+
+# ------------------------------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from diffusers import WanPipeline
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    assert (ASSETS / "model_index.json").is_file(), f"the shipped model is missing from {ASSETS}"
+    return WanPipeline.from_pretrained(str(ASSETS))
+
+
+def _generate(pipe, prompts, seed, steps=STEPS, frames=FRAMES):
+    import torch
+
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    return pipe(
+        prompts,
+        negative_prompt=[""] * len(prompts),
+        height=HEIGHT,
+        width=WIDTH,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=GUIDANCE,
+        generator=gens,
+        output_type="np",
+        max_sequence_length=MAX_SEQ_LEN,
+    ).frames
+
+
+def test_assets_are_small_safetensors():
+    weights = list(ASSETS.rglob("*.safetensors"))
+    assert {p.parent.name for p in weights} == {"transformer", "vae", "text_encoder"}
+    assert not list(ASSETS.rglob("*.bin"))
+    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) < 25 * 2**20
+
+
+def test_loads_offline_in_eval_mode(pipe):
+    for name in ("transformer", "vae", "text_encoder"):
+        module = getattr(pipe, name)
+        assert not any(m.training for m in module.modules()), f"{name} is in train mode"
+    assert pipe.vae_scale_factor_spatial == 8 and pipe.vae_scale_factor_temporal == 4
+
+
+def test_same_seed_same_video(pipe):
+    a = _generate(pipe, ["a red circle moving right"], seed=5, steps=4, frames=9)
+    b = _generate(pipe, ["a red circle moving right"], seed=5, steps=4, frames=9)
+    c = _generate(pipe, ["a red circle moving right"], seed=6, steps=4, frames=9)
+    assert a.shape == (1, 9, HEIGHT, WIDTH, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_prompt_following(pipe):
+    """At least 90% of the prompts (held-out combinations included) show the asked colour and motion."""
+    rows = []
+    for i in range(0, len(PROMPTS), 8):
+        batch = PROMPTS[i : i + 8]
+        videos = _generate(pipe, batch, seed=100 + i)
+        for prompt, video in zip(batch, videos):
+            ok, m = shapes.follows_prompt(video, prompt)
+            held = shapes.parse_prompt(prompt).triple in shapes.HELD_OUT
+            rows.append((ok, held, prompt, m))
+    passed = sum(r[0] for r in rows)
+    rate = passed / len(rows)
+    held_rows = [r for r in rows if r[1]]
+    lines = [
+        f"{'PASS' if ok else 'FAIL'} {'held-out' if held else '        '} {prompt:<50} -> {m.colour} "
+        f"({m.colour_share:.0%}), dx {m.dx:+.2f} dy {m.dy:+.2f}, bg {m.background}"
+        for ok, held, prompt, m in rows
+    ]
+    summary = (
+        f"prompt following: {passed}/{len(rows)} = {rate:.0%} "
+        f"(held-out {sum(r[0] for r in held_rows)}/{len(held_rows)}; {STEPS} steps, guidance {GUIDANCE})"
+    )
+    print("\n" + "\n".join(lines) + "\n" + summary)
+    assert len(rows) >= 20
+    assert rate >= 0.9, summary + "\n" + "\n".join(lines)

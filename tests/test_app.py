@@ -172,14 +172,20 @@ def test_app_py_help_lists_its_flags(capsys):
 
 # --- the served app -------------------------------------------------------------------------------------
 class _Loader:
-    """Builds tiny random pipelines and remembers them, so tests can inspect what the app ran on."""
+    """Builds tiny random pipelines and remembers them, so tests can inspect what the app ran on.
+
+    ``delay_s`` slows every transformer call down, so that a test can stop a run surely before it ends.
+    """
 
     def __init__(self):
         self.pipes = []
+        self.delay_s = 0.0
 
     def __call__(self, preset, device):
-        self.pipes.append(build_tiny_pipeline(0))
-        return self.pipes[-1]
+        pipe = build_tiny_pipeline(0)
+        pipe.transformer.register_forward_pre_hook(lambda module, args: time.sleep(self.delay_s))
+        self.pipes.append(pipe)
+        return pipe
 
 
 @pytest.fixture(scope="module")
@@ -259,13 +265,17 @@ def test_bad_inputs_return_the_specific_error(client, served, changes, message):
 def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(client, served):
     demo, loader, out_root = served
     before = set(os.listdir(out_root))
-    job = client.submit(steps=100, api_name="/generate")
-    deadline = time.time() + 120
-    while not any("step 1 /" in u[0] for u in job.outputs()):
-        assert time.time() < deadline and not job.done(), "the run never reached its first step"
-        time.sleep(0.05)
-    assert "Stopped" in client.predict(api_name="/stop")
-    final = job.result(timeout=60)
+    loader.delay_s = 0.05  # 200 calls of at least 50 ms: the run cannot end before Stop arrives
+    try:
+        job = client.submit(steps=100, api_name="/generate")
+        deadline = time.time() + 120
+        while not any("step 1 /" in u[0] for u in job.outputs()):
+            assert time.time() < deadline and not job.done(), "the run never reached its first step"
+            time.sleep(0.05)
+        assert "Stopped" in client.predict(api_name="/stop")
+        final = job.result(timeout=60)
+    finally:
+        loader.delay_s = 0.0
     assert "Stopped" in final[0]
     assert "step 100 / 100" not in job.outputs()[-2][0]
 

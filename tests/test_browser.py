@@ -6,6 +6,7 @@ Skips (saying why) where the ``playwright`` package or a system Chromium is miss
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,13 @@ def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_
     from playwright.sync_api import sync_playwright
 
     pipes = []
+    delay = {"s": 0.05}  # at least 50 ms per call while the first run goes: it cannot end before Stop arrives
 
     def loader(preset, device):
-        pipes.append(build_tiny_pipeline(0))
-        return pipes[-1]
+        pipe = build_tiny_pipeline(0)
+        pipe.transformer.register_forward_pre_hook(lambda module, args: time.sleep(delay["s"]))
+        pipes.append(pipe)
+        return pipe
 
     demo = _serve(tmp_path, loader, steps=100)
     try:
@@ -73,16 +77,28 @@ def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_
             page.locator("#run").click()
             page.wait_for_selector("#trace .js-plotly-plot .scatterlayer .point", timeout=120_000)
             page.locator("#stop").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#status')?.innerText || '').startsWith('Stopped.')", timeout=60_000)
+            _wait_for_status(page, "Stopped.", 60)
+            delay["s"] = 0.0
             page.wait_for_timeout(1000)  # any update still in flight would land now and must not undo the stop
             assert page.locator("#status").inner_text().startswith("Stopped.")
             page.locator("#run").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#status')?.innerText || '').startsWith('Done.')", timeout=180_000)
+            _wait_for_status(page, "Done.", 180)
             browser.close()
     finally:
         demo.close()
     registry = getattr(pipes[0].transformer, "_diffusers_hook", None)
     assert len(pipes) == 1 and (registry is None or not registry.hooks)
     assert not list((tmp_path / "outputs").iterdir())[1:], "only the finished run's directory may remain"
+
+
+def _wait_for_status(page, prefix: str, timeout_s: float) -> None:
+    """Wait until the status line starts with ``prefix``; on timeout say what it showed instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "(prefix) => (document.querySelector('#status')?.innerText || '').startsWith(prefix)",
+            arg=prefix, timeout=timeout_s * 1000,
+        )
+    except PlaywrightTimeout:
+        pytest.fail(f"status never started with {prefix!r}; it shows: {page.locator('#status').inner_text()!r}")

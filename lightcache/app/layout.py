@@ -4,7 +4,7 @@
 form, a job's updates (:mod:`.jobs`) and the figures and tables (:mod:`lightcache.plots`, :mod:`.view`).
 
 API: the Run button's event is ``/generate``. Its parameters are the form fields (:data:`.form.FIELDS`), each
-defaulting to what the page shows at start; it streams one update per transformer call and ends with the video,
+defaulting to what the page shows at start; it streams one update per denoising step and ends with the video,
 the timeline figure and the tables.
 
 Example:

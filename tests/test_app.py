@@ -121,10 +121,10 @@ def test_output_dirs_are_unique_and_old_ones_are_swept(tmp_path):
     assert not os.path.exists(a) and os.path.isdir(b)
     dirs.discard(b)
     assert not os.path.exists(b)
-    outside = tempfile.mkdtemp()
+    outside = tmp_path / "not-a-run"
+    outside.mkdir()
     dirs.discard(outside)  # never removes anything it did not create
-    assert os.path.isdir(outside)
-    os.rmdir(outside)
+    assert outside.is_dir()
 
 
 def test_session_copies_are_independent_and_stop_only_their_own_run():
@@ -202,7 +202,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return Client(served[0].local_url, verbose=False)
+    return _client(served[0].local_url, served[2].parent / "downloads")
 
 
 def _is_value(output):
@@ -295,7 +295,7 @@ def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(cl
 
 def test_two_clients_are_queued_both_finish_and_see_only_their_own_run(served):
     url = served[0].local_url
-    a, b, c = Client(url, verbose=False), Client(url, verbose=False), Client(url, verbose=False)
+    a, b, c = (_client(url, served[2].parent / "downloads") for _ in range(3))
     job_a = a.submit(prompt="a blue square moving down", api_name="/generate")
     job_b = b.submit(prompt="a yellow triangle moving up", seed=7, api_name="/generate")
     assert "Nothing is running" in c.predict(api_name="/stop")  # c cannot stop a or b
@@ -328,13 +328,17 @@ def test_python_app_py_serves_the_page_on_the_gradio_port():
         proc.wait(timeout=30)
 
 
+def _client(url: str, downloads: Path) -> Client:
+    return Client(url, verbose=False, download_files=str(downloads))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_building_the_page_never_touches_cuda(monkeypatch):
+def test_building_the_page_never_touches_cuda(monkeypatch, tmp_path):
     # A ZeroGPU Space forbids CUDA in the main process: importing app.py and building the page must not ask.
     import torch
 
@@ -344,5 +348,5 @@ def test_building_the_page_never_touches_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", forbidden)
     monkeypatch.setattr(torch.cuda, "init", forbidden)
     monkeypatch.setattr(torch.cuda, "device_count", forbidden)
-    demo = build_demo(outputs=OutputDirs(tempfile.mkdtemp()))
+    demo = build_demo(outputs=OutputDirs(tmp_path))
     assert demo.fns  # built, with its events

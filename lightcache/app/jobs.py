@@ -16,7 +16,8 @@ Example:
     >>> from lightcache.tiny import build_tiny_pipeline
     >>> cache = PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu")
     >>> job = parse_request(dict(initial_values(), steps=4, warmup=1, frames=5, height=32, width=32), "cpu")
-    >>> updates = list(job_updates(cache, job, tempfile.mkdtemp(), threading.Event()))
+    >>> with tempfile.TemporaryDirectory() as out_dir:
+    ...     updates = list(job_updates(cache, job, out_dir, threading.Event()))
     >>> [u.video.rsplit("/", 1)[-1] for u in updates if u.video]
     ['accelerated.mp4']
 """

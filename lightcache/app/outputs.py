@@ -6,7 +6,7 @@ once; finished runs stay long enough for the browser to fetch the video (Gradio 
 and are swept once they are older than ``max_age_s``, at the next run or when the app starts.
 
 Example:
-    >>> import os, tempfile
+    >>> import os, shutil, tempfile
     >>> from lightcache.app.outputs import OutputDirs
     >>> dirs = OutputDirs(root=tempfile.mkdtemp())
     >>> a, b = dirs.new(), dirs.new()
@@ -14,6 +14,7 @@ Example:
     True
     >>> dirs.discard(a); os.path.exists(a)
     False
+    >>> shutil.rmtree(dirs.root)
 """
 
 from __future__ import annotations

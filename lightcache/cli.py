@@ -1,8 +1,9 @@
 """The command line: ``python -m lightcache generate ...`` (and the benchmarks' subcommands).
 
-``generate`` writes into ``--out``: ``video.mp4`` (H.264), ``trace.json`` (one record per transformer call) and
-``summary.json`` (preset, settings, stage times, computed/reused counts and, with ``--compare-baseline``, the
-plain run's time, the speed-up, PSNR and SSIM). A bad request prints one line starting with ``error:`` and exits
+``generate`` writes into ``--out``: ``video.mp4`` (H.264), ``trace.json`` (one record per transformer call),
+``summary.json`` (preset, settings, stage times and peak memory, which memory strategies acted, computed/reused
+counts and, with ``--compare-baseline``, the plain run's time, the speed-up, PSNR and SSIM), ``timeline.json`` (the
+run's events as plain data: stages, calls, memory samples) and ``timeline.html`` (the memory timeline figure). A bad request prints one line starting with ``error:`` and exits
 with status 2, leaving nothing in ``--out``.
 
 Example:
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Faster, lighter video diffusion with EasyCache and LightCache's memory strategies.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    gen = sub.add_parser("generate", help="generate one video and write video.mp4, trace.json, summary.json")
+    gen = sub.add_parser("generate", help="generate one video and write video.mp4, trace.json, summary.json, "
+                                          "timeline.json, timeline.html")
     add_generate_arguments(gen)
     gen.set_defaults(handler=cmd_generate)
     presets = sub.add_parser("presets", help="list the model presets")
@@ -57,6 +59,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="EasyCache threshold tau (0 never reuses)")
     p.add_argument("--warmup", type=int, help="EasyCache warm-up steps that always compute")
     p.add_argument("--no-easycache", action="store_true", help="run every step in full")
+    p.add_argument("--async-swap", dest="async_swap", action="store_true",
+                   help="keep idle weights and cache tensors in pinned CPU memory, streamed in on a side CUDA stream "
+                        "(a no-op on a CPU, and the summary says so)")
+    p.add_argument("--chunk-ffn", dest="chunk_ffn", type=int, metavar="N",
+                   help="feature chunking: run the transformer's token-wise layers over N slices of the sequence")
+    p.add_argument("--sliced-decode", dest="sliced_decode", action="store_true",
+                   help="decode the latents in bands so the VAE's full-resolution activations never exist whole")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also run the plain pipeline with the same seed; report speed-up, PSNR and SSIM")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -123,6 +132,7 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
 
     out_dir = Path(out_dir)
     records: list[dict[str, Any]] = []
+    timeline: list[dict[str, Any]] = []
     if compare_baseline:
         # One untimed two-step run first, so that one-time costs (kernel selection, allocator growth, lazy
         # imports) land on neither of the two timed runs and the speed-up compares like with like.
@@ -132,6 +142,8 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
             Mp4Writer(out_dir / "video.mp4", fps=settings.fps) as writer:
 
         def on_event(event):
+            if not isinstance(event, FramesDecoded):
+                timeline.append(event.to_dict())
             if isinstance(event, StepRecord):
                 records.append(event.to_dict())
                 bar(event)
@@ -159,6 +171,7 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
         )
     (out_dir / "trace.json").write_text(json.dumps(records, indent=1))
     (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
+    _write_timeline(timeline, out_dir)
     return summary
 
 
@@ -190,7 +203,19 @@ def _settings_overrides(args) -> dict[str, Any]:
     overrides = {name: getattr(args, name, None) for name in names}
     if getattr(args, "no_easycache", False):
         overrides["easycache"] = False
+    overrides["chunk_ffn"] = getattr(args, "chunk_ffn", None)
+    for flag in ("async_swap", "sliced_decode"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
     return overrides
+
+
+def _write_timeline(events: list[dict[str, Any]], out_dir: Path) -> None:
+    """timeline.json (the events the figure is drawn from) and timeline.html (the figure, viewable offline)."""
+    from .plots import timeline_figure
+
+    (out_dir / "timeline.json").write_text(json.dumps(json_safe(events), indent=1))
+    timeline_figure(events).write_html(out_dir / "timeline.html", include_plotlyjs=True, full_html=True)
 
 
 def _load(preset, args):
@@ -250,7 +275,7 @@ class _progress:
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     stages = ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in summary["stages"].items())
-    line = (f"wrote {out}/video.mp4, trace.json, summary.json | {stages} | "
+    line = (f"wrote {out}/video.mp4, trace.json, summary.json, timeline.json, timeline.html | {stages} | "
             f"calls computed {summary['calls_computed']}, reused {summary['calls_reused']}")
     if "speedup" in summary:
         psnr_db = summary["psnr_db"]

@@ -82,10 +82,86 @@ class EasyCacheConfig:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps!r}.")
 
 
-class EasyCacheState(BaseState):
-    """Everything EasyCache remembers within one run. ``reset()`` returns it to the start of a run."""
+class TensorStore:
+    """Where EasyCache keeps its cached tensors between calls: a plain dict, on the device they were made on.
+
+    The default. :class:`lightcache.swap.PinnedTensorStore` is a drop-in replacement that parks them in pinned host
+    memory between the calls that use them; the hook's arithmetic does not change with the store.
+    """
 
     def __init__(self):
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        self._tensors[name] = tensor
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self._tensors.get(name)
+
+    def discard(self, name: str) -> None:
+        self._tensors.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def prefetch(self, names) -> None:
+        """A hint that ``names`` are needed soon; nothing to do when they never leave the device."""
+
+    def release(self) -> None:
+        """A hint that no cached tensor is needed until the next ``get`` (the transformer is about to run)."""
+
+    def clear(self) -> None:
+        self._tensors.clear()
+
+
+def _stored(name: str, doc: str) -> property:
+    def get(state):
+        return state.store.get(name)
+
+    def set_(state, value):
+        if value is None:
+            state.store.discard(name)
+        else:
+            state.store.put(name, value)
+
+    return property(get, set_, doc=doc)
+
+
+class _StoredDeltas:
+    """``branch -> delta`` backed by the state's tensor store (supports ``in``, ``[]`` and ``[]=``)."""
+
+    def __init__(self, store: TensorStore):
+        self._store = store
+
+    def __contains__(self, branch: str) -> bool:
+        return f"delta/{branch}" in self._store.names()
+
+    def __getitem__(self, branch: str) -> torch.Tensor:
+        tensor = self._store.get(f"delta/{branch}")
+        if tensor is None:
+            raise KeyError(branch)
+        return tensor
+
+    def __setitem__(self, branch: str, tensor: torch.Tensor) -> None:
+        self._store.put(f"delta/{branch}", tensor)
+
+    def __len__(self) -> int:
+        return sum(name.startswith("delta/") for name in self._store.names())
+
+
+class EasyCacheState(BaseState):
+    """Everything EasyCache remembers within one run. ``reset()`` returns it to the start of a run.
+
+    The cached tensors (``x_prev``, ``x_last``, ``v_last``, ``deltas``) live in ``store`` (a :class:`TensorStore`);
+    ``reset()`` empties it but keeps it, so a store swapped in for a run stays in place for the whole run.
+    """
+
+    x_prev = _stored("x_prev", "cond input of the previous step (computed or reused)")
+    x_last = _stored("x_last", "cond input of the last computed step")
+    v_last = _stored("v_last", "cond output of the last computed step")
+
+    def __init__(self, store: TensorStore | None = None):
+        self.store = store if store is not None else TensorStore()
         self.reset()
 
     def reset(self):
@@ -93,10 +169,8 @@ class EasyCacheState(BaseState):
         self.compute_current = True  # the cond decision, followed by the other branches of the same step
         self.error = 0.0  # accumulated estimated error E
         self.k: float | None = None
-        self.x_prev: torch.Tensor | None = None  # cond input of the previous step (computed or reused)
-        self.x_last: torch.Tensor | None = None  # cond input of the last computed step
-        self.v_last: torch.Tensor | None = None  # cond output of the last computed step
-        self.deltas: dict[str, torch.Tensor] = {}  # branch -> v - x of its last computed call
+        self.store.clear()  # x_prev, x_last, v_last and the deltas
+        self.deltas = _StoredDeltas(self.store)  # branch -> v - x of its last computed call
         self.internal_calls = 0  # step counter for pipelines without a cache context
 
 
@@ -114,6 +188,10 @@ class EasyCacheHook(ModelHook):
         self.context_receiver = StateManager(EasyCacheState)
         self.records: list[StepRecord] = []
 
+    def use_tensor_store(self, store: TensorStore | None) -> None:
+        """Keep the cached tensors in ``store`` from now on (None: the default dict store). Resets the state."""
+        self.state = EasyCacheState(store)
+
     # --- diffusers hook API -------------------------------------------------------------------------
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # diffusers calls this when a pipeline call ends (maybe_free_model_hooks): drop the cached tensors but
@@ -128,6 +206,8 @@ class EasyCacheHook(ModelHook):
         branch, step, num_steps = self._locate_call()
         state = self.state
         cfg = self.config
+        # The tensors this call's decision reads; a store that parks them off the device starts fetching them now.
+        state.store.prefetch(("x_prev", "v_last", f"delta/{branch}") if branch == COND else (f"delta/{branch}",))
 
         if branch == COND:
             if step == 0 or step <= state.step:
@@ -152,6 +232,7 @@ class EasyCacheHook(ModelHook):
             state.compute_current = compute
 
         if compute:
+            state.store.release()
             output = self.fn_ref.original_forward(*args, **kwargs)
             v_t = _sample_of(output)
             x_t = self._latent_part(hidden_states, v_t.shape[1])

@@ -28,9 +28,15 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from .chunk import apply_feature_chunking, check_num_chunks, num_tokens, remove_feature_chunking
 from .easycache import EasyCacheConfig, apply_easycache, remove_easycache
 from .errors import LightcacheError, RunCancelled
 from .events import Event, FramesDecoded, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from .swap import apply_async_swap, remove_async_swap
+from .telemetry import MemorySampler
+
+#: Seconds between memory readings for the timeline (each reading costs microseconds).
+SAMPLE_PERIOD_S = 0.05
 
 
 def run_generation(
@@ -48,43 +54,74 @@ def run_generation(
     if getattr(pipe.config, "expand_timesteps", False):
         raise LightcacheError("Pipelines with per-token timesteps (Wan2.2 TI2V) are not supported yet.")
 
+    latent_shape = _latent_shape(pipe, settings)
+    slice_plan = _check_strategies(pipe, settings, latent_shape)
     clock = _Clock()
     device = pipe._execution_device
     yield RunStarted(preset=preset_name, settings=settings.to_dict(), device=str(device))
 
     stages: dict[str, dict[str, Any]] = {}
     records: list[StepRecord] = []
-    hook = None
+    hook = swap = None
+    sampler = MemorySampler(period_s=SAMPLE_PERIOD_S, device=device, clock=clock).start()
     try:
         _set_flow_shift(pipe, settings.flow_shift)
+        # Order matters: chunking replaces the transformer's innermost forward, EasyCache wraps that, and swapping's
+        # group offloading wraps both (lightcache.swap explains why). The finally block removes them in reverse.
+        if settings.chunk_ffn is not None:
+            apply_feature_chunking(pipe.transformer, settings.chunk_ffn)
         if settings.easycache:
             hook = apply_easycache(
                 pipe.transformer, EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup)
             )
-        for note in _strategy_notes(settings):
-            yield Note(message=note, t=clock())
+        if settings.async_swap:
+            swap = apply_async_swap(pipe, device)
+        for note in _strategy_notes(settings, swap, slice_plan):
+            yield from _emit(sampler, Note(message=note, t=clock()))
 
         with torch.no_grad():
-            yield from _stage("encode", clock, stages)
+            yield from _emit(sampler, _stage("encode", clock, stages, sampler))
             embeds = _encode(pipe, settings, device)
-            yield _finish("encode", clock, stages)
+            if swap is not None:
+                swap.after_encode()
+            yield from _emit(sampler, _finish("encode", clock, stages, sampler))
 
-            yield from _stage("denoise", clock, stages)
+            yield from _emit(sampler, _stage("denoise", clock, stages, sampler))
             latents = None
             for item in _denoise(pipe, settings, embeds, device, hook, cancel, clock):
                 if isinstance(item, StepRecord):
                     records.append(item)
-                    yield item
+                    yield from _emit(sampler, item)
                 else:
                     latents = item
-            yield _finish("denoise", clock, stages)
+            del embeds
+            yield from _emit(sampler, _finish("denoise", clock, stages, sampler))
 
-            yield from _stage("decode", clock, stages)
-            frames = _decode(pipe, latents)
-            yield FramesDecoded(first=0, t=clock(), frames=frames)
-            yield _finish("decode", clock, stages)
+            yield from _emit(sampler, _stage("decode", clock, stages, sampler))
+            if swap is not None:
+                swap.before_decode()
+            if slice_plan is not None:
+                pieces = []
+                for piece in _decode_sliced(pipe, latents, slice_plan):
+                    first = sum(len(p) for p in pieces)
+                    pieces.append(piece)
+                    yield from _emit(sampler, FramesDecoded(first=first, t=clock(), frames=piece))
+                frames = np.concatenate(pieces)
+            else:
+                frames = _decode(pipe, latents)
+                yield from _emit(sampler, FramesDecoded(first=0, t=clock(), frames=frames))
+            del latents
+            if swap is not None:
+                swap.after_decode()
+            yield from _emit(sampler, _finish("decode", clock, stages, sampler))
     finally:
-        remove_easycache(pipe.transformer)
+        # Reverse order of application (see above); the sampler's thread ends whatever happened.
+        try:
+            remove_async_swap(pipe)
+            remove_easycache(pipe.transformer)
+            remove_feature_chunking(pipe.transformer)
+        finally:
+            sampler.stop()
 
     summary = {
         "preset": preset_name,
@@ -95,7 +132,15 @@ def run_generation(
         "calls_computed": sum(r.computed for r in records),
         "calls_reused": sum(not r.computed for r in records),
         "steps_reused": sorted({r.step for r in records if not r.computed and r.branch == "cond"}),
+        "memory": {
+            "peak_kind": "cuda_allocated" if torch.device(device).type == "cuda" else "rss",
+            "peak_bytes": max((v["peak_bytes"] for v in stages.values() if v.get("peak_bytes") is not None),
+                              default=None),
+        },
+        "strategies": _strategies_summary(settings, swap, slice_plan),
     }
+    for sample in sampler.drain():
+        yield sample
     yield RunFinished(summary=summary, frames=frames)
 
 
@@ -175,15 +220,25 @@ def _denoise(pipe, settings, embeds, device, hook, cancel, clock) -> Iterator[St
 
 
 def _decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    video = pipe.vae.decode(_denormalise(pipe, latents), return_dict=False)[0]
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")
+    return np.asarray(frames[0], dtype=np.float32)
+
+
+def _decode_sliced(pipe, latents: torch.Tensor, plan: dict) -> Iterator[np.ndarray]:
+    from .decode import iter_sliced_decode
+
+    yield from iter_sliced_decode(pipe.vae, _denormalise(pipe, latents), num_slices=len(plan["cuts"]) - 1,
+                                  axis=plan["axis"])
+
+
+def _denormalise(pipe, latents: torch.Tensor) -> torch.Tensor:
     vae = pipe.vae
     latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
     z_dim = vae.config.z_dim
     mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, latents.dtype)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    latents = latents / inv_std + mean
-    video = vae.decode(latents, return_dict=False)[0]
-    frames = pipe.video_processor.postprocess_video(video, output_type="np")
-    return np.asarray(frames[0], dtype=np.float32)
+    return latents / inv_std + mean
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -195,16 +250,24 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def _stage(name: str, clock: _Clock, stages: dict) -> Iterator[Event]:
-    stages[name] = {"_start": clock()}
-    yield StageStarted(stage=name, t=stages[name]["_start"])
+def _stage(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> StageStarted:
+    resident = sampler.begin_stage(name)
+    stages[name] = {"_start": clock(), "resident_bytes": resident}
+    return StageStarted(stage=name, t=stages[name]["_start"])
 
 
-def _finish(name: str, clock: _Clock, stages: dict) -> StageFinished:
+def _finish(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> StageFinished:
+    peak = sampler.end_stage(name)
     now = clock()
     seconds = now - stages[name].pop("_start")
-    stages[name].update(seconds=seconds, peak_bytes=None)
-    return StageFinished(stage=name, t=now, seconds=seconds, peak_bytes=None)
+    stages[name].update(seconds=seconds, peak_bytes=peak)
+    return StageFinished(stage=name, t=now, seconds=seconds, peak_bytes=peak)
+
+
+def _emit(sampler: MemorySampler, event: Event) -> Iterator[Event]:
+    """The memory readings taken so far, then ``event``: the stream stays in time order."""
+    yield from sampler.drain()
+    yield event
 
 
 def _sync(device) -> None:
@@ -232,8 +295,50 @@ def _check_prompt_length(pipe, settings) -> None:
             )
 
 
-def _strategy_notes(settings) -> list[str]:
+def _latent_shape(pipe, settings) -> tuple[int, int, int, int, int]:
+    frames = (settings.frames - 1) // pipe.vae_scale_factor_temporal + 1
+    return (1, pipe.transformer.config.in_channels, frames, settings.height // pipe.vae_scale_factor_spatial,
+            settings.width // pipe.vae_scale_factor_spatial)
+
+
+def _check_strategies(pipe, settings, latent_shape) -> dict | None:
+    """Refuse memory-strategy settings this model cannot honour before anything runs; the sliced-decode plan."""
+    if settings.chunk_ffn is not None:
+        check_num_chunks(settings.chunk_ffn, num_tokens(pipe.transformer, latent_shape))
+    if settings.sliced_decode:
+        from .decode import plan_slices
+
+        return plan_slices(pipe.vae, latent_shape[3], latent_shape[4])
+    return None
+
+
+def _strategy_notes(settings, swap=None, slice_plan=None) -> list[str]:
     notes = []
     if not settings.easycache:
         notes.append("EasyCache is off: every step runs the transformer.")
+    if swap is not None and swap.note:
+        notes.append(swap.note)
+    if settings.chunk_ffn is not None:
+        notes.append(f"Feature chunking: token-wise layers run over {settings.chunk_ffn} slices of the sequence.")
+    if slice_plan is not None:
+        notes.append(
+            f"Sliced decoding: {len(slice_plan['cuts']) - 1} bands across the frame's {slice_plan['axis']}; "
+            "frames are released when the last band is done."
+        )
     return notes
+
+
+def _strategies_summary(settings, swap, slice_plan) -> dict[str, Any]:
+    """Which memory strategies were asked for, which acted, and why one did not."""
+    if swap is not None:
+        async_swap = {"requested": True, **swap.summary()}
+    else:
+        async_swap = {"requested": bool(settings.async_swap), "active": False, "note": None}
+    return {
+        "async_swap": async_swap,
+        "feature_chunking": {"requested": settings.chunk_ffn is not None, "active": settings.chunk_ffn is not None,
+                             "num_chunks": settings.chunk_ffn},
+        "sliced_decode": {"requested": bool(settings.sliced_decode), "active": slice_plan is not None,
+                          "num_slices": len(slice_plan["cuts"]) - 1 if slice_plan else None,
+                          "axis": slice_plan["axis"] if slice_plan else None},
+    }

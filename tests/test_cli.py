@@ -25,7 +25,8 @@ def _generate(model_dir, out, *extra):
 def test_generate_writes_video_trace_and_summary(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert _generate(tiny_model_dir, out, "--threshold", "0.3") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "trace.json", "video.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "summary.json", "timeline.html", "timeline.json", "trace.json", "video.mp4"]
     video = read_mp4(out / "video.mp4")
     assert video.shape == (9, 32, 32, 3)
     summary = json.loads((out / "summary.json").read_text())

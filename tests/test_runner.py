@@ -29,8 +29,9 @@ def test_events_come_in_stage_order_with_one_record_per_call(tiny_pipe):
         ("StageStarted", "denoise"), ("StageFinished", "denoise"),
         ("StageStarted", "decode"), ("StageFinished", "decode"),
     ]
-    kinds = [type(e) for e in events]
-    denoise = events[kinds.index(StageStarted, 2) + 1: kinds.index(StageFinished, 3)]
+    marks = [(i, e.stage) for i, e in enumerate(events) if isinstance(e, (StageStarted, StageFinished))]
+    denoise_marks = [i for i, stage in marks if stage == "denoise"]
+    denoise = events[denoise_marks[0] + 1: denoise_marks[1]]
     records = [e for e in denoise if isinstance(e, StepRecord)]
     assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(5) for b in ("cond", "uncond")]
     assert all(r.ms > 0 and r.t is not None for r in records)

@@ -1,0 +1,374 @@
+"""Asynchronous swapping: whatever is idle on the GPU waits in pinned host memory and moves on a side stream.
+
+One run with swapping on, stage by stage:
+
+* **encode**: the text encoder runs where it is; the transformer and the VAE are already parked in pinned host
+  memory (the transformer as diffusers' group offloading keeps it, the VAE as plain pinned copies). When the prompts
+  are encoded, the text encoder is parked too.
+* **denoise**: the transformer's blocks stream through diffusers' group offloading with CUDA streams (one block per
+  group; while block *i* computes, block *i+1* is copied in on a side stream), so about two blocks and the small
+  embedding/output layers are resident instead of the whole model. EasyCache's cached tensors (its deltas, ``x_prev``,
+  ``x_last``, ``v_last``) go to pinned host memory as soon as they are made and are fetched back on the side stream
+  when a call's decision needs them, so none of them sits on the GPU during a transformer forward.
+* **decode**: the VAE is copied in, decodes, and is parked again.
+
+At the end of the run everything goes back where it was (the same devices, no hooks left), so a run with swapping
+leaves the pipeline as it found it. On a machine without a CUDA device the strategy does nothing and says so in
+:attr:`AsyncSwap.note` (the runner puts that sentence in the trace and the summary): there is no second memory to
+swap to.
+
+Order with the other hooks: apply feature chunking first, then EasyCache, then swapping, and remove them in the
+reverse order. diffusers' stream prefetching removes one of its own hooks after the first forward, which would
+unlink a hook that replaces the forward (EasyCache) if that hook sat above it.
+
+Example:
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> from lightcache.swap import apply_async_swap, remove_async_swap
+    >>> pipe = build_tiny_pipeline(seed=0)
+    >>> swap = apply_async_swap(pipe, device="cpu")
+    >>> swap.active, swap.note.startswith("Asynchronous swapping did nothing")
+    (False, True)
+    >>> remove_async_swap(pipe)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .easycache import TensorStore, get_easycache_hook
+from .errors import LightcacheError
+
+CPU_NOTE = (
+    "Asynchronous swapping did nothing: this run is on the CPU, where the model weights, the text encoder, the VAE "
+    "and EasyCache's cached tensors already share one memory. Swapping moves them between a GPU and pinned CPU "
+    "memory, so it only acts on a CUDA device."
+)
+
+_ATTRIBUTE = "_lightcache_async_swap"
+_GROUP_OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+
+
+@dataclass
+class AsyncSwapConfig:
+    """What to swap. Every part is exact: only where tensors live changes, never what is computed.
+
+    Attributes:
+        text_encoder: park the text encoder in pinned host memory once the prompts are encoded.
+        transformer: stream the transformer's blocks during denoising (diffusers' block-level group offloading with
+            CUDA streams). The largest saving: the weights resident during denoising drop to about two blocks.
+        vae: keep the VAE parked until decoding starts, and park it again afterwards.
+        cache: keep EasyCache's cached tensors in pinned host memory between the calls that use them. They are
+            small (a few latents' worth), so this saves little; it is here because every cache should be swappable.
+        record_stream: let diffusers mark streamed weights with ``record_stream`` instead of synchronising after
+            every block (faster; the allocator may hold a block's memory a little longer).
+    """
+
+    text_encoder: bool = True
+    transformer: bool = True
+    vae: bool = True
+    cache: bool = True
+    record_stream: bool = True
+
+    def __post_init__(self):
+        for name in ("text_encoder", "transformer", "vae", "cache", "record_stream"):
+            if not isinstance(getattr(self, name), bool):
+                raise LightcacheError(f"AsyncSwapConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+
+
+class AsyncSwap:
+    """The swapping of one pipeline: built by :func:`apply_async_swap`, undone by :func:`remove_async_swap`.
+
+    The runner calls :meth:`after_encode`, :meth:`before_decode` and :meth:`after_decode` at those stage
+    boundaries; each is a no-op when the strategy is inactive (no CUDA device).
+    """
+
+    def __init__(self, pipe, device: torch.device, config: AsyncSwapConfig):
+        self.pipe = pipe
+        self.device = device
+        self.config = config
+        self.active = device.type == "cuda"
+        self.note: str | None = None if self.active else CPU_NOTE
+        self.group_offload = False
+        self.cache_store: PinnedTensorStore | None = None
+        self._parked: dict[str, _ParkedModule] = {}
+        self._home: dict[str, torch.device] = {}
+
+    # --- stage boundaries (called by the runner) ----------------------------------------------------------
+    def after_encode(self) -> None:
+        if self.active and self.config.text_encoder:
+            self._park("text_encoder")
+
+    def before_decode(self) -> None:
+        if self.active and self.config.vae:
+            self._unpark("vae", self.device)
+
+    def after_decode(self) -> None:
+        if self.active and self.config.vae:
+            self._park("vae")
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for the run summary: what was swapped, or why nothing was."""
+        return {
+            "active": self.active,
+            "note": self.note,
+            "transformer_group_offload": self.group_offload,
+            "parked": sorted(self._parked),
+            "cache_store": self.cache_store is not None,
+            "cache_bytes_parked": self.cache_store.peak_parked_bytes if self.cache_store is not None else 0,
+        }
+
+    # --- setup and teardown ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        if not self.active:
+            return
+        for name in ("text_encoder", "transformer", "vae"):
+            module = getattr(self.pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                self._home[name] = _module_device(module)
+        if self.config.vae:
+            self._park("vae")
+        transformer = self.pipe.transformer
+        if self.config.transformer:
+            from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+            if _is_group_offload_enabled(transformer):
+                self.note = "The transformer already had group offloading; it was left as it was."
+            else:
+                # diffusers' streamed block offloading: one block per group (the only size it streams), pinned
+                # copies made now so that every transfer during denoising is an asynchronous copy.
+                transformer.enable_group_offload(
+                    onload_device=self.device, offload_device=torch.device("cpu"), offload_type="block_level",
+                    num_blocks_per_group=1, use_stream=True, record_stream=self.config.record_stream,
+                )
+                self.group_offload = True
+        if self.config.cache:
+            hook = get_easycache_hook(transformer)
+            if hook is not None:
+                self.cache_store = PinnedTensorStore(self.device)
+                hook.use_tensor_store(self.cache_store)
+
+    def _stop(self) -> None:
+        if not self.active:
+            return
+        transformer = self.pipe.transformer
+        if self.cache_store is not None:
+            hook = get_easycache_hook(transformer)
+            if hook is not None and hook.state.store is self.cache_store:
+                hook.use_tensor_store(None)
+            self.cache_store.clear()
+            self.cache_store = None
+        if self.group_offload:
+            registry = getattr(transformer, "_diffusers_hook", None)
+            if registry is not None:
+                for name in _GROUP_OFFLOAD_HOOKS:
+                    registry.remove_hook(name, recurse=True)
+                registry.invalidate_child_registries_cache()
+            transformer.to(self._home.get("transformer", self.device))
+            self.group_offload = False
+        for name in list(self._parked):
+            self._unpark(name, self._home.get(name, self.device))
+        self._parked.clear()
+        torch.cuda.synchronize(self.device)
+
+    # --- parking whole modules ------------------------------------------------------------------------
+    def _park(self, name: str) -> None:
+        module = getattr(self.pipe, name, None)
+        if not isinstance(module, torch.nn.Module):
+            return
+        parked = self._parked.get(name)
+        if parked is None:
+            parked = self._parked[name] = _ParkedModule(module, self.device)
+        parked.park()
+
+    def _unpark(self, name: str, device: torch.device) -> None:
+        # The pinned copies stay with the swap, so parking the same module again reuses them.
+        parked = self._parked.get(name)
+        if parked is not None:
+            parked.unpark(device)
+
+
+def apply_async_swap(pipe, device: torch.device | str | None = None, config: AsyncSwapConfig | None = None) -> AsyncSwap:
+    """Start swapping for ``pipe`` on ``device`` (default: the pipeline's execution device); returns the swap.
+
+    On a CUDA device this parks the VAE, puts the transformer under streamed group offloading and, if EasyCache is
+    already applied, gives it a pinned tensor store. On any other device it changes nothing and the returned
+    swap's ``note`` says so. Raises :class:`LightcacheError` if swapping is already applied.
+
+    Example:
+        >>> from lightcache.tiny import build_tiny_pipeline
+        >>> pipe = build_tiny_pipeline(seed=0)
+        >>> swap = apply_async_swap(pipe, device="cpu")
+        >>> swap.summary()["active"]
+        False
+        >>> remove_async_swap(pipe)
+    """
+    if getattr(pipe, _ATTRIBUTE, None) is not None:
+        raise LightcacheError("Asynchronous swapping is already applied to this pipeline; remove it first.")
+    config = config if config is not None else AsyncSwapConfig()
+    device = torch.device(device) if device is not None else torch.device(pipe._execution_device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    swap = AsyncSwap(pipe, device, config)
+    setattr(pipe, _ATTRIBUTE, swap)
+    try:
+        swap._start()
+    except BaseException:
+        remove_async_swap(pipe)
+        raise
+    return swap
+
+
+def remove_async_swap(pipe) -> None:
+    """Put everything back where it was and drop the hooks; a no-op when swapping is not applied."""
+    swap = getattr(pipe, _ATTRIBUTE, None)
+    if swap is None:
+        return
+    try:
+        swap._stop()
+    finally:
+        setattr(pipe, _ATTRIBUTE, None)
+
+
+def get_async_swap(pipe) -> AsyncSwap | None:
+    """The swap applied to ``pipe``, or None."""
+    return getattr(pipe, _ATTRIBUTE, None)
+
+
+class PinnedTensorStore(TensorStore):
+    """An EasyCache tensor store that parks tensors in pinned host memory, copying on a side CUDA stream.
+
+    ``put`` starts the device-to-host copy once the compute stream has produced the tensor and lets the device copy
+    go; ``prefetch`` starts host-to-device copies; ``get`` waits for its copy (on the compute stream, not the CPU)
+    and keeps that device copy until ``release`` (the hook calls it before running the transformer), ``put`` or
+    ``clear``. On a CPU device it keeps private copies instead (the same bookkeeping, which the tests exercise).
+    """
+
+    def __init__(self, device: torch.device | str):
+        super().__init__()
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self._host: dict[str, torch.Tensor] = {}
+        self._incoming: dict[str, tuple[torch.Tensor, Any]] = {}
+        self._fetched: dict[str, torch.Tensor] = {}
+        self.peak_parked_bytes = 0
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        self._incoming.pop(name, None)
+        self._fetched.pop(name, None)
+        if not self.cuda:
+            self._host[name] = tensor.detach().clone()
+        else:
+            produced = torch.cuda.current_stream(self.device).record_event()
+            old = self._host.get(name)
+            reuse = old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype
+            with torch.cuda.stream(self.stream):
+                self.stream.wait_event(produced)
+                host = old if reuse else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                host.copy_(tensor, non_blocking=True)
+            # The caller may drop the device tensor at once: record_stream keeps its memory from being reused
+            # until the side stream has read it.
+            tensor.record_stream(self.stream)
+            self._host[name] = host
+        self.peak_parked_bytes = max(self.peak_parked_bytes, sum(t.nbytes for t in self._host.values()))
+
+    def prefetch(self, names) -> None:
+        for name in names:
+            host = self._host.get(name)
+            if host is None or name in self._incoming or name in self._fetched:
+                continue
+            if not self.cuda:
+                self._incoming[name] = (host.clone(), None)
+                continue
+            with torch.cuda.stream(self.stream):
+                on_device = host.to(self.device, non_blocking=True)
+                arrived = self.stream.record_event()
+            self._incoming[name] = (on_device, arrived)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        if name in self._fetched:
+            return self._fetched[name]
+        if name not in self._host:
+            return None
+        self.prefetch([name])
+        on_device, arrived = self._incoming.pop(name)
+        if self.cuda:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(arrived)
+            on_device.record_stream(current)
+        self._fetched[name] = on_device
+        return on_device
+
+    def release(self) -> None:
+        self._fetched.clear()
+        self._incoming.clear()
+
+    def discard(self, name: str) -> None:
+        self._host.pop(name, None)
+        self._incoming.pop(name, None)
+        self._fetched.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._host)
+
+    def on_device_bytes(self) -> int:
+        """Bytes of cached tensors currently fetched onto (or on their way to) the device."""
+        return sum(t.nbytes for t in self._fetched.values()) + sum(t.nbytes for t, _ in self._incoming.values())
+
+    def clear(self) -> None:
+        self._host.clear()
+        self.release()
+
+
+class _ParkedModule:
+    """A module's parameters and buffers moved to pinned host memory and back, on a side stream."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.module = module
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.host: dict[int, torch.Tensor] = {}
+
+    def _tensors(self):
+        yield from self.module.parameters()
+        yield from self.module.buffers()
+
+    def park(self) -> None:
+        produced = torch.cuda.current_stream(self.device).record_event()
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(produced)
+            for t in self._tensors():
+                if t.device.type != "cuda":
+                    continue
+                host = self.host.get(id(t))
+                if host is None or host.shape != t.shape or host.dtype != t.dtype:
+                    host = self.host[id(t)] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t.data, non_blocking=True)
+                t.data.record_stream(self.stream)
+                t.data = host
+
+    def unpark(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            self.stream.synchronize()
+            for t in self._tensors():
+                if t.is_pinned():
+                    t.data = t.data.to(device)  # a pageable copy: pinned pages go back with the host store
+            self.host.clear()
+            return
+        with torch.cuda.stream(self.stream):
+            moved = [(t, t.data.to(device, non_blocking=True)) for t in self._tensors() if t.device.type == "cpu"]
+            arrived = self.stream.record_event()
+        current = torch.cuda.current_stream(device)
+        current.wait_event(arrived)
+        for t, on_device in moved:
+            on_device.record_stream(current)
+            t.data = on_device
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    return torch.device("cpu")

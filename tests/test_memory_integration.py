@@ -1,0 +1,208 @@
+"""The memory strategies inside a run: parity with the plain run, the timeline, summaries, cleanup, bad values."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import tiny_settings
+
+from lightcache.errors import LightcacheError, RunCancelled
+from lightcache.events import (
+    FramesDecoded,
+    MemorySample,
+    Note,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepRecord,
+)
+from lightcache.runner import run_generation, run_to_completion
+from lightcache.swap import CPU_NOTE
+
+CHUNK_TOL = 1e-5  # feature chunking: fp32 transformer outputs
+DECODE_TOL = 1e-4  # sliced decoding: fp32 decode
+
+
+def _run(pipe, **overrides):
+    events = list(run_generation(pipe, tiny_settings(**overrides)))
+    return events, events[-1]
+
+
+def _decisions(events):
+    return [(e.step, e.branch, e.computed) for e in events if isinstance(e, StepRecord)]
+
+
+def _sampler_threads():
+    return [t for t in threading.enumerate() if t.name == "lightcache-memory-sampler" and t.is_alive()]
+
+
+def _no_hooks(pipe) -> bool:
+    return all(not getattr(m, "_diffusers_hook", None) or not m._diffusers_hook.hooks
+               for m in pipe.transformer.modules())
+
+
+@pytest.mark.parametrize("easycache", [False, True])
+@pytest.mark.parametrize(
+    "strategy, tol",
+    [({"chunk_ffn": 3}, CHUNK_TOL), ({"sliced_decode": True}, DECODE_TOL), ({"async_swap": True}, 0.0),
+     ({"chunk_ffn": 4, "sliced_decode": True, "async_swap": True}, DECODE_TOL)],
+    ids=["chunking", "sliced-decode", "async-swap", "all-three"],
+)
+def test_each_strategy_matches_the_plain_run(tiny_pipe, strategy, tol, easycache):
+    plain_events, plain = _run(tiny_pipe, easycache=easycache, threshold=0.3)
+    events, finished = _run(tiny_pipe, easycache=easycache, threshold=0.3, **strategy)
+    assert finished.frames.shape == plain.frames.shape
+    assert np.abs(finished.frames - plain.frames).max() <= tol
+    assert _decisions(events) == _decisions(plain_events)
+    if easycache:
+        assert any(not computed for _, _, computed in _decisions(events))
+    assert _no_hooks(tiny_pipe)
+
+
+def test_the_summary_says_which_strategies_acted(tiny_pipe):
+    _, finished = _run(tiny_pipe, chunk_ffn=4, sliced_decode=True, async_swap=True)
+    strategies = finished.summary["strategies"]
+    assert strategies["async_swap"]["requested"] and not strategies["async_swap"]["active"]
+    assert strategies["async_swap"]["note"] == CPU_NOTE
+    assert strategies["feature_chunking"] == {"requested": True, "active": True, "num_chunks": 4}
+    assert strategies["sliced_decode"]["active"] and strategies["sliced_decode"]["num_slices"] >= 1
+    for stage in ("encode", "denoise", "decode"):
+        info = finished.summary["stages"][stage]
+        assert info["peak_bytes"] > 0 and info["resident_bytes"] > 0
+        assert info["peak_bytes"] >= info["resident_bytes"]
+    assert finished.summary["memory"]["peak_kind"] == "rss"
+    json.dumps(finished.summary)  # plain data
+
+    _, plain = _run(tiny_pipe)
+    assert not any(s["active"] for s in plain.summary["strategies"].values())
+
+
+def test_the_cpu_no_op_is_in_the_trace(tiny_pipe):
+    events, _ = _run(tiny_pipe, async_swap=True)
+    notes = [e.message for e in events if isinstance(e, Note)]
+    assert CPU_NOTE in notes
+
+
+def test_the_timeline_has_stage_and_step_marks_in_order(tiny_pipe):
+    events, finished = _run(tiny_pipe, steps=6, chunk_ffn=2, sliced_decode=True)
+    assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunFinished)
+    marks = [(type(e).__name__, e.stage) for e in events if isinstance(e, (StageStarted, StageFinished))]
+    assert marks == [("StageStarted", "encode"), ("StageFinished", "encode"), ("StageStarted", "denoise"),
+                     ("StageFinished", "denoise"), ("StageStarted", "decode"), ("StageFinished", "decode")]
+    samples = [e for e in events if isinstance(e, MemorySample)]
+    assert len(samples) >= 6  # at least a reading at each stage's start and end
+    # Every event that carries a time comes in time order: samples interleave with the marks, never run ahead.
+    times = [e.t for e in events if isinstance(e, (MemorySample, StageStarted, StageFinished, StepRecord))]
+    assert times == sorted(times)
+    stage_times = {e.stage: e.t for e in events if isinstance(e, StageStarted)}
+    finish_times = {e.stage: e.t for e in events if isinstance(e, StageFinished)}
+    steps = [e for e in events if isinstance(e, StepRecord)]
+    assert len(steps) == 12 and all(stage_times["denoise"] <= s.t <= finish_times["denoise"] for s in steps)
+    for stage in ("encode", "denoise", "decode"):
+        inside = [s for s in samples if stage_times[stage] <= s.t <= finish_times[stage]]
+        assert len(inside) >= 2, stage
+    decoded = [e for e in events if isinstance(e, FramesDecoded)]
+    assert len(decoded) > 1 and [e.first for e in decoded] == sorted(e.first for e in decoded)
+    assert sum(len(e.frames) for e in decoded) == len(finished.frames)
+
+    from lightcache.plots import timeline_figure
+
+    figure = timeline_figure([e.to_dict() for e in events])
+    assert "process RSS" in [trace.name for trace in figure.data]
+
+
+def test_no_sampler_thread_is_left_behind(tiny_pipe):
+    run_to_completion(run_generation(tiny_pipe, tiny_settings(steps=3)))
+    assert _sampler_threads() == []
+
+    stream = run_generation(tiny_pipe, tiny_settings(steps=3))
+    next(e for e in stream if isinstance(e, StepRecord))
+    assert len(_sampler_threads()) == 1
+    stream.close()  # the consumer walks away mid-run
+    assert _sampler_threads() == []
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RunCancelled):
+        run_to_completion(run_generation(tiny_pipe, tiny_settings(steps=3, chunk_ffn=2), cancel=cancel))
+    assert _sampler_threads() == [] and _no_hooks(tiny_pipe)
+
+
+def test_a_run_that_raises_inside_a_stage_cleans_up(tiny_pipe, monkeypatch):
+    import lightcache.runner as runner
+
+    def broken_decode(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(runner, "_decode", broken_decode)
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        run_to_completion(run_generation(tiny_pipe, tiny_settings(steps=3, chunk_ffn=2, async_swap=True)))
+    deadline = time.monotonic() + 2
+    while _sampler_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _sampler_threads() == [] and _no_hooks(tiny_pipe)
+
+
+def test_more_chunks_than_tokens_is_refused_before_the_run(tiny_pipe):
+    # 32x32 frames, 9 frames: (9-1)/2+1 = 5 latent frames of 8x8 -> 5 x 4 x 4 = 80 tokens.
+    stream = run_generation(tiny_pipe, tiny_settings(chunk_ffn=81))
+    with pytest.raises(LightcacheError, match="only 80 tokens"):
+        next(stream)
+    run_to_completion(run_generation(tiny_pipe, tiny_settings(steps=2, chunk_ffn=80)))
+
+
+def test_chunk_count_zero_is_refused_by_the_settings():
+    from lightcache.presets import load_preset
+    from lightcache.settings import RunSettings
+
+    with pytest.raises(LightcacheError, match="chunk_ffn"):
+        RunSettings.from_preset(load_preset("tiny"), chunk_ffn=0)
+
+
+def test_sliced_decode_on_an_unsupported_vae_is_refused(tiny_pipe):
+    from diffusers import AutoencoderKLWan
+
+    tiny_pipe.vae = AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, is_residual=True, temperal_downsample=[False, True],
+        in_channels=12, out_channels=12, patch_size=2, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    with pytest.raises(LightcacheError, match="Sliced decoding supports the Wan2.1 VAE"):
+        next(run_generation(tiny_pipe, tiny_settings(sliced_decode=True)))
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+def test_cli_flags_write_the_timeline_and_the_strategies(tiny_model_dir, tmp_path):
+    from lightcache.cli import main
+
+    out = tmp_path / "run"
+    code = main(["generate", "--preset", "tiny", "--model", str(tiny_model_dir), "--steps", "3", "--warmup", "1", "--frames", "5",
+                 "--height", "32", "--width", "32", "--chunk-ffn", "2", "--sliced-decode", "--async-swap",
+                 "--quiet", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategies"]["feature_chunking"]["num_chunks"] == 2
+    assert summary["strategies"]["sliced_decode"]["active"]
+    assert summary["strategies"]["async_swap"]["note"] == CPU_NOTE
+    assert all(summary["stages"][s]["peak_bytes"] > 0 for s in ("encode", "denoise", "decode"))
+    timeline = json.loads((out / "timeline.json").read_text())
+    kinds = {e["event"] for e in timeline}
+    assert {"RunStarted", "StageStarted", "StageFinished", "StepRecord", "MemorySample", "Note"} <= kinds
+    html = (out / "timeline.html").read_text()
+    assert "plotly" in html.lower() and "process RSS" in html
+
+
+@pytest.mark.parametrize("flag, message", [("0", "chunk_ffn must be between 1 and"), ("100000", "only 48 tokens")])
+def test_cli_bad_chunk_counts_exit_with_one_clear_line(tiny_model_dir, tmp_path, capsys, flag, message):
+    from lightcache.cli import main
+
+    out = tmp_path / "bad"
+    code = main(["generate", "--preset", "tiny", "--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--frames", "5",
+                 "--height", "32", "--width", "32", "--chunk-ffn", flag, "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err
+    assert not out.exists()

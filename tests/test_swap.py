@@ -1,0 +1,158 @@
+"""Asynchronous swapping: a plain no-op on the CPU, a tensor store that keeps EasyCache exact, hook order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from lightcache.easycache import EasyCacheConfig, TensorStore, apply_easycache, remove_easycache
+from lightcache.errors import LightcacheError
+from lightcache.swap import (
+    CPU_NOTE,
+    AsyncSwapConfig,
+    PinnedTensorStore,
+    apply_async_swap,
+    get_async_swap,
+    remove_async_swap,
+)
+
+
+def _video(pipe, steps=8):
+    return pipe("a red circle moving right", num_inference_steps=steps, height=32, width=32, num_frames=9,
+                generator=torch.Generator().manual_seed(4), output_type="np").frames[0]
+
+
+def _hooks(module):
+    registry = getattr(module, "_diffusers_hook", None)
+    return list(registry.hooks) if registry is not None else []
+
+
+def test_on_the_cpu_swapping_is_a_no_op_that_says_so(tiny_pipe):
+    before = {name: [p.data_ptr() for p in getattr(tiny_pipe, name).parameters()]
+              for name in ("text_encoder", "transformer", "vae")}
+    swap = apply_async_swap(tiny_pipe, device="cpu")
+    assert not swap.active and swap.note == CPU_NOTE
+    assert "did nothing" in swap.note and "CPU" in swap.note
+    swap.after_encode()
+    swap.before_decode()
+    swap.after_decode()
+    summary = swap.summary()
+    assert summary == {"active": False, "note": CPU_NOTE, "transformer_group_offload": False, "parked": [],
+                       "cache_store": False, "cache_bytes_parked": 0}
+    assert _hooks(tiny_pipe.transformer) == []
+    remove_async_swap(tiny_pipe)
+    after = {name: [p.data_ptr() for p in getattr(tiny_pipe, name).parameters()] for name in before}
+    assert after == before  # nothing moved, nothing copied
+    assert get_async_swap(tiny_pipe) is None
+
+
+def test_applying_twice_is_refused_and_removing_twice_is_harmless(tiny_pipe):
+    apply_async_swap(tiny_pipe, device="cpu")
+    with pytest.raises(LightcacheError, match="already applied"):
+        apply_async_swap(tiny_pipe, device="cpu")
+    remove_async_swap(tiny_pipe)
+    remove_async_swap(tiny_pipe)
+
+
+def test_config_is_validated():
+    with pytest.raises(LightcacheError, match="AsyncSwapConfig.vae"):
+        AsyncSwapConfig(vae="yes")
+
+
+def test_a_copying_tensor_store_keeps_easycache_exact(tiny_pipe):
+    """The store hands back copies, not the tensors it was given: EasyCache's decisions and output must not move."""
+    config = EasyCacheConfig(threshold=0.3, warmup_steps=2)
+    hook = apply_easycache(tiny_pipe.transformer, config)
+    plain = _video(tiny_pipe)
+    plain_records = [(r.step, r.branch, r.computed, r.error) for r in hook.records]
+    store = PinnedTensorStore("cpu")
+    hook.use_tensor_store(store)
+    stored = _video(tiny_pipe)
+    stored_records = [(r.step, r.branch, r.computed, r.error) for r in hook.records]
+    remove_easycache(tiny_pipe.transformer)
+    assert np.array_equal(stored, plain)
+    assert stored_records == plain_records
+    assert any(not computed for _, _, computed, _ in stored_records)
+    assert store.peak_parked_bytes > 0
+
+
+def test_the_store_fetches_on_demand_and_releases_before_the_forward():
+    store = PinnedTensorStore("cpu")
+    x = torch.randn(3, 4)
+    original = x.clone()
+    store.put("x_prev", x)
+    x.add_(1.0)  # the caller may reuse its tensor: the store kept its own copy
+    assert store.names() == ["x_prev"] and store.on_device_bytes() == 0
+    store.prefetch(["x_prev", "missing"])
+    fetched = store.get("x_prev")
+    assert torch.equal(fetched, original)
+    assert store.get("x_prev") is fetched  # fetched once per use, not once per access
+    assert store.on_device_bytes() == fetched.nbytes
+    store.release()
+    assert store.on_device_bytes() == 0 and store.names() == ["x_prev"]
+    assert store.get("missing") is None
+    store.discard("x_prev")
+    assert store.get("x_prev") is None
+    default = TensorStore()
+    default.put("a", x)
+    assert default.get("a") is x  # the default store never copies
+
+
+class _RemovesItselfAfterOneCall(ModelHook):
+    """Behaves like diffusers' lazy prefetching hook: it unregisters itself after the first forward."""
+
+    def post_forward(self, module, output):
+        module._diffusers_hook.remove_hook("self_removing", recurse=False)
+        return output
+
+
+def test_easycache_survives_a_hook_that_removes_itself_when_applied_in_the_runner_order(tiny_pipe):
+    """EasyCache first, then the offloading hooks: the offloader's self-removal must not unlink EasyCache."""
+    transformer = tiny_pipe.transformer
+    hook = apply_easycache(transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2))
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_RemovesItselfAfterOneCall(), "self_removing")
+    _video(tiny_pipe)
+    remove_easycache(transformer)
+    assert "self_removing" not in _hooks(transformer)
+    assert any(not r.computed for r in hook.records), "EasyCache was bypassed after the other hook left"
+
+
+# --- on a GPU ------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_swapping_on_cuda_is_exact_and_puts_everything_back():
+    from lightcache.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0).to("cuda")
+    hook = apply_easycache(pipe.transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2))
+    plain = _video(pipe)
+    plain_records = [(r.step, r.branch, r.computed) for r in hook.records]
+    swap = apply_async_swap(pipe, device="cuda")
+    assert swap.active and swap.group_offload and swap.cache_store is not None
+    assert next(pipe.vae.parameters()).device.type == "cpu"
+    swapped = _video(pipe)
+    records = [(r.step, r.branch, r.computed) for r in hook.records]
+    remove_async_swap(pipe)
+    remove_easycache(pipe.transformer)
+    assert np.array_equal(swapped, plain)
+    assert records == plain_records and any(not c for _, _, c in records)
+    for name in ("transformer", "vae", "text_encoder"):
+        assert all(p.device.type == "cuda" for p in getattr(pipe, name).parameters())
+    assert all(not _hooks(m) for m in pipe.transformer.modules())
+
+
+@pytest.mark.gpu
+def test_swapping_on_cuda_lowers_the_resident_weights():
+    from lightcache.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0, num_layers=6, ffn_dim=256).to("cuda")
+    torch.cuda.synchronize()
+    full = torch.cuda.memory_allocated()
+    apply_async_swap(pipe, device="cuda")
+    torch.cuda.synchronize()
+    swapped = torch.cuda.memory_allocated()
+    remove_async_swap(pipe)
+    torch.cuda.synchronize()
+    assert swapped < full
+    assert torch.cuda.memory_allocated() == full

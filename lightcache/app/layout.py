@@ -113,7 +113,8 @@ def build_demo(
                 gr.Examples(texts.EXAMPLES, inputs=[prompt, seed, tau], label="Prompts the tiny model draws well")
             with gr.Column(scale=3, min_width=420):
                 status = gr.Markdown("Press **Run** to start.", label="Status", show_label=False, elem_id="status")
-                trace = gr.Plot(label="Step trace: computed or reused, and E against tau", elem_id="trace")
+                trace = gr.Plot(_planned_trace(preset.name, start), label="Step trace: computed or reused, and E "
+                                "against tau", elem_id="trace")
                 with gr.Row(equal_height=False):
                     video = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True,
                                      interactive=False, height=VIDEO_HEIGHT, scale=2, min_width=200)
@@ -251,6 +252,13 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
     events = runs[ACCELERATED]
     yield (_status(runs, done=True), trace_figure(events), videos[ACCELERATED], timeline_figure(events),
            view.stages_markdown(events), videos[PLAIN], comparison)
+
+
+def _planned_trace(preset_name: str, values: Mapping[str, Any]):
+    """The empty trace of the form's starting request: its steps, tau and warm-up, before anything ran."""
+    settings = {"steps": values["steps"], "warmup": values["warmup"], "threshold": values["tau"],
+                "easycache": values["easycache"]}
+    return trace_figure([RunStarted(preset=preset_name, settings=settings, device="")])
 
 
 def _status(runs: dict[str, list], done: bool = False) -> str:

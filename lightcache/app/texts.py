@@ -38,10 +38,11 @@ under the stage table and nothing changes.
 
 ### Feature chunking: never build the widest tensor whole
 
-The transformer's feed-forward layers treat every token on its own, and their middle layer is several times wider
-than the model. Feature chunking runs them over slices of the token sequence, so that this widest intermediate
-never exists for the whole video at once. The result is the same up to float rounding; in the timeline the peak
-inside the denoise band is lower.
+Most of a transformer block treats every token on its own: the feed-forward layers (whose middle layer is several
+times wider than the model), the normalisations and the projections; only attention mixes tokens, and even there
+each query can be computed on its own. Feature chunking runs all of this over slices of the token sequence, so that
+the widest intermediates never exist for the whole video at once. The result is the same up to float rounding; in
+the timeline the peak inside the denoise band is lower.
 
 ### Sliced decoding: decode the latent in pieces
 

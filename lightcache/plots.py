@@ -66,7 +66,9 @@ def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360)
     it at each step (it climbs while steps are reused and drops to 0 when one is computed) and ``tau`` as a dashed
     line. The x axis spans all steps from the start, so the chart fills in from left to right as the run goes.
     """
-    evs = [_as_dict(e) for e in events]
+    # Only these kinds matter here; skipping the rest before converting keeps a per-step redraw cheap when the
+    # memory sampler has added thousands of samples.
+    evs = _select(events, ("RunStarted", "StepRecord"))
     settings = _settings(evs)
     records = [e for e in evs if e["event"] == "StepRecord"]
     steps = int(settings.get("steps") or (max((r["step"] for r in records), default=0) + 1))
@@ -254,7 +256,7 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
 def stage_spans(events: Iterable[Event | Mapping[str, Any]]) -> dict[str, tuple[float, float, bool]]:
     """``stage -> (start, end, finished)`` in seconds, in run order; an unfinished stage ends at its start."""
     spans: dict[str, tuple[float, float, bool]] = {}
-    for e in (_as_dict(x) for x in events):
+    for e in _select(events, ("StageStarted", "StageFinished")):
         if e["event"] == "StageStarted":
             spans[e["stage"]] = (float(e["t"]), float(e["t"]), False)
         elif e["event"] == "StageFinished" and e["stage"] in spans:
@@ -280,6 +282,18 @@ def peak_by_stage(events: Iterable[Event | Mapping[str, Any]]) -> dict[str, dict
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+def _select(events: Iterable[Event | Mapping[str, Any]], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The events of the given kinds, as dicts, without converting the others."""
+    out = []
+    for event in events:
+        kind = type(event).__name__ if isinstance(event, Event) else None
+        if kind is None:
+            kind = _as_dict(event)["event"]
+        if kind in kinds:
+            out.append(_as_dict(event))
+    return out
+
+
 def _as_dict(event: Event | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(event, Event):
         return event.to_dict()

@@ -82,6 +82,7 @@ def test_partial_and_empty_runs_render(events):
 
 
 def test_timeline_without_memory_samples_shows_stages_and_calls(events):
+    events = [e for e in events if not isinstance(e, MemorySample)]  # e.g. a trace recorded without the sampler
     fig = timeline_figure(events)
     assert "no memory samples" in fig.layout.annotations[0].text
     stage_labels = {a.text for a in fig.layout.annotations[1:]}
@@ -130,3 +131,13 @@ def test_stage_spans_follow_run_order(events):
 def test_unknown_objects_are_refused():
     with pytest.raises(TypeError, match="expected a lightcache event"):
         trace_figure([object()])
+
+
+def test_timeline_of_a_sampled_run_draws_its_series(events):
+    samples = [e for e in events if isinstance(e, MemorySample)]
+    if not samples:
+        pytest.skip("this runner emits no memory samples")
+    fig = timeline_figure(events)
+    series = [t for t in fig.data if not t.name.startswith("call ")]
+    assert series and sum(len(t.x) for t in series) == sum(len(s.values) for s in samples)
+    assert not any("no memory samples" in (a.text or "") for a in fig.layout.annotations)

@@ -92,17 +92,24 @@ def notes_markdown(events: Sequence[Event]) -> str:
 
 
 def stages_markdown(events: Sequence[Event]) -> str:
-    """A table of the stages: wall time and peak memory (from the stage's own report or the memory samples)."""
+    """A table of the stages: wall time, peak memory, and how far the peak rose above what was resident when the
+    stage began (the surge the memory strategies cut), from the stage reports or else the memory samples."""
     finished = [e for e in events if isinstance(e, StageFinished)]
     if not finished:
         return ""
-    sampled = peak_by_stage(events)
-    rows = ["| stage | time | peak memory |", "|---|---:|---:|"]
-    for e in finished:
-        rows.append(f"| {e.stage} | {e.seconds:.2f} s | {_peak_text(e.peak_bytes, sampled.get(e.stage, {}))} |")
     end = next((e for e in events if isinstance(e, RunFinished)), None)
+    summary_stages = end.summary.get("stages", {}) if end is not None else {}
+    kind = (end.summary.get("memory") or {}).get("peak_kind") if end is not None else None
+    sampled = peak_by_stage(events)
+    rows = [f"| stage | time | peak memory{f' ({kind})' if kind else ''} | rise during the stage |",
+            "|---|---:|---:|---:|"]
+    for e in finished:
+        resident = summary_stages.get(e.stage, {}).get("resident_bytes")
+        rise = _bytes(e.peak_bytes - resident) if e.peak_bytes is not None and resident is not None else ""
+        rows.append(f"| {e.stage} | {e.seconds:.2f} s | {_peak_text(e.peak_bytes, sampled.get(e.stage, {}))} "
+                    f"| {rise} |")
     if end is not None:
-        rows.append(f"| **total** | **{end.summary['total_seconds']:.2f} s** | |")
+        rows.append(f"| **total** | **{end.summary['total_seconds']:.2f} s** | | |")
     notes = notes_markdown(events)
     return "\n".join(rows) + ("\n\n" + notes if notes else "")
 
@@ -139,4 +146,4 @@ def _peak_text(reported: int | None, sampled: dict[str, int]) -> str:
 
 
 def _bytes(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -221,7 +221,8 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
             )
         label = stage if finished else f"{stage}…"
         stage_peak = _peak_between(series, t0, t1)
-        if stage_peak is not None:
+        # A stage too narrow to hold its peak's label (encode, usually) keeps just its name; the table has it.
+        if stage_peak is not None and (t1 - t0) >= 0.12 * max(end, 1e-9):
             label += f"<br>peak {stage_peak / scale:.1f} {unit}"
         fig.add_annotation(
             x=(t0 + t1) / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False, text=label,
@@ -237,7 +238,9 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
     # Put the "no memory samples" note first so a reader (or a test) finds it without knowing the stage count.
     fig.layout.annotations = sorted(fig.layout.annotations, key=lambda a: "no memory samples" not in (a.text or ""))
 
-    fig.update_yaxes(title_text=f"memory ({unit})", rangemode="tozero", row=1, col=1)
+    # Not from zero: on a CPU the process's resident base dwarfs the stage surges the reader is looking for; the
+    # stage labels carry the absolute peaks.
+    fig.update_yaxes(title_text=f"memory ({unit})", row=1, col=1)
     fig.update_yaxes(type="category", categoryorder="array",
                      categoryarray=[b for b in _BRANCH_ORDER], showgrid=False, row=2, col=1)
     fig.update_xaxes(title_text="seconds since the run started", range=[0, max(end, 1e-3) * 1.02], row=2, col=1)

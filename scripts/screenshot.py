@@ -36,8 +36,10 @@ def chromium_path() -> str | None:
 
 
 def run_in_browser(url: str, screenshot: str | os.PathLike, timeout_s: float = 300.0,
-                   viewport: tuple[int, int] = (1440, 1000)) -> dict:
+                   viewport: tuple[int, int] = (1440, 1000), compare: bool = False) -> dict:
     """Load ``url``, click Run, wait until the run finished with a video and a timeline; save a full-page screenshot.
+
+    ``compare`` ticks "Compare with the plain run" first.
 
     Returns what it saw: seconds to the first trace marker and to the finished run (from the click), and the
     status line's text.
@@ -53,6 +55,8 @@ def run_in_browser(url: str, screenshot: str | os.PathLike, timeout_s: float = 3
         try:
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
             page.goto(url, timeout=timeout_ms)
+            if compare:
+                page.get_by_label("Compare with the plain run").check(timeout=timeout_ms)
             page.locator("#run").click(timeout=timeout_ms)
             clicked = time.monotonic()
             # The first trace marker: a point drawn in the trace plot while the run is still going.
@@ -78,18 +82,29 @@ def main(argv=None) -> int:
     parser.add_argument("--url", help="an app that is already running (default: start app.py's demo here)")
     parser.add_argument("--out", default=str(ROOT / "assets" / "screenshot.png"), help="where to write the PNG")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the run")
+    parser.add_argument("--compare", action="store_true", help="tick 'Compare with the plain run' first")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="serve a random-weight tiny model instead of the shipped one (the layout is the same; "
+                        "the video is noise)")
     args = parser.parse_args(argv)
 
     demo = None
     url = args.url
     if url is None:
         sys.path.insert(0, str(ROOT))
-        from app import demo  # noqa: E402 - the page exactly as `python app.py` serves it
+        if args.random_weights:
+            from lightcache.app import build_demo
+            from lightcache.app.pipelines import PipelineCache
+            from lightcache.tiny import build_tiny_pipeline
+
+            demo = build_demo(PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0)))
+        else:
+            from app import demo  # noqa: E402 - the page exactly as `python app.py` serves it
 
         demo.launch(prevent_thread_lock=True, quiet=True)
         url = demo.local_url
     try:
-        seen = run_in_browser(url, args.out, timeout_s=args.timeout)
+        seen = run_in_browser(url, args.out, timeout_s=args.timeout, compare=args.compare)
     finally:
         if demo is not None:
             demo.close()

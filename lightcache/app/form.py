@@ -22,6 +22,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import LightcacheError
@@ -40,7 +41,7 @@ TAU_SLIDER_MAX = 0.5
 
 #: The generation event's inputs, in order: API parameter name -> the label the form shows. The API parameter
 #: names are these keys; error messages use the labels.
-FIELDS: dict[str, str] = {
+FIELDS: Mapping[str, str] = MappingProxyType({
     "preset": "Preset",
     "prompt": "Prompt",
     "negative_prompt": "Negative prompt",
@@ -56,7 +57,7 @@ FIELDS: dict[str, str] = {
     "feature_chunking": "Feature chunking",
     "sliced_decode": "Sliced decoding",
     "compare": "Compare with the plain run",
-}
+})
 
 # RunSettings names some fields differently from the form; its messages start with its own name.
 _SETTING_TO_FIELD = {"threshold": "tau", "chunk_ffn": "feature_chunking"}

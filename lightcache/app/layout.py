@@ -110,7 +110,7 @@ def build_demo(
                 with gr.Row():
                     run_btn = gr.Button("Run", variant="primary", elem_id="run")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                gr.Examples(texts.EXAMPLES, inputs=[prompt, seed, tau], label="Prompts the tiny model draws well")
+                gr.Examples([list(e) for e in texts.EXAMPLES], inputs=[prompt, seed, tau], label="Prompts the tiny model draws well")
             with gr.Column(scale=3, min_width=420):
                 status = gr.Markdown("Press **Run** to start.", label="Status", show_label=False, elem_id="status")
                 trace = gr.Plot(_planned_trace(preset.name, start), label="Step trace: computed or reused, and E "

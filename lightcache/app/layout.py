@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any, Iterator, Mapping
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 
 from ..errors import LightcacheError, RunCancelled
-from ..events import RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from ..events import FramesDecoded, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import timeline_figure, trace_figure
 from ..presets import load_preset
 from . import texts, view
@@ -232,6 +233,10 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
                        skip(), skip())
             continue
         event = update.event
+        if isinstance(event, FramesDecoded):
+            continue  # the worker already wrote them to the video; holding them here would double the memory
+        if isinstance(event, RunFinished):
+            event = dataclasses.replace(event, frames=None)
         events.append(event)
         if isinstance(event, StepRecord):
             calls = sum(isinstance(e, StepRecord) for e in events)

@@ -145,11 +145,11 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------- VAE
 
 
-def vae_batch(rng: np.random.Generator, args, frames: int, crop: int) -> np.ndarray:
+def vae_batch(rng: np.random.Generator, args, frames: int, crop: int, gray: float) -> np.ndarray:
     """Short windows and crops of full-size clips, centred near the object so most crops show it."""
     out = []
     for _ in range(args.vae_batch):
-        spec = shapes.sample_specs(1, int(rng.integers(2**31)), gray_fraction=0.3)[0]
+        spec = shapes.sample_specs(1, int(rng.integers(2**31)), gray_fraction=gray)[0]
         seed = int(rng.integers(2**31))
         first = int(rng.integers(0, args.frames - frames + 1))
         cx, cy = shapes.object_centre(spec, args.frames, seed, first + frames // 2)
@@ -188,19 +188,22 @@ def train_vae(vae, args, phase: int) -> list[float]:
     Phase 2: 9-frame windows (so the chunk-to-chunk causal cache is trained too), 48x48 crops, and
     object pixels weighted up: phase 1 learns where things are long before it learns their colour,
     because the background is most of every pixel."""
-    steps, frames, crop, obj_w = (
-        (args.vae_steps, 5, 64, 0.0) if phase == 1 else (args.vae2_steps, 9, 48, args.vae2_obj_weight)
-    )
+    steps, frames, crop, obj_w, chroma_w, lr, gray = {
+        1: (args.vae_steps, 5, 64, 0.0, 0.0, args.vae_lr, 0.3),
+        2: (args.vae2_steps, 9, 48, args.vae2_obj_weight, 0.0, args.vae_lr, 0.3),
+        3: (args.vae3_steps, 9, 48, args.vae2_obj_weight, args.vae3_chroma_weight, args.vae3_lr, 0.3),
+        4: (args.vae4_steps, 9, 48, args.vae2_obj_weight, args.vae3_chroma_weight, args.vae4_lr, args.gray_fraction),
+    }[phase]
     rng = np.random.default_rng(args.seed + 10 * phase)
-    if phase == 2:
-        torch.manual_seed(args.seed + 200)  # phase 2 starts from a known state, also when resumed
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    if phase >= 2:
+        torch.manual_seed(args.seed + 100 * phase)  # each later phase starts from a known state, also when resumed
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     curve, acc, t0 = [], [], time.time()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, args.vae_lr, 50)
-        x = to_tensor(vae_batch(rng, args, frames, crop))
+            g["lr"] = cosine_lr(step, steps, lr, 50)
+        x = to_tensor(vae_batch(rng, args, frames, crop, gray))
         # Object pixels: those away from the clip's median colour (the background covers most of it).
         bg = x.flatten(2).median(dim=2).values[:, :, None, None, None]
         weight = 1.0 + obj_w * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.1).float()
@@ -215,12 +218,17 @@ def train_vae(vae, args, phase: int) -> list[float]:
         l1 = ((rec - x).abs() * weight).mean() / weight.mean()
         mse = ((rec - x).pow(2) * weight).mean() / weight.mean()
         kl = post.mean.pow(2).mean()
-        loss = l1 + mse + args.vae_kl * kl
+        # Chroma: each pixel minus its own channel mean. Brightness explains most of the pixel variance,
+        # so without this term the VAE draws grey-ish shapes long before red, green and blue part ways.
+        chroma = (((rec - rec.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs() * weight).mean() / weight.mean()
+        loss = l1 + mse + chroma_w * chroma + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         acc.append((l1.item(), mse.item(), kl.item()))
+        if (step + 1) % 100 == 0:
+            vae.save_pretrained(f"/tmp/train_tiny_vae_phase{phase}_latest")
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
             a = np.mean(acc, axis=0)
             acc = []
@@ -235,7 +243,7 @@ def train_vae(vae, args, phase: int) -> list[float]:
 
 def clip_set(args):
     """The transformer's training clips: (spec, seed) pairs, deterministic from the seed."""
-    specs = shapes.sample_specs(args.num_clips, seed=args.seed + 20, gray_fraction=0.3)
+    specs = shapes.sample_specs(args.num_clips, seed=args.seed + 20, gray_fraction=args.gray_fraction)
     rng = np.random.default_rng(args.seed + 21)
     return [(s, int(rng.integers(2**31))) for s in specs]
 
@@ -332,6 +340,10 @@ def main(argv=None) -> None:
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-3, help="weight of the L2 penalty on latent means")
     ap.add_argument("--vae-noise", type=float, default=0.05, help="std of the noise added to latents in training")
+    ap.add_argument(
+        "--gray-fraction", type=float, default=0.0,
+        help="share of gray-background clips in VAE phase 4 and the transformer's data (phases 1-3 use 0.3)",
+    )
     ap.add_argument("--text-dim", type=int, default=64)
     ap.add_argument("--max-seq-len", type=int, default=16)
     ap.add_argument("--num-clips", type=int, default=1000)
@@ -347,13 +359,19 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt", default="/tmp/train_tiny_ckpt.pt")
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--vae-from", default=None, help="skip VAE training: load this saved VAE directory")
-    ap.add_argument("--vae-phase1-from", default=None, help="resume: load the phase-1 VAE saved by an earlier run")
+    ap.add_argument("--vae-resume", default=None, help="resume: a VAE directory saved by an earlier run after a phase")
+    ap.add_argument("--vae-resume-phase", type=int, default=0, help="the phase --vae-resume was saved after")
+    ap.add_argument("--vae3-steps", type=int, default=400)
+    ap.add_argument("--vae3-lr", type=float, default=2e-3)
+    ap.add_argument("--vae3-chroma-weight", type=float, default=3.0)
+    ap.add_argument("--vae4-steps", type=int, default=300)
+    ap.add_argument("--vae4-lr", type=float, default=1e-3)
     ap.add_argument("--vae2-steps", type=int, default=400)
     ap.add_argument("--vae2-obj-weight", type=float, default=4.0)
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.vae_steps, args.vae2_steps, args.dit_steps, args.num_clips, args.log_every = 4, 4, 10, 16, 2
+        args.vae_steps, args.vae2_steps, args.vae3_steps, args.vae4_steps, args.dit_steps, args.num_clips, args.log_every = 4, 4, 4, 4, 10, 16, 2
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals make CPU convolutions crawl late in training
@@ -371,16 +389,18 @@ def main(argv=None) -> None:
         vae_curve = []
         log(f"loaded VAE from {args.vae_from}")
     else:
-        if args.vae_phase1_from:
-            vae = AutoencoderKLWan.from_pretrained(args.vae_phase1_from)
-            vae_curve = []
-            log(f"loaded phase-1 VAE from {args.vae_phase1_from}")
+        vae_curve = []
+        if args.vae_resume:
+            vae = AutoencoderKLWan.from_pretrained(args.vae_resume)
+            log(f"loaded the VAE after phase {args.vae_resume_phase} from {args.vae_resume}")
         else:
             vae = build_vae(args)
             log(f"VAE params {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M")
-            vae_curve = train_vae(vae, args, phase=1)
-            vae.save_pretrained("/tmp/train_tiny_vae_phase1")
-        vae_curve += train_vae(vae, args, phase=2)
+        for phase in (1, 2, 3, 4):
+            if args.vae_resume and phase <= args.vae_resume_phase:
+                continue
+            vae_curve += train_vae(vae, args, phase=phase)
+            vae.save_pretrained(f"/tmp/train_tiny_vae_phase{phase}")
         vae.save_pretrained("/tmp/train_tiny_vae")
     t_vae = time.time() - t_start
 

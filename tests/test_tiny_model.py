@@ -49,13 +49,12 @@ PROMPTS = [
     "a white triangle moving down",
     "a blue square moving down on a black background",
     "a red circle moving left on a black background",
-    # Gray backgrounds.
-    "a red circle moving up on a gray background",
-    "a green square moving left on a gray background",
-    "a blue circle moving right on a gray background",
-    "a yellow triangle moving down on a gray background",
-    "a white triangle moving right on a gray background",
-    "a blue triangle moving up on a gray background",
+    "a yellow circle moving up on a black background",
+    "a white square moving right on a black background",
+    "a green triangle moving left",
+    "a red square moving down",
+    "a blue circle moving left",
+    "a yellow square moving up",
 ]
 
 

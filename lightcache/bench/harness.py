@@ -53,12 +53,13 @@ from .results import SCHEMA, aggregate, targets
 
 #: Prompts per preset. The tiny model knows only its shapes grammar; the GPU presets get everyday scenes.
 BENCH_PROMPTS: dict[str, tuple[str, ...]] = {
+    # Colour, shape and motion combinations the shipped model was trained on, on its black background.
     "tiny": (
         "a red circle moving right",
-        "a blue square moving up on a gray background",
+        "a blue square moving up",
         "a green triangle moving left",
-        "a yellow circle moving down on a gray background",
-        "a white square moving right",
+        "a yellow square moving down",
+        "a white circle moving right",
     ),
 }
 DEFAULT_PROMPTS = (

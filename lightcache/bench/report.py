@@ -235,6 +235,15 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         "",
         checks_section(results),
         "",
+        "## Files",
+        "",
+        f"- [`results.json`]({rel}/results.json) (schema `{results['schema']}`): `records`, one per method x "
+        "setting x prompt and seed (median times and every sample, speed-ups, transformer calls computed and "
+        "reused, the work meter's counts, PSNR, SSIM, peak memory per stage, whether repeats reproduced the video, "
+        "and the skip check); `aggregates`, one per method x setting (with Pareto flags per speed axis); "
+        "`targets`, `overhead`, `checks`, `notes`.",
+        f"- [`table.md`]({rel}/table.md): the table above. The chart: `speed_vs_psnr.html` (and `.png`).",
+        "",
         "## Notes",
         "",
         *[f"- {n}" for n in results["notes"]],

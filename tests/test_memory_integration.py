@@ -206,3 +206,32 @@ def test_cli_bad_chunk_counts_exit_with_one_clear_line(tiny_model_dir, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err
     assert not out.exists()
+
+
+# --- the memory benchmark's smoke path ---------------------------------------------------------------------------
+def test_memory_benchmark_smoke_runs_end_to_end(tmp_path, capsys):
+    """The GPU benchmark's own code path at tiny shapes on the CPU: every stage measured, outputs exact."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.memory import main
+
+    code = main(["--smoke", "--configs", "plain", "chunking", "sliced_decode", "async_swap",
+                 "diffusers_group_offload", "--out", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "memory-smoke.json").read_text())
+    assert results["exactness_fp32"]["chunking_fp32"] <= CHUNK_TOL
+    assert results["exactness_fp32"]["sliced_decode_fp32"] <= DECODE_TOL
+    configs = {r["config"]: r for r in results["models"]["tiny"]["configs"]}
+    plain = configs["plain"]["stages"]
+    assert plain["denoise"]["seconds"] > 0 and plain["decode"]["over_bytes"] > 0
+    assert configs["chunking"]["stages"]["denoise"]["over_bytes"] < plain["denoise"]["over_bytes"]
+    assert configs["sliced_decode"]["stages"]["decode"]["over_bytes"] < plain["decode"]["over_bytes"]
+    assert configs["chunking"]["max_abs_diff"]["denoise"] <= CHUNK_TOL
+    assert configs["sliced_decode"]["max_abs_diff"]["decode"] <= DECODE_TOL
+    assert CPU_NOTE in configs["async_swap"]["notes"]
+    assert configs["diffusers_group_offload"]["stages"] == {}  # needs CUDA: skipped, and said so
+    assert any("needs a CUDA device" in n for n in configs["diffusers_group_offload"]["notes"])
+    markdown = (tmp_path / "memory-smoke.md").read_text()
+    assert "not GPU measurements" in markdown and "| sliced_decode |" in markdown

@@ -101,6 +101,7 @@ class FeatureChunkingHook(ModelHook):
         self.role = role
         # Set by the model-level hook while it runs the blocks on a hidden-state buffer it allocated itself.
         self.owns_input = False
+        self.block_hooks: list[FeatureChunkingHook] = []  # the model-level hook's view of its blocks' hooks
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.role == "model":
@@ -138,9 +139,8 @@ def apply_feature_chunking(
                 "replaces the innermost forward, so hooks registered earlier would be bypassed."
             )
     model_hook = FeatureChunkingHook(config, role="model")
-    block_hooks = [FeatureChunkingHook(config, role="block") for _ in transformer.blocks]
-    model_hook.block_hooks = block_hooks
-    for block, hook in zip(transformer.blocks, block_hooks):
+    model_hook.block_hooks = [FeatureChunkingHook(config, role="block") for _ in transformer.blocks]
+    for block, hook in zip(transformer.blocks, model_hook.block_hooks):
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, CHUNK_HOOK)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(model_hook, CHUNK_HOOK)

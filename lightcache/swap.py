@@ -90,7 +90,12 @@ class AsyncSwap:
         self.device = device
         self.config = config
         self.active = device.type == "cuda"
-        self.note: str | None = None if self.active else CPU_NOTE
+        self.note: str | None = None
+        if not self.active:
+            self.note = CPU_NOTE if device.type == "cpu" else (
+                f"Asynchronous swapping did nothing: it moves tensors between a CUDA GPU and pinned CPU memory, and "
+                f"this run is on '{device.type}'."
+            )
         self.group_offload = False
         self.cache_store: PinnedTensorStore | None = None
         self._parked: dict[str, _ParkedModule] = {}

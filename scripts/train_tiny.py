@@ -270,19 +270,25 @@ def caption_embeddings(pipe, captions, max_len: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def train_transformer(dit, latents, clips, embeds, args) -> tuple[torch.nn.Module, list[float]]:
-    rng = np.random.default_rng(args.seed + 30)
-    gen = torch.Generator().manual_seed(args.seed + 31)
-    opt = torch.optim.AdamW(dit.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = copy.deepcopy(dit).eval()
+def train_transformer(dit, ema, latents, clips, embeds, args, phase: int) -> tuple[torch.nn.Module, list[float]]:
+    """Phase 1: ``--dit-steps`` at ``--dit-lr``; phase 2 continues (fresh optimizer, new warm-up and
+    cosine) for ``--dit2-steps`` at ``--dit2-lr``: after phase 1 the model knows colours but not yet
+    coherent motion, which needs the longer run."""
+    steps, base_lr = (args.dit_steps, args.dit_lr) if phase == 1 else (args.dit2_steps, args.dit2_lr)
+    rng = np.random.default_rng(args.seed + 30 + 10 * (phase - 1))
+    gen = torch.Generator().manual_seed(args.seed + 31 + 10 * (phase - 1))
+    opt = torch.optim.AdamW(dit.parameters(), lr=base_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    if ema is None:
+        ema = copy.deepcopy(dit).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     dit.train()
     curve, acc, t0 = [], [], time.time()
     n = len(clips)
-    for step in range(args.dit_steps):
+    ema_step0 = 0 if phase == 1 else args.dit_steps
+    for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.dit_steps, args.dit_lr, 200)
+            g["lr"] = cosine_lr(step, steps, base_lr, 200)
         idx = rng.integers(0, n, size=args.dit_batch)
         x0 = latents[idx]
         caps = []
@@ -308,17 +314,17 @@ def train_transformer(dit, latents, clips, embeds, args) -> tuple[torch.nn.Modul
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
+        decay = min(args.ema, (1 + ema_step0 + step) / (10 + ema_step0 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), dit.parameters()):
                 pe.lerp_(p, 1 - decay)
         acc.append(loss.item())
-        if (step + 1) % args.log_every == 0 or step + 1 == args.dit_steps:
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
             curve.append(float(np.mean(acc)))
             acc = []
-            log(f"dit step {step + 1}/{args.dit_steps} loss {curve[-1]:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)")
+            log(f"dit phase {phase} step {step + 1}/{steps} loss {curve[-1]:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)")
         if args.ckpt_every and (step + 1) % args.ckpt_every == 0:
-            torch.save({"step": step + 1, "ema": ema.state_dict(), "dit": dit.state_dict()}, args.ckpt)
+            torch.save({"phase": phase, "step": step + 1, "ema": ema.state_dict(), "dit": dit.state_dict()}, args.ckpt)
     return ema.eval(), curve
 
 
@@ -350,6 +356,10 @@ def main(argv=None) -> None:
     ap.add_argument("--dit-dim", type=int, default=128)
     ap.add_argument("--dit-layers", type=int, default=4)
     ap.add_argument("--dit-steps", type=int, default=3000)
+    ap.add_argument("--dit2-steps", type=int, default=5000)
+    ap.add_argument("--dit2-lr", type=float, default=5e-4)
+    ap.add_argument("--dit-resume", default=None, help="resume: a transformer checkpoint saved at the end of phase 1")
+    ap.add_argument("--latents-from", default=None, help="resume: training latents saved by an earlier run with the same VAE")
     ap.add_argument("--dit-batch", type=int, default=8)
     ap.add_argument("--dit-lr", type=float, default=8e-4)
     ap.add_argument("--ema", type=float, default=0.998)
@@ -371,7 +381,7 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.vae_steps, args.vae2_steps, args.vae3_steps, args.vae4_steps, args.dit_steps, args.num_clips, args.log_every = 4, 4, 4, 4, 10, 16, 2
+        args.vae_steps, args.vae2_steps, args.vae3_steps, args.vae4_steps, args.dit_steps, args.dit2_steps, args.num_clips, args.log_every = 4, 4, 4, 4, 10, 10, 16, 2
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals make CPU convolutions crawl late in training
@@ -407,7 +417,12 @@ def main(argv=None) -> None:
     # 2. Latents of the training clips; their per-channel statistics go into the VAE config so the
     # pipeline's latents are ~unit variance, as Wan's are.
     clips = clip_set(args)
-    raw = encode_latents(vae, clips, args)
+    if args.latents_from:
+        raw = torch.load(args.latents_from)
+        log(f"loaded latents from {args.latents_from}")
+    else:
+        raw = encode_latents(vae, clips, args)
+        torch.save(raw, "/tmp/train_tiny_latents.pt")
     mean = raw.mean(dim=(0, 2, 3, 4))
     std = raw.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
     vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean], latents_std=[round(float(v), 5) for v in std])
@@ -425,7 +440,20 @@ def main(argv=None) -> None:
         captions.add(shapes.caption(s, say_background=False))
     embeds = caption_embeddings(pipe, sorted(captions), args.max_seq_len)
     log(f"{len(embeds)} distinct captions embedded")
-    ema, dit_curve = train_transformer(dit, latents, clips, embeds, args)
+    ema, dit_curve = None, []
+    if args.dit_resume:
+        state = torch.load(args.dit_resume)
+        assert state["phase"] == 1 and state["step"] == args.dit_steps, "resume from the end of phase 1"
+        dit.load_state_dict(state["dit"])
+        ema = build_transformer(args)
+        ema.load_state_dict(state["ema"])
+        ema.eval()
+        log(f"resumed the transformer after phase 1 from {args.dit_resume}")
+    else:
+        ema, dit_curve = train_transformer(dit, None, latents, clips, embeds, args, phase=1)
+        torch.save({"phase": 1, "step": args.dit_steps, "ema": ema.state_dict(), "dit": dit.state_dict()}, "/tmp/train_tiny_dit_phase1.pt")
+    ema, curve2 = train_transformer(dit, ema, latents, clips, embeds, args, phase=2)
+    dit_curve += curve2
     t_dit = time.time() - t_start - t_vae - t_lat
 
     pipe = WanPipeline(

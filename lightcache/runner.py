@@ -251,9 +251,9 @@ class _Clock:
 
 
 def _stage(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> StageStarted:
-    resident = sampler.begin_stage(name)
-    stages[name] = {"_start": clock(), "resident_bytes": resident}
-    return StageStarted(stage=name, t=stages[name]["_start"])
+    start = clock()  # before the stage's first memory reading, so that reading falls inside the stage
+    stages[name] = {"_start": start, "resident_bytes": sampler.begin_stage(name)}
+    return StageStarted(stage=name, t=start)
 
 
 def _finish(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> StageFinished:
@@ -265,9 +265,16 @@ def _finish(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> S
 
 
 def _emit(sampler: MemorySampler, event: Event) -> Iterator[Event]:
-    """The memory readings taken so far, then ``event``: the stream stays in time order."""
-    yield from sampler.drain()
+    """``event`` with the memory readings taken so far, merged so that the stream stays in time order."""
+    samples = sampler.drain()
+    t = getattr(event, "t", None)
+    if t is None:
+        yield from samples
+        yield event
+        return
+    yield from (s for s in samples if s.t <= t)
     yield event
+    yield from (s for s in samples if s.t > t)
 
 
 def _sync(device) -> None:

@@ -12,8 +12,8 @@ Order of work (one process, one pipeline):
    method) and is one more timing sample for plain.
 
 Every run goes through :func:`lightcache.runner.run_generation` with a :class:`~lightcache.bench.meter.WorkMeter`
-and a :class:`~lightcache.bench.meter.MemoryMeter` on it; every method is detached right after its run and the
-transformer's hook list is checked to be back to what it was.
+on it (peak memory per stage comes from the runner's own telemetry); every method is detached right after its run
+and the transformer's hook list is checked to be back to what it was.
 
 Example:
     >>> from lightcache.tiny import build_tiny_pipeline
@@ -48,7 +48,7 @@ from ..metrics import json_psnr, psnr, ssim
 from ..runner import run_generation, run_to_completion
 from ..settings import RunSettings
 from . import methods as M
-from .meter import COUNT_KEYS, MemoryMeter, WorkMeter
+from .meter import COUNT_KEYS, WorkMeter, stage_memory
 from .results import SCHEMA, aggregate, targets
 
 #: Prompts per preset. The tiny model knows only its shapes grammar; the GPU presets get everyday scenes.
@@ -351,8 +351,7 @@ def _timed_run(pipe, settings: RunSettings, preset_name: str, entry: _Entry, cal
     entry.method.attach(pipe, entry.params, calibration)
     try:
         meter.reset()
-        with MemoryMeter(pipe._execution_device) as memory:
-            finished = run_to_completion(run_generation(pipe, settings, preset_name), memory.on_event)
+        finished = run_to_completion(run_generation(pipe, settings, preset_name))
     finally:
         entry.method.detach(pipe)
     hooks_after = M.hook_names(pipe.transformer)
@@ -368,7 +367,7 @@ def _timed_run(pipe, settings: RunSettings, preset_name: str, entry: _Entry, cal
         frames=frames,
         counts=meter.counts(),
         per_block=meter.per_block(),
-        memory=memory.stages,
+        memory=stage_memory(finished.summary),
     )
 
 

@@ -12,8 +12,7 @@ Wan transformer's arithmetic; embeddings and the output head are left out). ``wo
 of the transformer's work a method computed. Each hook costs well under a microsecond; a tiny-model call takes
 milliseconds.
 
-:class:`MemoryMeter` turns a run's stage events into a peak per stage: from the runner when it reports one, else
-from the CUDA allocator (on a GPU) or a process RSS sampler (on a CPU).
+:func:`stage_memory` reads the peak memory of each stage from the runner's summary.
 
 Example:
     >>> import torch
@@ -28,14 +27,11 @@ Example:
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import torch
 
 from ..errors import LightcacheError
-from ..events import Event, StageFinished, StageStarted
 
 #: The keys of :meth:`WorkMeter.counts`, in order.
 COUNT_KEYS = (
@@ -209,72 +205,20 @@ def _first_linear(module: torch.nn.Module) -> torch.nn.Module:
 
 
 # --- memory ------------------------------------------------------------------------------------------------
-class MemoryMeter:
-    """Peak memory per stage of one run, fed with the run's events as they happen.
+def stage_memory(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Peak memory per stage of a finished run, from the runner's own telemetry.
 
-    On CUDA the allocator's peak is reset at each ``StageStarted`` and read at ``StageFinished`` (bytes allocated by
-    tensors). On a CPU a background thread samples the process RSS every ``interval`` seconds; its peak includes
-    everything resident (weights, the Python heap), and the allocator keeps freed memory, so a stage's increase over
-    its start can read low after an earlier stage grew the heap. When the runner itself reports a stage's
-    ``peak_bytes``, that figure is used.
+    ``peak_bytes`` is the runner's peak while the stage ran (the CUDA allocator's peak on a GPU; on a CPU the
+    process RSS high-water mark, which includes the weights and the Python heap); ``increase_bytes`` its rise over
+    what was resident when the stage began. None where the runner reported nothing.
     """
-
-    def __init__(self, device: str | torch.device, interval: float = 0.005):
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.interval = interval
-        self.stages: dict[str, dict[str, Any]] = {}
-        self._stage: str | None = None
-        self._start = 0
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "MemoryMeter":
-        if not self.cuda:
-            import psutil
-
-            self._process = psutil.Process()
-            self._thread = threading.Thread(target=self._sample, name="bench-rss-sampler", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, StageStarted):
-            self._stage = event.stage
-            if self.cuda:
-                torch.cuda.synchronize(self.device)
-                torch.cuda.reset_peak_memory_stats(self.device)
-                self._start = torch.cuda.memory_allocated(self.device)
-            else:
-                self._start = self._peak = self._rss()
-        elif isinstance(event, StageFinished):
-            if event.peak_bytes is not None:
-                peak, source = int(event.peak_bytes), "runner"
-            elif self.cuda:
-                torch.cuda.synchronize(self.device)
-                peak, source = int(torch.cuda.max_memory_allocated(self.device)), "cuda allocator"
-            else:
-                peak, source = max(self._peak, self._rss()), "process rss"
-            self.stages[event.stage] = {
-                "peak_bytes": peak,
-                "increase_bytes": max(0, peak - self._start) if source != "runner" else None,
-                "source": source,
-            }
-            self._stage = None
-
-    def _rss(self) -> int:
-        return int(self._process.memory_info().rss)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            if self._stage is not None:
-                rss = self._rss()
-                if rss > self._peak:
-                    self._peak = rss
-            time.sleep(self.interval)
+    kind = (summary.get("memory") or {}).get("peak_kind")
+    out = {}
+    for stage, info in summary["stages"].items():
+        peak, resident = info.get("peak_bytes"), info.get("resident_bytes")
+        out[stage] = {
+            "peak_bytes": peak,
+            "increase_bytes": max(0, peak - resident) if peak is not None and resident is not None else None,
+            "source": kind,
+        }
+    return out

@@ -73,8 +73,10 @@ def _memory(aggregate: dict[str, Any], stage: str) -> str:
 
 
 def memory_source(results: dict[str, Any]) -> str:
-    sources = sorted({mem["source"] for r in results["records"] for mem in (r["memory"] or {}).values()})
-    return ", ".join(sources) or "none"
+    names = {"rss": "the runner's telemetry, process RSS high-water mark per stage",
+             "cuda_allocated": "the runner's telemetry, CUDA allocator peak per stage"}
+    sources = sorted({str(mem["source"]) for r in results["records"] for mem in (r["memory"] or {}).values()})
+    return ", ".join(names.get(s, s) for s in sources) or "none"
 
 
 def targets_section(results: dict[str, Any]) -> str:
@@ -219,9 +221,9 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         "Speed-ups are plain time / method time for the same prompt and seed (geometric mean over cases). Work "
         "computed: FLOPs of the attention and feed-forward layers that ran, against plain. PSNR and SSIM compare "
         "each video with the plain video of the same prompt and seed. \u25c6 marks the method's Pareto front "
-        "(denoise speed-up against PSNR). Peak memory: the highest reading during the stage, and in brackets its "
-        "rise over the reading when the stage began (on a CPU the process RSS, which includes the weights and "
-        "the Python heap).",
+        "(denoise speed-up against PSNR). Peak memory: the peak during the stage, and in brackets its rise over "
+        "what was resident when the stage began (on a CPU the process RSS, which includes the weights and the "
+        "Python heap).",
         "",
         results_table(results),
         "",

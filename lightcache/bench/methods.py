@@ -21,7 +21,7 @@ Example:
     >>> [m.name for m in METHODS.values()][:3]
     ['plain', 'easycache', 'easycache+memory']
     >>> [p["threshold"] for p in sweep("easycache", quick=True)]
-    [0.05, 0.1, 0.2]
+    [0.025, 0.05, 0.075, 0.1, 0.2]
 """
 
 from __future__ import annotations
@@ -112,8 +112,11 @@ METHODS: dict[str, Method] = {
         Method("plain", "plain", "reference", SKIPS_NOTHING, ({},), ({},)),
         Method(
             "easycache", "EasyCache", "ours", SKIPS_CALLS,
-            quick=tuple({"threshold": t} for t in (0.05, 0.1, 0.2)),
-            full=tuple({"threshold": t} for t in (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)),
+            # Dense enough to land near every built-in point: each tau reuses a whole number of steps, so the
+            # reachable work fractions are discrete and a coarse sweep leaves gaps a peer can fall into.
+            quick=tuple({"threshold": t} for t in (0.025, 0.05, 0.075, 0.1, 0.2)),
+            full=tuple({"threshold": t} for t in (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.125, 0.15,
+                                                  0.2, 0.3)),
             describe=lambda p: f"tau={_fmt(p['threshold'])}",
         ),
         Method(
@@ -124,8 +127,8 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "fbc", "FirstBlockCache", "diffusers", SKIPS_BLOCKS_AFTER_FIRST,
-            quick=tuple({"threshold": t} for t in (0.05, 0.15)),
-            full=tuple({"threshold": t} for t in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)),
+            quick=tuple({"threshold": t} for t in (0.05, 0.1)),
+            full=tuple({"threshold": t} for t in (0.02, 0.05, 0.075, 0.1, 0.15, 0.2)),
             describe=lambda p: f"threshold={_fmt(p['threshold'])}",
         ),
         Method(

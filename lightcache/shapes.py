@@ -181,8 +181,14 @@ def all_specs(include_held_out: bool = False) -> list[ClipSpec]:
 _DIRECTION = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
-def _trajectory(spec: ClipSpec, frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """Centre (x, y) per frame in units of the frame size, and the object's half-size."""
+def _trajectory(
+    spec: ClipSpec, frames: int, rng: np.random.Generator, spread: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centre (x, y) per frame in units of the frame size, and the object's half-size.
+
+    ``spread`` scales how far the start position may stray from the middle of its allowed range
+    (1: anywhere the path fits, 0: always the middle); the seed draws the same numbers either way.
+    """
     size = rng.uniform(0.10, 0.15)  # half-size as a fraction of the frame: 13-19 px at 128 px
     travel = rng.uniform(0.35, 0.50)  # a clear, measurable move over the clip
     dx, dy = _DIRECTION[spec.motion]
@@ -190,6 +196,8 @@ def _trajectory(spec: ClipSpec, frames: int, rng: np.random.Generator) -> tuple[
     lo, hi = size + 0.02, 1.0 - size - 0.02 - travel
     start_along = rng.uniform(lo, hi)
     across = rng.uniform(size + 0.05, 1.0 - size - 0.05)
+    start_along = (lo + hi) / 2 + spread * (start_along - (lo + hi) / 2)
+    across = 0.5 + spread * (across - 0.5)
     t = np.linspace(0.0, 1.0, frames)
     along = start_along + travel * t
     if dx:
@@ -224,12 +232,14 @@ def render_clip(
     *,
     window: tuple[int, int] | None = None,
     crop: tuple[int, int, int, int] | None = None,
+    spread: float = 1.0,
 ) -> np.ndarray:
     """Render a spec (or a prompt) as a uint8 video of shape (frames, height, width, 3).
 
     The seed picks the size, the start position and the travel; the same seed gives the same clip.
     ``window=(first, stop)`` and ``crop=(top, left, h, w)`` render only part of that clip (exactly the
-    same pixels, at a fraction of the cost): the VAE trains on such short, small pieces.
+    same pixels, at a fraction of the cost): the VAE trains on such short, small pieces. ``spread`` below
+    1 keeps the path closer to the middle of the frame (see ``_trajectory``).
 
     >>> a = render_clip("a white square moving down", frames=9, height=32, width=32, seed=3)
     >>> b = render_clip("a white square moving down", frames=9, height=32, width=32, seed=3)
@@ -239,7 +249,7 @@ def render_clip(
     if isinstance(spec, str):
         spec = parse_prompt(spec)
     rng = np.random.default_rng(seed)
-    xs, ys, size = _trajectory(spec, frames, rng)
+    xs, ys, size = _trajectory(spec, frames, rng, spread)
     first, stop = window if window is not None else (0, frames)
     top, left, ch, cw = crop if crop is not None else (0, 0, height, width)
     ss = 4

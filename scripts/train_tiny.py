@@ -241,20 +241,25 @@ def train_vae(vae, args, phase: int) -> list[float]:
 # ------------------------------------------------------------------------------------- transformer
 
 
-def clip_set(args):
-    """The transformer's training clips: (spec, seed) pairs, deterministic from the seed."""
-    specs = shapes.sample_specs(args.num_clips, seed=args.seed + 20, gray_fraction=args.gray_fraction)
-    rng = np.random.default_rng(args.seed + 21)
+def clip_set(args, phase: int = 1):
+    """The transformer's training clips: (spec, seed) pairs, deterministic from the seed.
+    Phases 1-2 share one set (paths anywhere in the frame); phase 3 has its own (paths near the middle)."""
+    if phase < 3:
+        specs = shapes.sample_specs(args.num_clips, seed=args.seed + 20, gray_fraction=args.gray_fraction)
+        rng = np.random.default_rng(args.seed + 21)
+    else:
+        specs = shapes.sample_specs(args.dit3_clips, seed=args.seed + 50, gray_fraction=args.gray_fraction)
+        rng = np.random.default_rng(args.seed + 51)
     return [(s, int(rng.integers(2**31))) for s in specs]
 
 
 @torch.inference_mode()
-def encode_latents(vae, clips, args) -> torch.Tensor:
+def encode_latents(vae, clips, args, spread: float = 1.0) -> torch.Tensor:
     lat = []
     t0 = time.time()
     for i in range(0, len(clips), 4):
         part = clips[i : i + 4]
-        x = to_tensor(np.stack([shapes.render_clip(s, args.frames, args.height, args.width, seed) for s, seed in part]))
+        x = to_tensor(np.stack([shapes.render_clip(s, args.frames, args.height, args.width, seed, spread=spread) for s, seed in part]))
         lat.append(vae.encode(x).latent_dist.mode())
         if (i // 4) % 50 == 0:
             log(f"encoded {i + len(part)}/{len(clips)} clips ({time.time() - t0:.0f}s)")
@@ -274,7 +279,11 @@ def train_transformer(dit, ema, latents, clips, embeds, args, phase: int) -> tup
     """Phase 1: ``--dit-steps`` at ``--dit-lr``; phase 2 continues (fresh optimizer, new warm-up and
     cosine) for ``--dit2-steps`` at ``--dit2-lr``: after phase 1 the model knows colours but not yet
     coherent motion, which needs the longer run."""
-    steps, base_lr = (args.dit_steps, args.dit_lr) if phase == 1 else (args.dit2_steps, args.dit2_lr)
+    steps, base_lr = {
+        1: (args.dit_steps, args.dit_lr),
+        2: (args.dit2_steps, args.dit2_lr),
+        3: (args.dit3_steps, args.dit3_lr),
+    }[phase]
     rng = np.random.default_rng(args.seed + 30 + 10 * (phase - 1))
     gen = torch.Generator().manual_seed(args.seed + 31 + 10 * (phase - 1))
     opt = torch.optim.AdamW(dit.parameters(), lr=base_lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -285,7 +294,7 @@ def train_transformer(dit, ema, latents, clips, embeds, args, phase: int) -> tup
     dit.train()
     curve, acc, t0 = [], [], time.time()
     n = len(clips)
-    ema_step0 = 0 if phase == 1 else args.dit_steps
+    ema_step0 = {1: 0, 2: args.dit_steps, 3: args.dit_steps + args.dit2_steps}[phase]
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, base_lr, 200)
@@ -360,6 +369,13 @@ def main(argv=None) -> None:
     ap.add_argument("--dit2-lr", type=float, default=5e-4)
     ap.add_argument("--dit-resume", default=None, help="resume: a transformer checkpoint saved at the end of phase 1")
     ap.add_argument("--latents-from", default=None, help="resume: training latents saved by an earlier run with the same VAE")
+    ap.add_argument("--dit2-resume", default=None, help="resume: a transformer checkpoint saved at the end of phase 2")
+    ap.add_argument("--dit3-steps", type=int, default=3000)
+    ap.add_argument("--dit3-lr", type=float, default=4e-4)
+    ap.add_argument("--dit3-clips", type=int, default=600)
+    ap.add_argument("--dit3-spread", type=float, default=0.3)
+    ap.add_argument("--latents3-from", default=None, help="resume: phase-3 latents saved by an earlier run")
+    ap.add_argument("--encode-phase3-only", action="store_true", help="only encode the phase-3 latents (to run beside phase 2)")
     ap.add_argument("--dit-batch", type=int, default=8)
     ap.add_argument("--dit-lr", type=float, default=8e-4)
     ap.add_argument("--ema", type=float, default=0.998)
@@ -381,7 +397,7 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.vae_steps, args.vae2_steps, args.vae3_steps, args.vae4_steps, args.dit_steps, args.dit2_steps, args.num_clips, args.log_every = 4, 4, 4, 4, 10, 10, 16, 2
+        args.vae_steps, args.vae2_steps, args.vae3_steps, args.vae4_steps, args.dit_steps, args.dit2_steps, args.dit3_steps, args.dit3_clips, args.num_clips, args.log_every = 4, 4, 4, 4, 10, 10, 10, 8, 16, 2
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals make CPU convolutions crawl late in training
@@ -413,6 +429,12 @@ def main(argv=None) -> None:
             vae.save_pretrained(f"/tmp/train_tiny_vae_phase{phase}")
         vae.save_pretrained("/tmp/train_tiny_vae")
     t_vae = time.time() - t_start
+
+    if args.encode_phase3_only:
+        raw3 = encode_latents(vae, clip_set(args, phase=3), args, spread=args.dit3_spread)
+        torch.save(raw3, "/tmp/train_tiny_latents3.pt")
+        log("saved phase-3 latents to /tmp/train_tiny_latents3.pt")
+        return
 
     # 2. Latents of the training clips; their per-channel statistics go into the VAE config so the
     # pipeline's latents are ~unit variance, as Wan's are.
@@ -452,8 +474,33 @@ def main(argv=None) -> None:
     else:
         ema, dit_curve = train_transformer(dit, None, latents, clips, embeds, args, phase=1)
         torch.save({"phase": 1, "step": args.dit_steps, "ema": ema.state_dict(), "dit": dit.state_dict()}, "/tmp/train_tiny_dit_phase1.pt")
-    ema, curve2 = train_transformer(dit, ema, latents, clips, embeds, args, phase=2)
-    dit_curve += curve2
+    if args.dit2_resume:
+        state = torch.load(args.dit2_resume)
+        assert state["phase"] == 2 and state["step"] == args.dit2_steps, "resume from the end of phase 2"
+        dit.load_state_dict(state["dit"])
+        ema.load_state_dict(state["ema"])
+        log(f"resumed the transformer after phase 2 from {args.dit2_resume}")
+    else:
+        ema, curve2 = train_transformer(dit, ema, latents, clips, embeds, args, phase=2)
+        dit_curve += curve2
+        torch.save({"phase": 2, "step": args.dit2_steps, "ema": ema.state_dict(), "dit": dit.state_dict()}, "/tmp/train_tiny_dit_phase2.pt")
+    # Phase 3: paths kept near the middle of the frame (spread < 1). With paths anywhere, the model
+    # learned colours but motion only slowly; nearer-the-middle paths make direction the main thing
+    # left to learn from the prompt.
+    clips3 = clip_set(args, phase=3)
+    if args.latents3_from:
+        raw3 = torch.load(args.latents3_from)
+    else:
+        raw3 = encode_latents(vae, clips3, args, spread=args.dit3_spread)
+        torch.save(raw3, "/tmp/train_tiny_latents3.pt")
+    latents3 = (raw3 - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    for s, _ in clips3:
+        for say in (True, False):
+            c = shapes.caption(s, say_background=say)
+            if c not in embeds:
+                embeds.update(caption_embeddings(pipe, [c], args.max_seq_len))
+    ema, curve3 = train_transformer(dit, ema, latents3, clips3, embeds, args, phase=3)
+    dit_curve += curve3
     t_dit = time.time() - t_start - t_vae - t_lat
 
     pipe = WanPipeline(

@@ -94,8 +94,11 @@ def _count(pipe, name, params, calibration=None):
     return counter, finished
 
 
-@pytest.mark.parametrize("name", ["easycache", "fbc", "magcache", "taylorseer", "seacache", "pab"])
-def test_every_method_changes_the_block_calls_it_claims_to(tiny_pipe, name):
+@pytest.mark.parametrize("name, params", [
+    *((n, AGGRESSIVE[n][0]) for n in ("easycache", "fbc", "magcache", "taylorseer", "seacache", "pab")),
+    ("taylorseer", {"cache_interval": 2, "lite": True}),
+])
+def test_every_method_changes_the_block_calls_it_claims_to(tiny_pipe, name, params):
     layers = len(tiny_pipe.transformer.blocks)
     plain, plain_run = _count(tiny_pipe, "plain", {})
     calls = plain_run.summary["calls_computed"]
@@ -111,8 +114,8 @@ def test_every_method_changes_the_block_calls_it_claims_to(tiny_pipe, name):
         finally:
             tiny_pipe.transformer.disable_cache()
         calibration = M.combine_calibration(captured, SMALL["steps"])
-    counted, run = _count(tiny_pipe, name, AGGRESSIVE[name][0], calibration)
-    skips = M.get_method(name).skips
+    counted, run = _count(tiny_pipe, name, params, calibration)
+    skips = M.get_method(name).claim(params)
     if skips == M.SKIPS_CALLS:
         assert run.summary["calls_reused"] > 0
         assert counted.blocks == run.summary["calls_computed"] * layers

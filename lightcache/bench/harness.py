@@ -77,8 +77,11 @@ NOTES = (
     "FasterCache is not benchmarked: it assumes classifier-free guidance batched into one transformer call (its "
     "block hook splits every output in two along the batch), and Wan's pipeline calls the transformer once per "
     "branch with batch 1, so on Wan it stops with IndexError at its first cached step.",
-    "TaylorSeer uses the module patterns blocks.N.attn1, blocks.N.attn2 and blocks.N.ffn: its default patterns "
-    "hook nothing on Wan. Its Taylor factors are kept in the transformer's dtype (the default is bfloat16).",
+    "TaylorSeer runs in two of diffusers' variants: with the module patterns blocks.N.attn1, blocks.N.attn2 and "
+    "blocks.N.ffn (its default patterns hook nothing on Wan), and in lite mode (whole blocks skipped, the output "
+    "projection predicted), at Taylor order 1 (diffusers' default) and 0. Taylor factors are kept in the "
+    "transformer's dtype (the default is bfloat16); the first 3 steps are computed, as diffusers' default.",
+    "SeaCache runs at residual_order 1 (diffusers' default, extrapolates the cached residual) and 0 (reuses it).",
     "Pyramid Attention Broadcast gets one state per CFG branch (diffusers keeps one per attention layer, which on "
     "Wan's separate cond/uncond calls would hand the cond branch's attention to the uncond branch) and the timestep "
     "of each call.",
@@ -414,12 +417,13 @@ def _record(cell: _Cell, plain: _Cell) -> dict[str, Any]:
         "ssim": cell.ssim,
         "memory": first.memory,
         "deterministic": cell.deterministic,
-        "skip_check": check_skips(entry.method, first, reference),
+        "skip_check": check_skips(entry.method.claim(entry.params), first, reference),
     }
 
 
-def check_skips(method: M.Method, outcome: _Outcome, reference: _Outcome) -> dict[str, Any]:
-    """Does the run skip what ``method`` says it skips, and nothing else? Read off the work meter's counts.
+def check_skips(claim: str, outcome: _Outcome, reference: _Outcome) -> dict[str, Any]:
+    """Does the run skip what its method claims (``claim``, a ``SKIPS_*`` constant), and nothing else? Read off the
+    work meter's counts.
 
     ``skipped`` is True when the run computed less than plain; ``holds`` when the pattern of what ran matches the
     claim (e.g. FirstBlockCache always runs block 0 and runs the other blocks all or none).
@@ -435,7 +439,6 @@ def check_skips(method: M.Method, outcome: _Outcome, reference: _Outcome) -> dic
         if not condition:
             problems.append(message)
 
-    claim = method.skips
     if claim == M.SKIPS_NOTHING:
         expect(all(b == calls for b in blocks), "every block runs on every call")
         expect(all(sum(per[u]) == full[u] for u in units), "every layer runs")

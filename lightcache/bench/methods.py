@@ -58,7 +58,8 @@ class Method:
         name: stable identifier used in results.json (``plain``, ``easycache``, ``fbc`` ...).
         label: human name for tables and charts.
         kind: ``reference`` (plain), ``ours`` (this project) or ``diffusers`` (a built-in cache).
-        skips: what the method may skip (one of the ``SKIPS_*`` constants), checked by the work meter.
+        skips: what the method may skip (one of the ``SKIPS_*`` constants), checked by the work meter; see
+            :meth:`claim` for the one setting that changes it.
         quick: parameter sets of the ``--quick`` sweep.
         full: parameter sets of the full sweep.
         describe: turns one parameter set into a short setting label, e.g. ``tau=0.05``.
@@ -72,6 +73,12 @@ class Method:
     full: tuple[dict[str, Any], ...]
     describe: Callable[[dict[str, Any]], str] = field(repr=False, default=lambda p: "default")
     needs_calibration: bool = False
+
+    def claim(self, params: dict[str, Any]) -> str:
+        """What this method skips with ``params`` (TaylorSeer's lite variant skips whole blocks)."""
+        if self.name == "taylorseer" and params.get("lite"):
+            return SKIPS_BLOCKS
+        return self.skips
 
     def settings_overrides(self, params: dict[str, Any]) -> dict[str, Any]:
         """RunSettings fields this method sets (EasyCache on or off, its threshold, the memory strategies)."""
@@ -140,15 +147,22 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "taylorseer", "TaylorSeer", "diffusers", SKIPS_ATTENTION_FFN,
-            quick=({"cache_interval": 3},),
-            full=tuple({"cache_interval": n} for n in (2, 3, 4, 5)),
-            describe=lambda p: f"interval={p['cache_interval']}",
+            # Two of diffusers' variants: Taylor-predicted attention and feed-forward outputs in every block, and
+            # "lite" (every block skipped, the output projection predicted), which is lighter and on Wan closer.
+            # Order 0 (reuse the last computed output) is TaylorSeer without the extrapolation; on the tiny model's
+            # uneven flow-matching steps it is often the better of the two, so both are swept.
+            quick=({"cache_interval": 2, "lite": True, "max_order": 1},),
+            full=(*({"cache_interval": n, "lite": True, "max_order": 1} for n in (2, 3, 4)),
+                  *({"cache_interval": n, "lite": False, "max_order": o} for o in (1, 0) for n in (2, 3))),
+            describe=lambda p: (f"{'lite' if p.get('lite') else 'attn+ffn'}, order={p.get('max_order', 1)}, "
+                                f"interval={p['cache_interval']}"),
         ),
         Method(
             "seacache", "SeaCache", "diffusers", SKIPS_BLOCKS,
-            quick=({"threshold": 0.25},),
-            full=tuple({"threshold": t} for t in (0.1, 0.25, 0.5, 1.0)),
-            describe=lambda p: f"threshold={_fmt(p['threshold'])}",
+            # residual_order 1 (diffusers' default) extrapolates the cached residual, 0 reuses it; both are swept.
+            quick=({"threshold": 0.25, "residual_order": 0},),
+            full=tuple({"threshold": t, "residual_order": o} for o in (0, 1) for t in (0.1, 0.25, 0.5)),
+            describe=lambda p: f"threshold={_fmt(p['threshold'])}, order={p.get('residual_order', 1)}",
         ),
         Method(
             "pab", "PyramidAttentionBroadcast", "diffusers", SKIPS_ATTENTION,
@@ -272,14 +286,17 @@ def _diffusers_config(name: str, params: dict[str, Any], transformer, calibratio
     if name == "taylorseer":
         # Taylor factors in the transformer's own dtype: the default bfloat16 would add rounding error that has
         # nothing to do with the method when the model runs in float32.
+        lite = bool(params.get("lite", False))
         return TaylorSeerCacheConfig(
             cache_interval=int(params["cache_interval"]), max_order=int(params.get("max_order", 1)),
             disable_cache_before_step=int(params.get("disable_cache_before_step", 3)),
             taylor_factors_dtype=transformer.dtype if transformer.dtype.is_floating_point else torch.float32,
-            cache_identifiers=list(TAYLORSEER_WAN_PATTERNS),
+            # Lite mode brings its own patterns (blocks.N skipped, proj_out predicted), which do match Wan.
+            cache_identifiers=None if lite else list(TAYLORSEER_WAN_PATTERNS),
+            use_lite_mode=lite,
         )
     if name == "seacache":
-        return SeaCacheConfig(threshold=float(params["threshold"]))
+        return SeaCacheConfig(threshold=float(params["threshold"]), residual_order=int(params.get("residual_order", 1)))
     if name == "pab":
         clock = _TimestepClock()
         transformer._lightcache_bench_clock = clock

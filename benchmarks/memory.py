@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import statistics
@@ -387,10 +388,14 @@ class Bench:
         z = self.inputs["z"]
         plan = plan_slices(self.vae, z.shape[-2], z.shape[-1], num_slices=self.slices) if sliced else None
         if not self.meta:
-            # Untimed warm-up on one latent frame: kernel selection happens here, not in the timed decode.
-            small = z[:, :, :1]
+            # Untimed warm-up on two latent frames (the first decodes to one frame, later ones to four: two cover
+            # every shape the timed decode meets), so kernel and algorithm selection is not timed.
+            small = z[:, :, :2]
             if sliced:
-                decode_into(self.vae, small, plan, _HostStore(self.device), postprocess=False)
+                # Sliced decoding parks bands in pinned host memory, which PyTorch allocates slowly the first time
+                # and then reuses: warm up on the whole latent so the timed decode is the steady state of an app
+                # that decodes more than once (the first decode in a process pays the pinning on top).
+                decode_into(self.vae, z, plan, _HostStore(self.device), postprocess=False)
             else:
                 self.vae.decode(small)
             self._sync()
@@ -593,7 +598,12 @@ def main(argv=None) -> int:
     mode.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: a machinery check, no figures")
     mode.add_argument("--estimate", action="store_true", help="real shapes on the meta device: live-tensor estimates")
     parser.add_argument("--out", help="directory for the JSON and Markdown results")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="do not measure: combine these memory-gpu.json files into --out (default docs/)")
     args = parser.parse_args(argv)
+    if args.merge:
+        print(merge([Path(p) for p in args.merge], Path(args.out) if args.out else DOCS))
+        return 0
     if args.steps < 1:
         parser.error("--steps must be at least 1")
 
@@ -631,22 +641,43 @@ def main(argv=None) -> int:
                     f"{v['resident_bytes'] / 2**20:.1f} MiB" for s, v in result["stages"].items())
                     + "".join(f" [{n}]" for n in result["notes"] if "skipped" in n)
                     + f" ({time.perf_counter() - start:.0f} s)", flush=True)
-            _fill_end_to_end(configs)
-            results["models"][key] = {
-                "spec": {"name": spec.name, "height": spec.height, "width": spec.width, "frames": spec.frames,
-                         "chunks": bench.chunks, "slices": bench.slices, "steps": args.steps},
-                "device": results.get("gpu", device.type),
-                "configs": configs,
-                "targets": check_targets(key, configs) if name == "gpu" else [],
-            }
+                # After every configuration, so a run that is cut short (or killed) keeps what it measured.
+                done = copy.deepcopy(configs)
+                _fill_end_to_end(done)
+                results["models"][key] = {
+                    "spec": {"name": spec.name, "height": spec.height, "width": spec.width, "frames": spec.frames,
+                             "chunks": bench.chunks, "slices": bench.slices, "steps": args.steps},
+                    "device": results.get("gpu", device.type),
+                    "configs": done,
+                    "targets": check_targets(key, done) if name == "gpu" else [],
+                }
+                _write(results, out_dir, name)
             del bench
-    markdown = table(results["models"], name)
-    (out_dir / f"memory-{name}.json").write_text(json.dumps(results, indent=1))
-    (out_dir / f"memory-{name}.md").write_text(markdown + "\n")
+    markdown = _write(results, out_dir, name)
     print()
     print(markdown)
     print(f"wrote {out_dir / f'memory-{name}.json'} and {out_dir / f'memory-{name}.md'}")
     return 0
+
+
+def _write(results: dict[str, Any], out_dir: Path, name: str) -> str:
+    markdown = table(results["models"], name)
+    (out_dir / f"memory-{name}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"memory-{name}.md").write_text(markdown + "\n")
+    return markdown
+
+
+def merge(paths: list[Path], out_dir: Path) -> str:
+    """Combine GPU result files of separate runs (e.g. one per model) into ``memory-gpu.json`` / ``.md``."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if data.get("mode") != "gpu":
+            raise SystemExit(f"error: {path} is a {data.get('mode')!r} run; only GPU runs are merged.")
+        models = {**merged.get("models", {}), **data["models"]}
+        merged = {**merged, **data, "models": models}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _write(merged, out_dir, "gpu")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ class Preset:
     vae_dtype: str
     defaults: dict[str, Any]
     limits: PresetLimits
+    # True for models whose tokenizer only knows lower-case words (the tiny model): prompts are lower-cased
+    # before encoding, so "A Red Circle" means the same as "a red circle" instead of three unknown tokens.
+    lowercase_prompts: bool = False
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -101,6 +104,9 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     for key in ("name", "title", "description", "model", "family", "dtype", "vae_dtype"):
         need(key, str)
     need("requires_gpu", bool)
+    lowercase = data.get("lowercase_prompts", False)
+    if not isinstance(lowercase, bool):
+        raise LightcacheError(f"Preset {path.name}: field 'lowercase_prompts' must be true or false ({lowercase!r}).")
     defaults = need("defaults", dict)
     for key in _REQUIRED_DEFAULTS:
         need(key, (str,) if "prompt" in key else (int, float), defaults, "defaults.")
@@ -117,7 +123,8 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     preset = Preset(
         name=data["name"], title=data["title"], description=data["description"], model=data["model"],
         family=data["family"], requires_gpu=data["requires_gpu"], dtype=data["dtype"],
-        vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits, path=path,
+        vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits,
+        lowercase_prompts=lowercase, path=path,
     )
     # The defaults must themselves be a valid request, or every run that keeps them would fail.
     from .settings import RunSettings

@@ -52,7 +52,10 @@ class RunSettings:
 
     @classmethod
     def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
-        """The preset's defaults with ``overrides`` applied (None values are ignored), validated."""
+        """The preset's defaults with ``overrides`` applied (None values are ignored), validated.
+
+        Prompts are lower-cased when the preset says its tokenizer only knows lower-case words.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in preset.defaults.items() if k in known}
         for key, value in overrides.items():
@@ -60,6 +63,10 @@ class RunSettings:
                 raise LightcacheError(f"Unknown setting '{key}'.")
             if value is not None:
                 values[key] = value
+        if preset.lowercase_prompts:
+            for key in ("prompt", "negative_prompt"):
+                if isinstance(values.get(key), str):
+                    values[key] = values[key].lower()
         settings = cls(**values)
         settings.validate(preset)
         return settings

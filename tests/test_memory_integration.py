@@ -64,6 +64,37 @@ def test_each_strategy_matches_the_plain_run(tiny_pipe, strategy, tol, easycache
     assert _no_hooks(tiny_pipe)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "strategy", [{"chunk_ffn": 3}, {"sliced_decode": True}, {"async_swap": True},
+                 {"chunk_ffn": 4, "sliced_decode": True, "async_swap": True}],
+    ids=["chunking", "sliced-decode", "async-swap", "all-three"],
+)
+def test_each_strategy_matches_the_plain_run_on_cuda(strategy):
+    """The CUDA paths (streams, pinned stores, parked modules) inside a whole run, with EasyCache reusing."""
+    import torch
+
+    from lightcache.tiny import build_tiny_pipeline
+
+    # fp32 without TF32, so "exact" means what it means on the CPU.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        pipe = build_tiny_pipeline(seed=0).to("cuda")
+        plain_events, plain = _run(pipe, threshold=0.3)
+        events, finished = _run(pipe, threshold=0.3, **strategy)
+        again_events, again = _run(pipe, threshold=0.3)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert finished.summary["device"].startswith("cuda")
+    assert np.abs(finished.frames - plain.frames).max() <= DECODE_TOL
+    assert _decisions(events) == _decisions(plain_events) and any(not c for _, _, c in _decisions(events))
+    assert np.array_equal(again.frames, plain.frames) and _decisions(again_events) == _decisions(plain_events)
+    assert _no_hooks(pipe)
+    for name in ("transformer", "vae", "text_encoder"):
+        assert all(p.device.type == "cuda" for p in getattr(pipe, name).parameters())
+
+
 def test_the_summary_says_which_strategies_acted(tiny_pipe):
     _, finished = _run(tiny_pipe, chunk_ffn=4, sliced_decode=True, async_swap=True)
     strategies = finished.summary["strategies"]

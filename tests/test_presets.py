@@ -45,6 +45,7 @@ def test_unknown_preset_lists_the_valid_ones():
         (lambda d: d.update(requires_gpu="no"), "'requires_gpu' has the wrong type"),
         (lambda d: d.update(dtype="float8"), "'dtype' must be one of"),
         (lambda d: d["limits"].update(bogus=1), "bad 'limits'"),
+        (lambda d: d.update(lowercase_prompts="yes"), "'lowercase_prompts' must be true or false"),
         (lambda d: d["defaults"].update(frames=10), "its defaults are invalid: frames must be of the form"),
     ],
 )
@@ -55,6 +56,13 @@ def test_malformed_presets_name_the_field(tmp_path, mutate, message):
     path.write_text(json.dumps(data))
     with pytest.raises(LightcacheError, match=message):
         load_preset(str(path))
+
+
+def test_tiny_prompts_are_lower_cased_and_real_models_keep_their_case():
+    tiny = RunSettings.from_preset(load_preset("tiny"), prompt="A Red Circle moving RIGHT", negative_prompt="Blue")
+    assert (tiny.prompt, tiny.negative_prompt) == ("a red circle moving right", "blue")
+    wan = RunSettings.from_preset(load_preset("wan2.1-t2v-1.3b"), prompt="A Red Circle")
+    assert wan.prompt == "A Red Circle"
 
 
 def test_settings_limits_come_from_the_preset():

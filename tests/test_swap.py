@@ -125,17 +125,24 @@ def test_swapping_on_cuda_is_exact_and_puts_everything_back():
     from lightcache.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed=0).to("cuda")
-    hook = apply_easycache(pipe.transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2))
-    plain = _video(pipe)
-    plain_records = [(r.step, r.branch, r.computed) for r in hook.records]
-    swap = apply_async_swap(pipe, device="cuda")
-    assert swap.active and swap.group_offload and swap.cache_store is not None
-    assert next(pipe.vae.parameters()).device.type == "cpu"
-    swapped = _video(pipe)
-    records = [(r.step, r.branch, r.computed) for r in hook.records]
-    remove_async_swap(pipe)
-    remove_easycache(pipe.transformer)
-    assert np.array_equal(swapped, plain)
+    # cuDNN may pick another convolution algorithm when free memory differs (it does once the weights stream), so
+    # the decoded video can differ in the last float bits: fp32 without TF32, compared to rounding level.
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        hook = apply_easycache(pipe.transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2))
+        plain = _video(pipe)
+        plain_records = [(r.step, r.branch, r.computed) for r in hook.records]
+        swap = apply_async_swap(pipe, device="cuda")
+        assert swap.active and swap.group_offload and swap.cache_store is not None
+        assert next(pipe.vae.parameters()).device.type == "cpu"
+        swapped = _video(pipe)
+        records = [(r.step, r.branch, r.computed) for r in hook.records]
+        remove_async_swap(pipe)
+        remove_easycache(pipe.transformer)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert np.abs(swapped - plain).max() <= 1e-5
     assert records == plain_records and any(not c for _, _, c in records)
     for name in ("transformer", "vae", "text_encoder"):
         assert all(p.device.type == "cuda" for p in getattr(pipe, name).parameters())

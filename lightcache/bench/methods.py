@@ -134,13 +134,13 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "fbc", "FirstBlockCache", "diffusers", SKIPS_BLOCKS_AFTER_FIRST,
-            quick=tuple({"threshold": t} for t in (0.05, 0.1)),
+            quick=({"threshold": 0.1},),
             full=tuple({"threshold": t} for t in (0.02, 0.05, 0.075, 0.1, 0.15, 0.2)),
             describe=lambda p: f"threshold={_fmt(p['threshold'])}",
         ),
         Method(
             "magcache", "MagCache", "diffusers", SKIPS_BLOCKS,
-            quick=tuple({"threshold": t} for t in (0.06, 0.24)),
+            quick=({"threshold": 0.06},),
             full=tuple({"threshold": t} for t in (0.03, 0.06, 0.12, 0.24, 0.5)),
             describe=lambda p: f"threshold={_fmt(p['threshold'])}",
             needs_calibration=True,

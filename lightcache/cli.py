@@ -66,6 +66,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="feature chunking: run the transformer's token-wise layers over N slices of the sequence")
     p.add_argument("--sliced-decode", dest="sliced_decode", action="store_true",
                    help="decode the latents in bands so the VAE's full-resolution activations never exist whole")
+    p.add_argument("--decode-slices", dest="decode_slices", type=int, metavar="N",
+                   help="bands for --sliced-decode (default: up to 16); fewer decode faster and hold more memory")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also run the plain pipeline with the same seed; report speed-up, PSNR and SSIM")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -204,6 +206,7 @@ def _settings_overrides(args) -> dict[str, Any]:
     if getattr(args, "no_easycache", False):
         overrides["easycache"] = False
     overrides["chunk_ffn"] = getattr(args, "chunk_ffn", None)
+    overrides["decode_slices"] = getattr(args, "decode_slices", None)
     for flag in ("async_swap", "sliced_decode"):
         if getattr(args, flag, False):
             overrides[flag] = True

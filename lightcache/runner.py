@@ -315,7 +315,7 @@ def _check_strategies(pipe, settings, latent_shape) -> dict | None:
     if settings.sliced_decode:
         from .decode import plan_slices
 
-        return plan_slices(pipe.vae, latent_shape[3], latent_shape[4])
+        return plan_slices(pipe.vae, latent_shape[3], latent_shape[4], num_slices=settings.decode_slices)
     return None
 
 

@@ -49,6 +49,9 @@ class RunSettings:
     async_swap: bool = False
     chunk_ffn: int | None = None
     sliced_decode: bool = False
+    # Bands for sliced decoding (None: the decoder's default, up to 16). Fewer bands decode faster and hold more:
+    # on an H100 at Wan2.1-14B 720p, 16 bands add 1.26 GiB at 1.20x the plain decode time, 8 add 2.36 GiB at 1.08x.
+    decode_slices: int | None = None
 
     @classmethod
     def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
@@ -98,6 +101,10 @@ class RunSettings:
         _check_int("max_sequence_length", self.max_sequence_length, 1, 512)
         if self.chunk_ffn is not None:
             _check_int("chunk_ffn", self.chunk_ffn, 1, 1_000_000)
+        if self.decode_slices is not None:
+            _check_int("decode_slices", self.decode_slices, 1, 256)
+            if not self.sliced_decode:
+                raise LightcacheError("decode_slices is the band count of sliced decoding; turn sliced_decode on too.")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

@@ -195,6 +195,31 @@ def test_chunk_count_zero_is_refused_by_the_settings():
         RunSettings.from_preset(load_preset("tiny"), chunk_ffn=0)
 
 
+def test_the_band_count_reaches_the_decoder_and_stays_exact(tiny_pipe):
+    _, plain = _run(tiny_pipe, steps=3)
+    for bands in (1, 2):
+        _, finished = _run(tiny_pipe, steps=3, sliced_decode=True, decode_slices=bands)
+        assert finished.summary["strategies"]["sliced_decode"]["num_slices"] == bands
+        assert np.abs(finished.frames - plain.frames).max() <= DECODE_TOL
+
+
+def test_band_counts_are_validated():
+    from lightcache.presets import load_preset
+    from lightcache.settings import RunSettings
+
+    tiny = load_preset("tiny")
+    with pytest.raises(LightcacheError, match="turn sliced_decode on too"):
+        RunSettings.from_preset(tiny, decode_slices=4)
+    with pytest.raises(LightcacheError, match="decode_slices must be between 1 and 256"):
+        RunSettings.from_preset(tiny, sliced_decode=True, decode_slices=0)
+
+
+def test_too_many_bands_are_refused_before_the_run(tiny_pipe):
+    stream = run_generation(tiny_pipe, tiny_settings(sliced_decode=True, decode_slices=200))
+    with pytest.raises(LightcacheError, match="leaves a slice too narrow"):
+        next(stream)
+
+
 def test_sliced_decode_on_an_unsupported_vae_is_refused(tiny_pipe):
     from diffusers import AutoencoderKLWan
 

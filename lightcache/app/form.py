@@ -77,7 +77,8 @@ class Job:
     def plain_settings(self) -> RunSettings:
         """The same request with every acceleration off: the reference the comparison is measured against."""
         return dataclasses.replace(
-            self.settings, easycache=False, async_swap=False, chunk_ffn=None, sliced_decode=False
+            self.settings, easycache=False, async_swap=False, chunk_ffn=None, sliced_decode=False,
+            decode_slices=None,
         )
 
 

@@ -248,7 +248,7 @@ def run_benchmark(
         "command": command,
         "environment": environment(pipe),
         "preset": preset.name,
-        "model": str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or ""),
+        "model": _model_name(pipe),
         "quick": config.quick,
         "settings": {k: v for k, v in settings[(cases[0]["id"], _key(plain))].to_dict().items()
                      if k not in ("prompt", "seed")},
@@ -604,6 +604,20 @@ def _unique(items):
         if item not in seen:
             seen.append(item)
     return seen
+
+
+def _model_name(pipe) -> str:
+    """Where the model came from: a Hub id, or a path (relative to the project when inside it, so results.json
+    reads the same on every machine)."""
+    from pathlib import Path
+
+    from ..presets import PROJECT_ROOT
+
+    name = str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "")
+    try:
+        return str(Path(name).resolve().relative_to(PROJECT_ROOT)) if name and Path(name).exists() else name
+    except ValueError:
+        return name
 
 
 def _warm_up(pipe, settings: RunSettings, preset_name: str) -> None:

@@ -47,8 +47,12 @@ the timeline the peak inside the denoise band is lower.
 ### Sliced decoding: decode the latent in pieces
 
 The VAE turns the small latent video into full-size frames, and its full-resolution activations are the largest
-tensors of the whole run: the jump at the start of the decode band. Sliced decoding decodes the latent in slices,
-overlapping enough that the result is exact, and streams finished frames out, so the decode peak drops.
+tensors of the whole run: the jump at the start of the decode band. Sliced decoding decodes the latent in bands,
+each band handing the few edge columns its neighbour needs to the next one, so nothing is recomputed, there are no
+seams and the result is exact; the decode peak drops.
+
+What the three do on a real model (H100, Wan2.1-14B at 720x1280, 81 frames): the run's peak goes from 47.5 GiB to
+4.8 GiB, for about 8 % more denoising time and a 1.2x slower decode.
 
 ### Reading the comparison
 

@@ -45,6 +45,10 @@ QUEUE_MAX_SIZE = 16
 GRADIO_CACHE_SWEEP = (3600, 3600)
 #: During a long stage the timeline is refreshed at most this often (seconds), with the trace update it rides on.
 TIMELINE_REFRESH_S = 2.0
+#: The live trace is redrawn at most this often (seconds; the last step always shows). A GPU step takes longer, so
+#: there every step shows; on a CPU a tiny-model step takes ~15 ms, and redrawing the chart for each one cost more
+#: than the steps themselves and slowed the run being timed.
+TRACE_REFRESH_S = 0.25
 #: Pixel height of the video players (the tiny model's 128 px clips would otherwise fill the screen).
 VIDEO_HEIGHT = 300
 
@@ -204,7 +208,8 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
 
 
 def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
-    """Turn a job's updates into output values: per denoising step while it runs, everything in full at the end.
+    """Turn a job's updates into output values: the trace as steps come in (at most every ``TRACE_REFRESH_S``),
+    the timeline and stage table at stage boundaries, everything in full at the end.
 
     Both runs of a comparison are shown live the same way (the plain run's trace fills the chart while it runs),
     so the browser's redrawing costs the two timed runs alike and the speed-up compares like with like.
@@ -214,7 +219,12 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
     comparison = "" if job.compare else texts.COMPARE_HINT
     calls_per_step = 2 if job.settings.guidance_scale > 1.0 else 1
     last_timeline = time.monotonic()
+    last_trace = 0.0
     skip = gr.skip
+    # On a CPU the browser shares the cores with the runs: playing the first video and redrawing the memory timeline
+    # take cycles from the very runs being timed against each other. With a comparison both come at the end there,
+    # and the two runs stream the same thing (status and trace), so the speed-up compares like with like.
+    quiet = job.compare and device == "cpu"
 
     # An empty trace with this run's axes, tau and warm-up band, so the page shows what is about to fill in.
     planned = RunStarted(preset=job.preset.name, settings=job.settings.to_dict(), device=device)
@@ -228,7 +238,7 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
             continue
         if update.video is not None:
             videos[update.run] = update.video
-            if accelerated:
+            if accelerated and not quiet:
                 yield (_status(runs), skip(), update.video, timeline_figure(events), view.stages_markdown(events),
                        skip(), skip())
             continue
@@ -242,12 +252,16 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
             calls = sum(isinstance(e, StepRecord) for e in events)
             if calls % calls_per_step:
                 continue  # one update per step, once all its CFG branches are in
+            last_step = event.step == job.settings.steps - 1
+            if not last_step and time.monotonic() - last_trace < TRACE_REFRESH_S:
+                continue
+            last_trace = time.monotonic()
             timeline = skip()
-            if accelerated and time.monotonic() - last_timeline > TIMELINE_REFRESH_S:
+            if accelerated and not quiet and time.monotonic() - last_timeline > TIMELINE_REFRESH_S:
                 timeline, last_timeline = timeline_figure(events), time.monotonic()
             yield (_status(runs), trace_figure(events), skip(), timeline, skip(), skip(), skip())
         elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
-            if accelerated:
+            if accelerated and not quiet:
                 last_timeline = time.monotonic()
                 yield (_status(runs), skip(), skip(), timeline_figure(events), view.stages_markdown(events),
                        skip(), skip())

@@ -68,8 +68,8 @@ COMPARE_HINT = (
 #: (prompt, seed, tau) triples the tiny shapes model draws well: seen colour/shape/motion combinations only.
 EXAMPLES = (
     ("a red circle moving right", 0, 0.05),
-    ("a yellow triangle moving up on a gray background", 1, 0.1),
+    ("a yellow triangle moving up", 1, 0.1),
     ("a blue square moving down", 2, 0.2),
-    ("a white circle moving left on a gray background", 3, 0.05),
+    ("a white circle moving left on a black background", 3, 0.05),
     ("a green square moving right", 4, 0.1),
 )

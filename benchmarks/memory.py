@@ -298,8 +298,11 @@ class Bench:
 
     def run(self, config: str) -> ConfigResult:
         from lightcache.chunk import apply_feature_chunking, remove_feature_chunking
-        from lightcache.swap import apply_async_swap, remove_async_swap
+        from lightcache.swap import apply_async_swap, release_pinned_weights, remove_async_swap
 
+        # Swapping keeps a pinned copy of the transformer between runs; drop it so every configuration starts from
+        # the same host memory and "setup s" is a first run's (later runs reuse it: benchmarks/swap_setup.py).
+        release_pinned_weights(self.pipe)
         notes: list[str] = []
         stages: dict[str, StageResult] = {}
         diffs: dict[str, float] = {}

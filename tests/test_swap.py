@@ -39,8 +39,8 @@ def test_on_the_cpu_swapping_is_a_no_op_that_says_so(tiny_pipe):
     swap.before_decode()
     swap.after_decode()
     summary = swap.summary()
-    assert summary == {"active": False, "note": CPU_NOTE, "transformer_group_offload": False, "parked": [],
-                       "cache_store": False, "cache_bytes_parked": 0}
+    assert summary == {"active": False, "note": CPU_NOTE, "transformer_group_offload": False,
+                       "reused_pinned_weights": False, "parked": [], "cache_store": False, "cache_bytes_parked": 0}
     assert _hooks(tiny_pipe.transformer) == []
     remove_async_swap(tiny_pipe)
     after = {name: [p.data_ptr() for p in getattr(tiny_pipe, name).parameters()] for name in before}
@@ -119,6 +119,42 @@ def test_easycache_survives_a_hook_that_removes_itself_when_applied_in_the_runne
     assert any(not r.computed for r in hook.records), "EasyCache was bypassed after the other hook left"
 
 
+def test_a_kept_weight_copy_is_used_only_while_the_weights_are_unchanged():
+    """The staleness check behind reusing the pinned transformer copy (the pinning itself needs CUDA)."""
+    from lightcache.swap import PinnedWeights
+
+    def fresh():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+
+    def kept_for(module):
+        kept = PinnedWeights({n: t.detach().clone() for n, t in (*module.named_parameters(), *module.named_buffers())})
+        kept.stamp(module)
+        return kept
+
+    module = fresh()
+    kept = kept_for(module)
+    assert kept.matches(module) and kept.nbytes == sum(p.nbytes for p in module.parameters())
+    module[0].weight.data.mul_(1.5)  # in place through .data: no new version, a new sum
+    assert not kept.matches(module)
+    module = fresh()
+    kept = kept_for(module)
+    with torch.no_grad():
+        module[0].bias.add_(1.0)  # in place: a new version
+    assert not kept.matches(module)
+    module = fresh()
+    kept = kept_for(module)
+    module[1].weight.data = torch.ones(4)  # replaced: a new storage
+    assert not kept.matches(module)
+    assert not kept_for(fresh()).matches(torch.nn.Linear(4, 4))  # another model
+    module = fresh()
+    kept = kept_for(module)
+    before = module(torch.ones(1, 4))
+    kept.restore(module)
+    assert torch.equal(module(torch.ones(1, 4)), before)
+    assert all(p.data_ptr() == kept.host[n].data_ptr() for n, p in module.named_parameters())
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_swapping_on_cuda_is_exact_and_puts_everything_back():
@@ -147,6 +183,36 @@ def test_swapping_on_cuda_is_exact_and_puts_everything_back():
     for name in ("transformer", "vae", "text_encoder"):
         assert all(p.device.type == "cuda" for p in getattr(pipe, name).parameters())
     assert all(not _hooks(m) for m in pipe.transformer.modules())
+
+
+@pytest.mark.gpu
+def test_the_next_run_reuses_the_pinned_copy_and_a_changed_weight_is_copied_again():
+    from lightcache.swap import release_pinned_weights
+    from lightcache.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0).to("cuda")
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        videos, reused = [], []
+        for change in (False, False, True, False):
+            if change:  # as a LoRA merged in place would: the kept copy is now stale
+                with torch.no_grad():
+                    pipe.transformer.proj_out.weight.mul_(0.5)
+            swap = apply_async_swap(pipe, device="cuda")
+            reused.append(swap.reused_pinned_weights)
+            videos.append(_video(pipe))
+            remove_async_swap(pipe)
+        plain = _video(pipe)  # no swapping: the weights as they are now
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert reused == [False, True, False, True]
+    assert np.abs(videos[1] - videos[0]).max() <= 1e-5
+    assert np.abs(videos[2] - plain).max() <= 1e-5 and np.abs(videos[3] - plain).max() <= 1e-5
+    assert np.abs(videos[2] - videos[0]).max() > 1e-3  # the change itself shows
+    assert all(p.device.type == "cuda" for p in pipe.transformer.parameters())
+    block_bytes = sum(t.nbytes for t in (*pipe.transformer.blocks.parameters(), *pipe.transformer.blocks.buffers()))
+    assert release_pinned_weights(pipe) >= block_bytes and release_pinned_weights(pipe) == 0
 
 
 @pytest.mark.gpu

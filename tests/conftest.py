@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -65,3 +66,20 @@ def pipe_video(pipe, settings):
         max_sequence_length=settings.max_sequence_length,
     )
     return out.frames[0]
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """fp32 matmuls and convolutions without TF32 on a GPU, so "exact" means there what it means on a CPU.
+
+    cuDNN may also pick another convolution algorithm when free memory differs (it does once weights stream), which
+    changes only the last float bits: GPU parity tests compare to rounding level inside this.
+    """
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

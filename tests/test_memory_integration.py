@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_settings
+from conftest import strict_fp32, tiny_settings
 
 from lightcache.errors import LightcacheError, RunCancelled
 from lightcache.events import (
@@ -76,16 +76,11 @@ def test_each_strategy_matches_the_plain_run_on_cuda(strategy):
 
     from lightcache.tiny import build_tiny_pipeline
 
-    # fp32 without TF32, so "exact" means what it means on the CPU.
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with strict_fp32():
         pipe = build_tiny_pipeline(seed=0).to("cuda")
         plain_events, plain = _run(pipe, threshold=0.3)
         events, finished = _run(pipe, threshold=0.3, **strategy)
         again_events, again = _run(pipe, threshold=0.3)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     assert finished.summary["device"].startswith("cuda")
     assert np.abs(finished.frames - plain.frames).max() <= DECODE_TOL
     assert _decisions(events) == _decisions(plain_events) and any(not c for _, _, c in _decisions(events))

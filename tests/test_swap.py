@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import strict_fp32
 from diffusers.hooks import HookRegistry, ModelHook
 
 from lightcache.easycache import EasyCacheConfig, TensorStore, apply_easycache, remove_easycache
@@ -155,17 +156,21 @@ def test_a_kept_weight_copy_is_used_only_while_the_weights_are_unchanged():
     assert all(p.data_ptr() == kept.host[n].data_ptr() for n, p in module.named_parameters())
 
 
+def test_strict_fp32_restores_the_tf32_switches_even_after_an_error():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with pytest.raises(RuntimeError), strict_fp32():
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        raise RuntimeError("inside")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_swapping_on_cuda_is_exact_and_puts_everything_back():
     from lightcache.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed=0).to("cuda")
-    # cuDNN may pick another convolution algorithm when free memory differs (it does once the weights stream), so
-    # the decoded video can differ in the last float bits: fp32 without TF32, compared to rounding level.
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with strict_fp32():
         hook = apply_easycache(pipe.transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2))
         plain = _video(pipe)
         plain_records = [(r.step, r.branch, r.computed) for r in hook.records]
@@ -176,8 +181,6 @@ def test_swapping_on_cuda_is_exact_and_puts_everything_back():
         records = [(r.step, r.branch, r.computed) for r in hook.records]
         remove_async_swap(pipe)
         remove_easycache(pipe.transformer)
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
     assert np.abs(swapped - plain).max() <= 1e-5
     assert records == plain_records and any(not c for _, _, c in records)
     for name in ("transformer", "vae", "text_encoder"):
@@ -191,9 +194,7 @@ def test_the_next_run_reuses_the_pinned_copy_and_a_changed_weight_is_copied_agai
     from lightcache.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed=0).to("cuda")
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with strict_fp32():
         videos, reused = [], []
         for change in (False, False, True, False):
             if change:  # as a LoRA merged in place would: the kept copy is now stale
@@ -204,8 +205,6 @@ def test_the_next_run_reuses_the_pinned_copy_and_a_changed_weight_is_copied_agai
             videos.append(_video(pipe))
             remove_async_swap(pipe)
         plain = _video(pipe)  # no swapping: the weights as they are now
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
     assert reused == [False, True, False, True]
     assert np.abs(videos[1] - videos[0]).max() <= 1e-5
     assert np.abs(videos[2] - plain).max() <= 1e-5 and np.abs(videos[3] - plain).max() <= 1e-5

@@ -286,3 +286,57 @@ def test_memory_benchmark_smoke_runs_end_to_end(tmp_path, capsys):
     assert any("needs a CUDA device" in n for n in configs["diffusers_group_offload"]["notes"])
     markdown = (tmp_path / "memory-smoke.md").read_text()
     assert "not GPU measurements" in markdown and "| sliced_decode |" in markdown
+
+
+def test_memory_benchmark_merges_runs_of_separate_models(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.memory import merge
+
+    runs = []
+    for key in ("1.3b", "14b"):
+        path = tmp_path / f"{key}.json"
+        spec = {"name": key, "height": 16, "width": 16, "frames": 5, "chunks": 2, "slices": 2, "steps": 1}
+        path.write_text(json.dumps({"mode": "gpu", "gpu": "test", "models": {key: {
+            "spec": spec, "device": "test", "configs": [], "targets": []}}}))
+        runs.append(path)
+    merge(runs, tmp_path / "out")
+    merged = json.loads((tmp_path / "out" / "memory-gpu.json").read_text())
+    assert set(merged["models"]) == {"1.3b", "14b"}
+    smoke = tmp_path / "smoke.json"
+    smoke.write_text(json.dumps({"mode": "smoke", "models": {}}))
+    with pytest.raises(SystemExit, match="only GPU runs are merged"):
+        merge([smoke], tmp_path / "out")
+
+
+def test_hook_overhead_benchmark_smoke_runs_end_to_end(tmp_path, capsys):
+    """The GPU overhead benchmark's code path at tiny shapes on the CPU: three figures and their targets."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.hook_overhead import main
+
+    assert main(["--smoke", "--steps", "4", "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "hook-overhead-smoke.json").read_text())
+    overhead = result["overhead"]
+    assert overhead["reuse"]["reused_calls_per_run"] > 0 and overhead["reuse"]["ratio_pct"] < 100
+    assert overhead["plain_denoise_median"] > 0 and overhead["tau0_denoise_median"] > 0
+    markdown = (tmp_path / "hook-overhead-smoke.md").read_text()
+    assert "not a measurement" in markdown and "reused call / computed call" in markdown
+
+
+def test_swap_setup_benchmark_refuses_to_run_without_cuda(capsys):
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the message on a machine without CUDA")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.swap_setup import main
+
+    assert main([]) == 2 and "only acts on a CUDA GPU" in capsys.readouterr().err

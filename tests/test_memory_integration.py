@@ -247,13 +247,19 @@ def test_cli_flags_write_the_timeline_and_the_strategies(tiny_model_dir, tmp_pat
     assert "plotly" in html.lower() and "process RSS" in html
 
 
-@pytest.mark.parametrize("flag, message", [("0", "chunk_ffn must be between 1 and"), ("100000", "only 48 tokens")])
-def test_cli_bad_chunk_counts_exit_with_one_clear_line(tiny_model_dir, tmp_path, capsys, flag, message):
+@pytest.mark.parametrize("flags, message", [
+    (["--chunk-ffn", "0"], "chunk_ffn must be between 1 and"),
+    (["--chunk-ffn", "100000"], "only 48 tokens"),
+    (["--decode-slices", "4"], "turn sliced_decode on too"),
+    (["--sliced-decode", "--decode-slices", "0"], "decode_slices must be between 1 and 256"),
+    (["--sliced-decode", "--decode-slices", "200"], "leaves a slice too narrow"),
+])
+def test_cli_bad_strategy_counts_exit_with_one_clear_line(tiny_model_dir, tmp_path, capsys, flags, message):
     from lightcache.cli import main
 
     out = tmp_path / "bad"
     code = main(["generate", "--preset", "tiny", "--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--frames", "5",
-                 "--height", "32", "--width", "32", "--chunk-ffn", flag, "--quiet", "--out", str(out)])
+                 "--height", "32", "--width", "32", *flags, "--quiet", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err
     assert not out.exists()

@@ -80,9 +80,9 @@ def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_
             _wait_for_status(page, "Stopped.", 60)
             delay["s"] = 0.0
             page.wait_for_timeout(1000)  # any update still in flight would land now and must not undo the stop
-            # A late update may re-render the stop message inside Gradio's error frame; what matters is that the
-            # status still says the run stopped and nothing reverted it to a running or finished state.
-            assert "Stopped." in page.locator("#status").inner_text()
+            # Nothing reverted it to a running or finished state, and no error frame surrounds it (the status box
+            # has no progress tracker of its own, see lightcache.app.layout).
+            assert page.locator("#status").inner_text().startswith("Stopped.")
             page.locator("#run").click()
             _wait_for_status(page, "Done.", 180)
             browser.close()

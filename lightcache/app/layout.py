@@ -157,7 +157,10 @@ def build_demo(
             preprocess=False,
             concurrency_limit=1,
             concurrency_id="generate",
+            # Queue position and timer show on the trace only: a status box with a progress tracker of its own would
+            # show the cancelled run's error frame around the "Stopped." message when Stop lands mid-update.
             show_progress="minimal",
+            show_progress_on=[trace],
         )
         # The stop message goes through a hidden box and is copied to the status afterwards: an update of the run
         # that was already on its way when Stop was pressed would otherwise overwrite it.

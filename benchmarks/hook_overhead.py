@@ -119,8 +119,9 @@ def main(argv=None) -> int:
         settings={"steps": args.steps, "warmup": args.warmup, "max_sequence_length": spec.text_len},
     )
     overhead = measure_overhead(pipe, preset, config, log=lambda m: print(m, flush=True))
-    result = {"mode": mode, "model": spec.name, "device": environment(pipe).get("gpu", device.type),
-              "environment": environment(pipe), "overhead": overhead}
+    env = environment(pipe)
+    result = {"mode": mode, "model": spec.name, "device": env.get("gpu", device.type), "environment": env,
+              "overhead": overhead}
     text = markdown(result)
     (out_dir / f"hook-overhead-{mode}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"hook-overhead-{mode}.md").write_text(text)

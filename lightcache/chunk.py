@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .errors import LightcacheError
 
@@ -246,8 +248,6 @@ def _chunked_model_forward(
     output = out.flatten(6, 7).flatten(4, 5).flatten(2, 3)
     if not return_dict:
         return (output,)
-    from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
     return Transformer2DModelOutput(sample=output)
 
 
@@ -347,8 +347,6 @@ def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -
 
 
 def _dispatch_attention(attn, query, key, value) -> torch.Tensor:
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
     processor = attn.processor
     return dispatch_attention_fn(
         query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,

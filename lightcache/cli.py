@@ -3,8 +3,8 @@
 ``generate`` writes into ``--out``: ``video.mp4`` (H.264), ``trace.json`` (one record per transformer call),
 ``summary.json`` (preset, settings, stage times and peak memory, which memory strategies acted, computed/reused
 counts and, with ``--compare-baseline``, the plain run's time, the speed-up, PSNR and SSIM), ``timeline.json`` (the
-run's events as plain data: stages, calls, memory samples) and ``timeline.html`` (the memory timeline figure). A bad request prints one line starting with ``error:`` and exits
-with status 2, leaving nothing in ``--out``.
+run's events as plain data: stages, calls, memory samples) and ``timeline.html`` (the memory timeline figure). A
+bad request prints one line starting with ``error:`` and exits with status 2, leaving nothing in ``--out``.
 
 Example:
     python -m lightcache generate --preset tiny --prompt "a red circle moving right" --out out/red-circle

@@ -111,6 +111,7 @@ def iter_sliced_decode(
     latents: torch.Tensor,
     num_slices: int | None = None,
     axis: str | None = None,
+    plan: dict | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode de-normalised Wan ``latents`` (1, z, F, h, w) band by band; yield float32 frames (n, H, W, 3) in [0, 1].
 
@@ -118,7 +119,8 @@ def iter_sliced_decode(
     ``pipe.video_processor.postprocess_video(video, output_type="np")`` does. ``num_slices``: bands across the frame
     (None: one per ~64 decoded pixels, at most 16; each band holds about 1/num_slices of the decode's activations
     and caches); ``axis``: ``"width"`` or ``"height"`` (None: the longer side, so the cuts are short). The input
-    must already be de-normalised (``latents / inv_std + mean``).
+    must already be de-normalised (``latents / inv_std + mean``). ``plan``: a :func:`plan_slices` result for these
+    latents, used instead of planning again from ``num_slices`` and ``axis``.
 
     Example:
         >>> import torch
@@ -130,7 +132,7 @@ def iter_sliced_decode(
     """
     if latents.ndim != 5 or latents.shape[0] != 1:
         raise LightcacheError(f"Sliced decoding takes one video's latents (1, C, F, H, W), got {tuple(latents.shape)}.")
-    bands, layout = sliced_decode_bands(vae, latents, num_slices=num_slices, axis=axis, postprocess=True)
+    bands, layout = sliced_decode_bands(vae, latents, num_slices=num_slices, axis=axis, postprocess=True, plan=plan)
     dim = layout["dim"]
     first = 0
     for count in layout["frames_per_latent"]:
@@ -177,13 +179,14 @@ def plan_slices(vae, latent_height: int, latent_width: int, num_slices: int | No
     return {"axis": axis, "dim": -1 if axis == "width" else -2, "cuts": cuts, "lag": lag, "windows": windows}
 
 
-def sliced_decode_bands(vae, latents, num_slices=None, axis=None, postprocess=True):
+def sliced_decode_bands(vae, latents, num_slices=None, axis=None, postprocess=True, plan=None):
     """Decode and return ``(bands, layout)``: one host float32 array (B, F, H, w, 3) per band, in order.
 
     ``postprocess=True`` maps to [0, 1] like ``VideoProcessor.postprocess_video``; False keeps the clamped [-1, 1]
-    decoder output.
+    decoder output. ``plan``: a :func:`plan_slices` result for these latents (None: plan here).
     """
-    plan = plan_slices(vae, latents.shape[-2], latents.shape[-1], num_slices=num_slices, axis=axis)
+    if plan is None:
+        plan = plan_slices(vae, latents.shape[-2], latents.shape[-1], num_slices=num_slices, axis=axis)
     store = _HostStore(_module_device(vae))
     bands, frames_per_latent = decode_into(vae, latents, plan, store, postprocess=postprocess)
     arrays = [b.float().numpy() for b in bands]

@@ -102,10 +102,11 @@ def run_generation(
                 swap.before_decode()
             if slice_plan is not None:
                 pieces = []
+                first = 0
                 for piece in _decode_sliced(pipe, latents, slice_plan):
-                    first = sum(len(p) for p in pieces)
                     pieces.append(piece)
                     yield from _emit(sampler, FramesDecoded(first=first, t=clock(), frames=piece))
+                    first += len(piece)
                 frames = np.concatenate(pieces)
             else:
                 frames = _decode(pipe, latents)
@@ -228,8 +229,7 @@ def _decode(pipe, latents: torch.Tensor) -> np.ndarray:
 def _decode_sliced(pipe, latents: torch.Tensor, plan: dict) -> Iterator[np.ndarray]:
     from .decode import iter_sliced_decode
 
-    yield from iter_sliced_decode(pipe.vae, _denormalise(pipe, latents), num_slices=len(plan["cuts"]) - 1,
-                                  axis=plan["axis"])
+    yield from iter_sliced_decode(pipe.vae, _denormalise(pipe, latents), plan=plan)
 
 
 def _denormalise(pipe, latents: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import weakref
@@ -256,9 +255,3 @@ class LiveBytesMeter(TorchDispatchMode):
 def _storage_id(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
-
-def rss_bytes() -> int:
-    """The process's resident set size now."""
-    import psutil
-
-    return int(psutil.Process(os.getpid()).memory_info().rss)

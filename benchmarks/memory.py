@@ -315,7 +315,9 @@ class Bench:
             if chunked:
                 apply_feature_chunking(self.transformer, self.chunks)
             if swapped:
-                swap = apply_async_swap(self.pipe, self.device)
+                from lightcache.families import adapter_named
+
+                swap = apply_async_swap(self.pipe, self.device, adapter=adapter_named("wan"))
                 if swap.note:
                     notes.append(swap.note)
                 if self.meta:

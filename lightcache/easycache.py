@@ -1,21 +1,31 @@
-"""EasyCache: runtime-adaptive reuse of the transformer's transformation vector (arXiv 2507.02860).
+"""EasyCache: runtime-adaptive reuse of the denoiser's transformation vector (arXiv 2507.02860).
 
-The hook wraps the whole transformer forward; one call is one CFG branch of one denoising step. At every
-non-forced step the cond branch estimates how far the output would drift if the step reused the last
-transformation ``delta = v - x`` and accumulates that estimate; while the accumulated error ``E`` stays under
-``tau`` the call returns ``x_t + delta`` instead of running the transformer. The uncond branch of the same step
-follows the cond decision with its own cached delta.
+The hook wraps the whole denoiser forward; one call is one guidance branch of one denoising step. At every
+non-forced step the deciding branch (``cond``, or the only call of a step) estimates how far the output would drift
+if the step reused the last transformation ``delta = v - x`` and accumulates that estimate; while the accumulated
+error ``E`` stays under ``tau`` the call returns ``x_t + delta`` instead of running the model. The other branches
+of the same step (``uncond``, ``uncond_stg``...) follow that decision, each with its own cached delta.
 
 Rules (all norms are the mean absolute value over every element):
 
 * the first ``warmup_steps`` steps and the last step always compute, and reset ``E`` to 0;
 * ``eps = k * mean|x_t - x_prev| / mean|v_last|``, ``E += eps``; reuse if ``E < tau``, else compute and reset
   ``E = 0``; with no ``k`` yet, compute;
-* on a computed cond call, ``k = mean|v_t - v_last| / mean|x_t - x_last|`` over the last *computed* step;
-* ``x_prev`` is the cond input of the previous step, computed or not.
+* on a computed deciding call, ``k = mean|v_t - v_last| / mean|x_t - x_last|`` over the last *computed* step;
+* ``x_prev`` is the deciding input of the previous step, computed or not;
+* ``x_t`` is the noisy latent only: image-to-video denoisers get condition channels concatenated after it (Wan2.1
+  I2V: 16 of 36 channels), and the transformation is defined against the latent the model denoises.
 
-State lives on the hook and is reset at the start of every run (step 0 of the cond branch, or an explicit
-:meth:`EasyCacheHook.reset_state`), so two generations in one process never share it.
+**Two experts (Wan2.2 A14B).** The pipeline hands the high-noise steps to ``transformer`` and the rest to
+``transformer_2``. EasyCache treats them as one denoiser, as the reference implementation does for T2V-A14B
+(``EasyCache4Wan2.2``: one set of globals patched into both experts): a single state with one step count over the
+whole run, so the warm-up is the run's first ``R`` steps and the forced last step is the run's last; ``k``, ``E``,
+``x_prev`` and the cached deltas carry across the switch, and the switch step itself is decided like any other.
+Pass both experts to :func:`apply_easycache` (``{"transformer": ..., "transformer_2": ...}``) to get this.
+
+State lives in one :class:`EasyCacheState` per application and is reset at the start of every run (the deciding
+call of step 0, a step index that goes back, or diffusers' ``reset_state`` when a pipeline call ends), so two
+generations in one process never share it.
 
 Example:
     >>> import torch
@@ -35,17 +45,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from .calls import CallLocator, CallSite, timestep_value
 from .events import StepRecord
 
 EASYCACHE_HOOK = "lightcache_easycache"
 
-#: Branch names diffusers' pipelines give their calls via ``cache_context``.
+#: The branch name diffusers' pipelines give the conditional call via ``cache_context``.
 COND = "cond"
 
 
@@ -60,8 +71,9 @@ class EasyCacheConfig:
             trading visible detail for speed.
         warmup_steps: ``R``. The first R steps always run in full: early steps set the layout and change fast, so
             caching them costs quality for little speed. The reference uses 10 for Wan2.1 at 50 steps.
-        num_inference_steps: only needed for pipelines that do not announce their steps through
-            ``cache_context`` (diffusers' Wan pipelines do). Used to force the last step.
+        num_inference_steps: only needed for pipelines that announce their step count nowhere (diffusers' Wan
+            pipelines do, through ``cache_context``; the scheduler does for the others when a
+            :class:`~lightcache.calls.CallLocator` is given one). Used to force the last step.
         on_record: optional callback receiving every :class:`~lightcache.events.StepRecord` as it is made.
     """
 
@@ -156,100 +168,137 @@ class EasyCacheState(BaseState):
     ``reset()`` empties it but keeps it, so a store swapped in for a run stays in place for the whole run.
     """
 
-    x_prev = _stored("x_prev", "cond input of the previous step (computed or reused)")
-    x_last = _stored("x_last", "cond input of the last computed step")
-    v_last = _stored("v_last", "cond output of the last computed step")
+    x_prev = _stored("x_prev", "deciding input of the previous step (computed or reused)")
+    x_last = _stored("x_last", "deciding input of the last computed step")
+    v_last = _stored("v_last", "deciding output of the last computed step")
 
     def __init__(self, store: TensorStore | None = None):
         self.store = store if store is not None else TensorStore()
         self.reset()
 
     def reset(self):
-        self.step = -1  # index of the step whose cond decision is current
-        self.compute_current = True  # the cond decision, followed by the other branches of the same step
+        self.step = -1  # index of the step whose deciding call is current
+        self.compute_current = True  # the step's decision, followed by its other branches
         self.error = 0.0  # accumulated estimated error E
         self.k: float | None = None
         self.store.clear()  # x_prev, x_last, v_last and the deltas
-        self.deltas = _StoredDeltas(self.store)  # branch -> v - x of its last computed call
-        self.internal_calls = 0  # step counter for pipelines without a cache context
+        self.deltas = _StoredDeltas(self.store)  # "branch[/output]" -> v - x of its last computed call
+
+
+class _SharedRun:
+    """What the hooks on every denoiser of one pipeline share: config, state, locator and the trace."""
+
+    def __init__(self, config: EasyCacheConfig, locator: CallLocator):
+        self.config = config
+        self.locator = locator
+        self.state = EasyCacheState()
+        self.records: list[StepRecord] = []
 
 
 class EasyCacheHook(ModelHook):
-    """The transformer-level hook. Create it with :func:`apply_easycache`, not directly."""
+    """The hook on one denoiser. Create it with :func:`apply_easycache`, not directly.
+
+    ``records``, ``state`` and ``config`` are shared by the hooks of all denoisers passed to one
+    :func:`apply_easycache` call.
+    """
 
     _is_stateful = True
 
-    def __init__(self, config: EasyCacheConfig):
+    def __init__(self, run: _SharedRun, name: str, latent_channels: int | None, channel_axis: int = 1,
+                 extra_inputs: Mapping[int, str] | None = None):
         super().__init__()
-        self.config = config
-        self.state = EasyCacheState()
-        # diffusers sets the pipeline's cache context on every StateManager attribute of a stateful hook;
-        # this one exists only to receive it (our state is shared across branches, not per context).
+        self._run = run
+        self.name = name
+        self.latent_channels = latent_channels
+        self.channel_axis = channel_axis
+        self.extra_inputs = dict(extra_inputs or {})
+        # diffusers sets the pipeline's cache context on every StateManager attribute of a stateful hook; this one
+        # exists only to receive it (our state is shared across branches and experts, not kept per context).
         self.context_receiver = StateManager(EasyCacheState)
-        self.records: list[StepRecord] = []
+
+    @property
+    def config(self) -> EasyCacheConfig:
+        return self._run.config
+
+    @property
+    def state(self) -> EasyCacheState:
+        return self._run.state
+
+    @property
+    def records(self) -> list[StepRecord]:
+        return self._run.records
+
+    @records.setter
+    def records(self, value: list[StepRecord]) -> None:
+        self._run.records = value
 
     def use_tensor_store(self, store: TensorStore | None) -> None:
         """Keep the cached tensors in ``store`` from now on (None: the default dict store). Resets the state."""
-        self.state = EasyCacheState(store)
+        self._run.state = EasyCacheState(store)
 
     # --- diffusers hook API -------------------------------------------------------------------------
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # diffusers calls this when a pipeline call ends (maybe_free_model_hooks): drop the cached tensors but
         # keep ``records``, the trace of the run that just finished.
-        self.state.reset()
+        self._run.state.reset()
+        self._run.locator.reset()
         return module
 
     @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        branch, step, num_steps = self._locate_call()
-        state = self.state
-        cfg = self.config
+        site = self._run.locator.locate(self.context_receiver._context, timestep)
+        branch, step = site.branch, site.step
+        state, cfg = self.state, self.config
         # The tensors this call's decision reads; a store that parks them off the device starts fetching them now.
-        state.store.prefetch(("x_prev", "v_last", f"delta/{branch}") if branch == COND else (f"delta/{branch}",))
+        state.store.prefetch(("x_prev", "v_last", f"delta/{branch}") if site.decides else (f"delta/{branch}",))
 
-        if branch == COND:
+        if site.decides:
             if step == 0 or step <= state.step:
                 # A new run (or a restarted one): nothing from the previous generation may leak in.
-                self.reset_state(module)
-                self.records = []
+                state.reset()
+                self._run.records = []
             state.step = step
 
         start = time.perf_counter()
         eps = None
-        if branch != COND:
+        x_t = self._latent_part(hidden_states)
+        if not site.decides:
             if step != state.step:
                 raise RuntimeError(
-                    f"EasyCache saw a '{branch}' call for step {step} before the cond call of that step; "
-                    "the cond branch must be called first."
+                    f"EasyCache saw a '{branch}' call for step {step} before the deciding call of that step; "
+                    "the conditional branch must be called first."
                 )
             compute = state.compute_current or branch not in state.deltas
             reason = "follows cond" if compute == state.compute_current else "no cached delta for branch"
         else:
-            x_t = self._latent_part(hidden_states, None)
-            compute, reason, eps = self._decide(x_t, step, num_steps)
+            compute, reason, eps = self._decide(x_t, site)
             state.compute_current = compute
 
         if compute:
             state.store.release()
             output = self.fn_ref.original_forward(*args, **kwargs)
-            v_t = _sample_of(output)
-            x_t = self._latent_part(hidden_states, v_t.shape[1])
-            if branch == COND:
+            outputs = _tensors_of(output)
+            v_t = outputs[0]
+            if site.decides:
                 self._remember_computed(x_t, v_t)
             state.deltas[branch] = (v_t - x_t).detach()
+            for index, tensor in enumerate(outputs[1:], start=1):
+                state.deltas[f"{branch}/{index}"] = self._extra_delta(index, tensor, args, kwargs)
         else:
-            x_t = self._latent_part(hidden_states, state.deltas[branch].shape[1])
-            v_t = (x_t.to(state.deltas[branch].dtype) + state.deltas[branch]).to(x_t.dtype)
-            output = _wrap_like(v_t, kwargs.get("return_dict", True))
-        if branch == COND:
+            outputs = [_apply_delta(x_t, state.deltas[branch])]
+            index = 1
+            while f"{branch}/{index}" in state.deltas:
+                outputs.append(self._extra_reused(index, state.deltas[f"{branch}/{index}"], args, kwargs))
+                index += 1
+            output = _wrap_like(outputs, kwargs.get("return_dict", True))
+        if site.decides:
             state.x_prev = x_t.detach()
 
-        ms = (time.perf_counter() - start) * 1000.0
         record = StepRecord(
             step=step,
-            timestep=_as_float(timestep),
+            timestep=timestep_value(timestep),
             branch=branch,
             computed=compute,
             reason=reason,
@@ -257,20 +306,22 @@ class EasyCacheHook(ModelHook):
             error=state.error,
             tau=cfg.threshold,
             k=state.k,
-            ms=ms,
+            ms=(time.perf_counter() - start) * 1000.0,
+            denoiser=self.name,
         )
-        self.records.append(record)
+        self._run.records.append(record)
         if cfg.on_record is not None:
             cfg.on_record(record)
         return output
 
     # --- the decision ---------------------------------------------------------------------------------
-    def _decide(self, x_t: torch.Tensor, step: int, num_steps: int | None) -> tuple[bool, str, float | None]:
+    def _decide(self, x_t: torch.Tensor, site: CallSite) -> tuple[bool, str, float | None]:
         state, cfg = self.state, self.config
-        if step < cfg.warmup_steps:
+        num_steps = site.num_steps or cfg.num_inference_steps
+        if site.step < cfg.warmup_steps:
             state.error = 0.0
             return True, "warm-up", None
-        if num_steps is not None and step >= num_steps - 1:
+        if num_steps is not None and site.step >= num_steps - 1:
             state.error = 0.0
             return True, "last step", None
         if state.k is None or state.x_prev is None or state.v_last is None:
@@ -294,29 +345,55 @@ class EasyCacheHook(ModelHook):
         state.x_last = x_t.detach()
 
     # --- helpers --------------------------------------------------------------------------------------
-    def _locate_call(self) -> tuple[str, int, int | None]:
-        """Branch name, step index and step count of this call, from the pipeline's cache context if any."""
-        context = self.context_receiver._context
-        if context is not None and context.step_index is not None:
-            return context.name, int(context.step_index), context.num_inference_steps
-        # No context: a pipeline that batches CFG into one call or uses embedded guidance. One call is one step.
-        step = self.state.internal_calls
-        if self.config.num_inference_steps is not None and step >= self.config.num_inference_steps:
-            step = 0
-        self.state.internal_calls = step + 1
-        return COND, step, self.config.num_inference_steps
-
-    @staticmethod
-    def _latent_part(hidden_states: torch.Tensor, channels: int | None) -> torch.Tensor:
-        # Image-to-video pipelines concatenate condition channels after the noisy latent; only the noisy
+    def _latent_part(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # Image-to-video denoisers get condition channels concatenated after the noisy latent; only the noisy
         # latent is the "x_t" the transformation vector is defined against.
-        if channels is None or hidden_states.shape[1] == channels:
+        n = self.latent_channels
+        if n is None or hidden_states.shape[self.channel_axis] == n:
             return hidden_states
-        return hidden_states[:, :channels]
+        return hidden_states.narrow(self.channel_axis, 0, n)
+
+    def _extra_input(self, index: int, args, kwargs) -> torch.Tensor | None:
+        name = self.extra_inputs.get(index)
+        value = kwargs.get(name) if name is not None else None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def _extra_delta(self, index: int, tensor: torch.Tensor, args, kwargs) -> torch.Tensor:
+        # A second output (LTX-2's audio) has its own transformation when its input is known; else it is kept as
+        # it was, which is what reusing means for an output that has no input to move with.
+        source = self._extra_input(index, args, kwargs)
+        if source is not None and source.shape == tensor.shape:
+            return (tensor - source).detach()
+        return tensor.detach()
+
+    def _extra_reused(self, index: int, delta: torch.Tensor, args, kwargs) -> torch.Tensor:
+        source = self._extra_input(index, args, kwargs)
+        if source is not None and source.shape == delta.shape:
+            return _apply_delta(source, delta)
+        return delta
 
 
-def apply_easycache(transformer: torch.nn.Module, config: EasyCacheConfig | None = None) -> EasyCacheHook:
-    """Attach EasyCache to a diffusers transformer and return the hook (its ``records`` hold the trace).
+def apply_easycache(
+    denoisers: torch.nn.Module | Sequence[torch.nn.Module] | Mapping[str, torch.nn.Module],
+    config: EasyCacheConfig | None = None,
+    *,
+    locator: CallLocator | None = None,
+    channel_axis: int = 1,
+    extra_inputs: Mapping[int, str] | None = None,
+) -> EasyCacheHook:
+    """Attach EasyCache to a pipeline's denoiser(s) and return the hook (its ``records`` hold the trace).
+
+    Args:
+        denoisers: one diffusers transformer, or several that take turns in one run (Wan2.2 A14B's two experts,
+            as ``{"transformer": pipe.transformer, "transformer_2": pipe.transformer_2}``); several share one
+            state (see the module docstring).
+        config: threshold, warm-up and the optional record callback.
+        locator: how a call's step and branch are found; default one that reads diffusers' cache contexts and
+            counts calls otherwise. :func:`lightcache.accelerate.apply_lightcache` passes one that also reads the
+            pipeline's scheduler.
+        channel_axis: the channel axis of the denoiser's latent input (2 for UNets that take (B, F, C, H, W)).
+        extra_inputs: for denoisers with several outputs, ``output index -> input keyword`` of the input each
+            extra output moves with (e.g. ``{1: "audio_hidden_states"}``).
 
     Applying twice raises; call :func:`remove_easycache` first. Composes with diffusers' own hooks registered
     through the same :class:`~diffusers.hooks.HookRegistry` (group offloading, layerwise casting).
@@ -328,31 +405,40 @@ def apply_easycache(transformer: torch.nn.Module, config: EasyCacheConfig | None
         >>> remove_easycache(pipe.transformer)
     """
     config = config if config is not None else EasyCacheConfig()
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(EASYCACHE_HOOK) is not None:
-        raise ValueError("EasyCache is already applied to this transformer; call remove_easycache() first.")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise ValueError(
-            f"The transformer already has diffusers' {type(transformer._cache_config).__name__} enabled; "
-            "disable it (transformer.disable_cache()) before applying EasyCache."
-        )
-    hook = EasyCacheHook(config)
-    registry.register_hook(hook, EASYCACHE_HOOK)
-    registry.invalidate_child_registries_cache()
-    return hook
+    named = _named_denoisers(denoisers)
+    for name, module in named.items():
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        if registry.get_hook(EASYCACHE_HOOK) is not None:
+            raise ValueError(f"EasyCache is already applied to {name}; call remove_easycache() first.")
+        if getattr(module, "_cache_config", None) is not None:
+            raise ValueError(
+                f"{name} already has diffusers' {type(module._cache_config).__name__} enabled; "
+                "disable it (transformer.disable_cache()) before applying EasyCache."
+            )
+    run = _SharedRun(config, locator if locator is not None else CallLocator(
+        num_inference_steps=config.num_inference_steps))
+    first = None
+    for name, module in named.items():
+        hook = EasyCacheHook(run, name, _latent_channels(module), channel_axis, extra_inputs)
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(hook, EASYCACHE_HOOK)
+        registry.invalidate_child_registries_cache()
+        first = first or hook
+    return first
 
 
-def remove_easycache(transformer: torch.nn.Module) -> None:
-    """Detach EasyCache and drop its cached tensors; a no-op when it is not applied."""
-    registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is None:
-        return
-    hook = registry.get_hook(EASYCACHE_HOOK)
-    if hook is None:
-        return
-    hook.reset_state(transformer)
-    registry.remove_hook(EASYCACHE_HOOK, recurse=False)
-    registry.invalidate_child_registries_cache()
+def remove_easycache(*denoisers: torch.nn.Module) -> None:
+    """Detach EasyCache from each module given and drop its cached tensors; a no-op where it is not applied."""
+    for module in denoisers:
+        registry = getattr(module, "_diffusers_hook", None) if module is not None else None
+        if registry is None:
+            continue
+        hook = registry.get_hook(EASYCACHE_HOOK)
+        if hook is None:
+            continue
+        hook.reset_state(module)
+        registry.remove_hook(EASYCACHE_HOOK, recurse=False)
+        registry.invalidate_child_registries_cache()
 
 
 def get_easycache_hook(transformer: torch.nn.Module) -> EasyCacheHook | None:
@@ -365,25 +451,40 @@ def _mean_abs(t: torch.Tensor) -> float:
     return t.float().abs().mean().item()
 
 
-def _sample_of(output: Any) -> torch.Tensor:
+def _apply_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``x + delta`` computed in the delta's dtype, returned in ``x``'s (what the pipeline expects back)."""
+    return (x.to(delta.dtype) + delta).to(x.dtype)
+
+
+def _named_denoisers(denoisers) -> dict[str, torch.nn.Module]:
+    if isinstance(denoisers, torch.nn.Module):
+        return {"transformer": denoisers}
+    if isinstance(denoisers, Mapping):
+        return {str(k): v for k, v in denoisers.items() if v is not None}
+    modules = [m for m in denoisers if m is not None]
+    return {("transformer" if i == 0 else f"transformer_{i + 1}"): m for i, m in enumerate(modules)}
+
+
+def _latent_channels(module: torch.nn.Module) -> int | None:
+    """Channels of the noisy latent in the denoiser's input: its output channels (what it predicts)."""
+    config = getattr(module, "config", None)
+    out = getattr(config, "out_channels", None) if config is not None else None
+    return int(out) if isinstance(out, int) else None
+
+
+def _tensors_of(output: Any) -> list[torch.Tensor]:
+    """The output tensors of a denoiser call, in order: a tensor, a tuple, or a diffusers output object."""
     if isinstance(output, torch.Tensor):
-        return output
+        return [output]
     if isinstance(output, (tuple, list)):
-        return output[0]
-    return output.sample
+        return [t for t in output if isinstance(t, torch.Tensor)]
+    return [t for t in output.to_tuple() if isinstance(t, torch.Tensor)]
 
 
-def _wrap_like(sample: torch.Tensor, return_dict: bool) -> Any:
+def _wrap_like(outputs: list[torch.Tensor], return_dict: bool) -> Any:
     if return_dict:
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-        return Transformer2DModelOutput(sample=sample)
-    return (sample,)
-
-
-def _as_float(timestep: Any) -> float:
-    if timestep is None:
-        return float("nan")
-    if isinstance(timestep, torch.Tensor):
-        return float(timestep.flatten()[0].item())
-    return float(timestep)
+        if len(outputs) == 1:
+            return Transformer2DModelOutput(sample=outputs[0])
+    return tuple(outputs)

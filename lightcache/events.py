@@ -8,6 +8,7 @@ Order of a normal run::
 
     RunStarted
     StageStarted("encode")  StageFinished("encode")
+    [StageStarted("encode_image") StageFinished("encode_image")]   (image-to-video pipelines)
     StageStarted("denoise") StepRecord x (steps x branches) StageFinished("denoise")
     StageStarted("decode")  FramesDecoded x n  StageFinished("decode")
     RunFinished
@@ -29,7 +30,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("encode", "denoise", "decode")
+#: The stages of a run, in the order a pipeline goes through them. ``encode_image`` exists only for
+#: image-to-video pipelines (image encoder and the VAE encoding the conditioning image).
+STAGES = ("encode", "encode_image", "denoise", "decode")
 
 
 def json_safe(value: Any) -> Any:
@@ -62,7 +65,7 @@ class RunStarted(Event):
 
 @dataclass
 class StageStarted(Event):
-    """One of ``encode``, ``denoise``, ``decode`` began at ``t`` seconds since the run started."""
+    """One of :data:`STAGES` began at ``t`` seconds since the run started."""
 
     stage: str
     t: float
@@ -94,6 +97,8 @@ class StepRecord(Event):
         k: the transformation rate used for the estimate (None until two computed steps exist).
         ms: wall time of the call in milliseconds.
         t: seconds since the run started, when the call returned (filled in by the runner).
+        denoiser: which of the pipeline's denoisers ran the call (``transformer``, or ``transformer_2`` for the
+            low-noise expert of Wan2.2 A14B).
     """
 
     step: int
@@ -107,6 +112,7 @@ class StepRecord(Event):
     k: float | None = None
     ms: float = 0.0
     t: float | None = None
+    denoiser: str = "transformer"
 
 
 @dataclass

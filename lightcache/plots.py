@@ -45,6 +45,7 @@ COLOURS = {
 }
 STAGE_COLOURS = {
     "encode": "rgba(250, 176, 5, 0.18)",
+    "encode_image": "rgba(247, 103, 7, 0.16)",
     "denoise": "rgba(51, 154, 240, 0.14)",
     "decode": "rgba(64, 192, 87, 0.18)",
 }
@@ -91,8 +92,10 @@ def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360)
                     color=COLOURS[name],
                     line=dict(width=2, color=COLOURS[name]),
                 ),
-                customdata=[[r.get("reason", ""), _fmt_ms(r.get("ms"))] for r in rows],
-                hovertemplate="step %{x} · %{y}<br>" + name + ": %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+                customdata=[[r.get("reason", ""), _fmt_ms(r.get("ms")), r.get("denoiser") or "transformer"]
+                            for r in rows],
+                hovertemplate="step %{x} · %{y} · %{customdata[2]}<br>" + name
+                + ": %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
             ),
             row=1,
             col=1,
@@ -126,6 +129,7 @@ def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360)
             col=1,
         )
 
+    _mark_expert_switches(fig, records)
     warmup = int(settings.get("warmup") or 0) if easycache else 0
     if warmup > 0:
         for row in (1, 2):
@@ -254,6 +258,19 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
     )
     _grid(fig)
     return fig
+
+
+def _mark_expert_switches(fig: go.Figure, records: list[Mapping[str, Any]]) -> None:
+    """A dotted line where the run hands over to another denoiser (Wan2.2 A14B's low-noise expert), labelled."""
+    previous = None
+    for r in records:
+        denoiser = r.get("denoiser") or "transformer"
+        if previous is not None and denoiser != previous:
+            for row in (1, 2):
+                fig.add_vline(x=r["step"] - 0.5, line=dict(color="#495057", dash="dot", width=1), row=row, col=1)
+            fig.add_annotation(x=r["step"] - 0.5, y=1.0, xref="x", yref="paper", yanchor="bottom", xanchor="left",
+                               text=f"{denoiser} from here", showarrow=False, font=dict(size=11, color="#495057"))
+        previous = denoiser
 
 
 def stage_spans(events: Iterable[Event | Mapping[str, Any]]) -> dict[str, tuple[float, float, bool]]:

@@ -1,10 +1,15 @@
-"""One generation as a generator of events: encode -> denoise -> decode.
+"""One generation as a generator of events: the pipeline's own ``pipe(...)``, watched through hooks.
 
-The runner drives a diffusers ``WanPipeline`` stage by stage with exactly the pipeline's own arithmetic (the
-parity tests compare it bit for bit with ``pipe(...)``), so that it can time each stage, emit a
-:class:`~lightcache.events.StepRecord` for every transformer call as it happens, and switch the accelerations on
-and off around the stage they belong to. Hooks are attached at the start and removed in ``finally``: a run that
-raises, is cancelled, or whose consumer stops iterating leaves the pipeline as it found it.
+The runner attaches the requested accelerations and a :class:`~lightcache.observe.RunObserver` to the pipeline
+(:func:`lightcache.accelerate.apply_lightcache`), calls ``pipe(...)`` on a worker thread with the keyword
+arguments the pipeline's family adapter builds from the request, and yields what the hooks report, in time order:
+stage boundaries, one :class:`~lightcache.events.StepRecord` per denoiser call, memory samples, the decoded
+frames. Because the run *is* ``pipe(...)``, its output is the pipeline's own (with every acceleration off it is
+bit-identical to calling the pipeline directly), and a new pipeline needs only an adapter, not a copy of its loop.
+
+Hooks are removed and the worker joined in ``finally``: a run that raises, is cancelled, or whose consumer stops
+iterating leaves the pipeline as it found it. A stop request lands at the next watched module call (text encoder,
+denoiser, or a part of the VAE decoder), so a stopped run never finishes its decode.
 
 Example:
     >>> from lightcache.tiny import build_tiny_pipeline
@@ -20,19 +25,19 @@ Example:
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
-from diffusers.utils.torch_utils import get_module_execution_device
 
-from .chunk import apply_feature_chunking, check_num_chunks, num_tokens, remove_feature_chunking
-from .easycache import EasyCacheConfig, apply_easycache, remove_easycache
-from .errors import LightcacheError, RunCancelled
+from .accelerate import AccelerationConfig, apply_lightcache
+from .chunk import check_num_chunks, num_tokens
+from .easycache import EasyCacheConfig
+from .errors import LightcacheError
 from .events import Event, FramesDecoded, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
-from .swap import apply_async_swap, remove_async_swap
+from .families import FamilyAdapter, adapter_for
 from .telemetry import MemorySampler
 
 #: Seconds between memory readings for the timeline (each reading costs microseconds).
@@ -44,88 +49,99 @@ def run_generation(
     settings,
     preset_name: str = "custom",
     cancel: threading.Event | None = None,
+    image: Any = None,
 ) -> Iterator[Event]:
     """Generate one video with ``settings`` and yield its events; the last one is :class:`RunFinished`.
 
-    ``cancel``: when set, the run stops at the next transformer call with :class:`RunCancelled`.
+    ``cancel``: when set, the run stops at the next watched module call with :class:`RunCancelled`.
+    ``image``: the first frame (a PIL image) for image-to-video pipelines; refused by text-to-video ones.
     """
-    if getattr(pipe.config, "boundary_ratio", None) is not None or getattr(pipe, "transformer_2", None):
-        raise LightcacheError("Two-transformer (Wan2.2 A14B) pipelines are not supported yet.")
-    if getattr(pipe.config, "expand_timesteps", False):
-        raise LightcacheError("Pipelines with per-token timesteps (Wan2.2 TI2V) are not supported yet.")
-
-    latent_shape = _latent_shape(pipe, settings)
-    slice_plan = _check_strategies(pipe, settings, latent_shape)
+    adapter = adapter_for(pipe)
+    call_pipe = _pipeline_for(adapter, pipe, image)
+    _check_prompt_length(pipe, settings)
+    latent_shape = adapter.latent_shape(pipe, settings)
+    slice_plan = _check_strategies(pipe, adapter, settings, latent_shape)
     clock = _Clock()
     device = pipe._execution_device
     yield RunStarted(preset=preset_name, settings=settings.to_dict(), device=str(device))
 
     stages: dict[str, dict[str, Any]] = {}
     records: list[StepRecord] = []
-    hook = swap = None
+    updates: queue.Queue = queue.Queue()
+    stop = _Stop(cancel)
     sampler = MemorySampler(period_s=SAMPLE_PERIOD_S, device=device, clock=clock).start()
+    order = _TimeOrder(sampler)
+
+    def on_event(event: Event) -> None:
+        # Runs on the worker thread, inside the pipeline's call: stage reports get their memory figures here.
+        if isinstance(event, StageStarted):
+            stages.setdefault(event.stage, {"seconds": 0.0, "peak_bytes": None})
+            stages[event.stage]["resident_bytes"] = sampler.begin_stage(event.stage)
+        elif isinstance(event, StageFinished):
+            event.peak_bytes = sampler.end_stage(event.stage)
+            # end_stage takes a last reading; the stage ends after it, so that reading falls inside the stage.
+            now = clock()
+            event.seconds += now - event.t
+            event.t = now
+            entry = stages[event.stage]
+            entry["seconds"] += event.seconds
+            entry["peak_bytes"] = max(entry["peak_bytes"] or 0, event.peak_bytes or 0) or event.peak_bytes
+        elif isinstance(event, StepRecord):
+            records.append(event)
+        updates.put(event)
+
+    worker = None
+    acc = swap = None
+    frames = None
     try:
-        _set_flow_shift(pipe, settings.flow_shift)
-        # Order matters: chunking replaces the transformer's innermost forward, EasyCache wraps that, and swapping's
-        # group offloading wraps both (lightcache.swap explains why). The finally block removes them in reverse.
-        if settings.chunk_ffn is not None:
-            apply_feature_chunking(pipe.transformer, settings.chunk_ffn)
-        if settings.easycache:
-            hook = apply_easycache(
-                pipe.transformer, EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup)
-            )
-        if settings.async_swap:
-            swap = apply_async_swap(pipe, device)
+        adapter.prepare(pipe, settings)
+        acc = apply_lightcache(pipe, _acceleration_config(settings), on_event=on_event, cancel=stop, clock=clock,
+                               adapter=adapter)
+        swap = acc.swap
         for note in _strategy_notes(settings, swap, slice_plan):
-            yield from _emit(sampler, Note(message=note, t=clock()))
+            yield from order.emit(Note(message=note, t=clock()))
+        kwargs = adapter.call_kwargs(call_pipe, settings, image)
+        done = object()
 
-        with torch.no_grad():
-            yield from _emit(sampler, _stage("encode", clock, stages, sampler))
-            embeds = _encode(pipe, settings, device)
-            if swap is not None:
-                swap.after_encode()
-            yield from _emit(sampler, _finish("encode", clock, stages, sampler))
+        def work() -> None:
+            try:
+                output = call_pipe(**kwargs)
+                video = np.asarray(output.frames[0], dtype=np.float32)
+                on_event(FramesDecoded(first=0, t=clock(), frames=video))
+                acc.observer.finish()
+                updates.put((done, video))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                updates.put((done, exc))
 
-            yield from _emit(sampler, _stage("denoise", clock, stages, sampler))
-            latents = None
-            for item in _denoise(pipe, settings, embeds, device, hook, cancel, clock):
-                if isinstance(item, StepRecord):
-                    records.append(item)
-                    yield from _emit(sampler, item)
-                else:
-                    latents = item
-            del embeds
-            yield from _emit(sampler, _finish("denoise", clock, stages, sampler))
-
-            yield from _emit(sampler, _stage("decode", clock, stages, sampler))
-            if swap is not None:
-                swap.before_decode()
-            if slice_plan is not None:
-                pieces = []
-                first = 0
-                for piece in _decode_sliced(pipe, latents, slice_plan):
-                    pieces.append(piece)
-                    yield from _emit(sampler, FramesDecoded(first=first, t=clock(), frames=piece))
-                    first += len(piece)
-                frames = np.concatenate(pieces)
-            else:
-                frames = _decode(pipe, latents)
-                yield from _emit(sampler, FramesDecoded(first=0, t=clock(), frames=frames))
-            del latents
-            if swap is not None:
-                swap.after_decode()
-            yield from _emit(sampler, _finish("decode", clock, stages, sampler))
+        worker = threading.Thread(target=work, name="lightcache-pipeline", daemon=True)
+        worker.start()
+        while True:
+            item = updates.get()
+            if isinstance(item, tuple) and item and item[0] is done:
+                if isinstance(item[1], BaseException):
+                    raise item[1]
+                frames = item[1]
+                break
+            yield from order.emit(item)
     finally:
-        # Reverse order of application (see above); the sampler's thread ends whatever happened.
+        # Reached on success, error, cancellation and when the consumer stops iterating: the worker is told to
+        # stop and joined before any hook comes off, so no call can run on a half-detached pipeline.
+        stop.set()
+        if worker is not None:
+            worker.join()
         try:
-            remove_async_swap(pipe)
-            remove_easycache(pipe.transformer)
-            remove_feature_chunking(pipe.transformer)
+            if acc is not None:
+                acc.observer.finish()
+                acc.remove()
         finally:
             sampler.stop()
 
     summary = {
         "preset": preset_name,
+        "family": adapter.name,
+        "pipeline": type(call_pipe).__name__,
+        "denoisers": list(adapter.denoisers(pipe)),
+        "image": None if image is None else {"width": image.width, "height": image.height},
         "device": str(device),
         "settings": settings.to_dict(),
         "stages": stages,
@@ -133,15 +149,16 @@ def run_generation(
         "calls_computed": sum(r.computed for r in records),
         "calls_reused": sum(not r.computed for r in records),
         "steps_reused": sorted({r.step for r in records if not r.computed and r.branch == "cond"}),
+        "calls_by_denoiser": {name: sum(r.denoiser == name for r in records)
+                              for name in dict.fromkeys(r.denoiser for r in records)},
         "memory": {
-            "peak_kind": "cuda_allocated" if torch.device(device).type == "cuda" else "rss",
+            "peak_kind": "cuda_allocated" if sampler.cuda else "rss",
             "peak_bytes": max((v["peak_bytes"] for v in stages.values() if v.get("peak_bytes") is not None),
                               default=None),
         },
         "strategies": _strategies_summary(settings, swap, slice_plan),
     }
-    for sample in sampler.drain():
-        yield sample
+    yield from order.flush()
     yield RunFinished(summary=summary, frames=frames)
 
 
@@ -158,87 +175,36 @@ def run_to_completion(events: Iterator[Event], on_event: Callable[[Event], None]
     return finished
 
 
-# --- stages -----------------------------------------------------------------------------------------------
-def _encode(pipe, settings, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    do_cfg = settings.guidance_scale > 1.0
-    _check_prompt_length(pipe, settings)
-    prompt_embeds, negative_embeds = pipe.encode_prompt(
-        prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt,
-        do_classifier_free_guidance=do_cfg,
-        num_videos_per_prompt=1,
-        max_sequence_length=settings.max_sequence_length,
-        device=device,
+def _acceleration_config(settings) -> AccelerationConfig:
+    return AccelerationConfig(
+        easycache=EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup)
+        if settings.easycache else None,
+        chunk_ffn=settings.chunk_ffn,
+        async_swap=settings.async_swap,
+        sliced_decode=settings.sliced_decode,
+        decode_slices=settings.decode_slices,
     )
-    dtype = pipe.transformer.dtype
-    return prompt_embeds.to(dtype), (negative_embeds.to(dtype) if negative_embeds is not None else None)
 
 
-def _denoise(pipe, settings, embeds, device, hook, cancel, clock) -> Iterator[StepRecord | torch.Tensor]:
-    """Mirror of ``WanPipeline.__call__``'s loop that yields one record per transformer call, then the latents."""
-    prompt_embeds, negative_embeds = embeds
-    transformer = pipe.transformer
-    dtype = transformer.dtype
-    pipe.scheduler.set_timesteps(settings.steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    latents = pipe.prepare_latents(
-        1, transformer.config.in_channels, settings.height, settings.width, settings.frames,
-        torch.float32, device, generator, None,
-    )
-    pipe.scheduler.set_begin_index(0)
-    num_timesteps = len(timesteps)
-    for i, t in enumerate(timesteps):
-        model_input = latents.to(dtype)
-        timestep = t.expand(latents.shape[0])
-        context = {"step_index": i, "sigma": float(pipe.scheduler.sigmas[i]), "num_inference_steps": num_timesteps}
-        branches = [("cond", prompt_embeds)] + ([("uncond", negative_embeds)] if negative_embeds is not None else [])
-        outputs = {}
-        for branch, embedding in branches:
-            if cancel is not None and cancel.is_set():
-                raise RunCancelled("The run was stopped.")
-            before = len(hook.records) if hook is not None else 0
-            start = time.perf_counter()
-            with transformer.cache_context(branch, **context):
-                outputs[branch] = transformer(
-                    hidden_states=model_input, timestep=timestep, encoder_hidden_states=embedding,
-                    attention_kwargs=None, return_dict=False,
-                )[0]
-            _sync(device)
-            ms = (time.perf_counter() - start) * 1000.0
-            if hook is not None and len(hook.records) > before:
-                record = hook.records[-1]
-            else:
-                record = StepRecord(step=i, timestep=float(t), branch=branch, computed=True, reason="EasyCache off")
-            record.ms = ms
-            record.t = clock()
-            yield record
-        noise_pred = outputs["cond"]
-        if "uncond" in outputs:
-            noise_pred = outputs["uncond"] + settings.guidance_scale * (noise_pred - outputs["uncond"])
-        latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-    yield latents
+def _pipeline_for(adapter: FamilyAdapter, pipe, image):
+    call_pipe = adapter.pipeline_for(pipe, image)
+    if adapter.takes_image(call_pipe) and image is None:
+        raise LightcacheError("This is an image-to-video model: give it an image to start from (--image).")
+    return call_pipe
 
 
-def _decode(pipe, latents: torch.Tensor) -> np.ndarray:
-    video = pipe.vae.decode(_denormalise(pipe, latents), return_dict=False)[0]
-    frames = pipe.video_processor.postprocess_video(video, output_type="np")
-    return np.asarray(frames[0], dtype=np.float32)
+class _Stop:
+    """Set by the runner when it ends; also reads as set when the caller's ``cancel`` is."""
 
+    def __init__(self, cancel: threading.Event | None):
+        self._own = threading.Event()
+        self._cancel = cancel
 
-def _decode_sliced(pipe, latents: torch.Tensor, plan: dict) -> Iterator[np.ndarray]:
-    from .decode import iter_sliced_decode
+    def set(self) -> None:
+        self._own.set()
 
-    yield from iter_sliced_decode(pipe.vae, _denormalise(pipe, latents), plan=plan)
-
-
-def _denormalise(pipe, latents: torch.Tensor) -> torch.Tensor:
-    vae = pipe.vae
-    latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
-    z_dim = vae.config.z_dim
-    mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    return latents / inv_std + mean
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._cancel is not None and self._cancel.is_set())
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -250,51 +216,42 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def _stage(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> StageStarted:
-    start = clock()  # before the stage's first memory reading, so that reading falls inside the stage
-    stages[name] = {"_start": start, "resident_bytes": sampler.begin_stage(name)}
-    return StageStarted(stage=name, t=start)
+class _TimeOrder:
+    """Merges the memory readings into the event stream in time order.
 
+    Events come from the pipeline's thread and are yielded a little later; readings newer than the event being
+    yielded are held back until an event at least as new arrives (or the run ends).
+    """
 
-def _finish(name: str, clock: _Clock, stages: dict, sampler: MemorySampler) -> StageFinished:
-    peak = sampler.end_stage(name)
-    now = clock()
-    seconds = now - stages[name].pop("_start")
-    stages[name].update(seconds=seconds, peak_bytes=peak)
-    return StageFinished(stage=name, t=now, seconds=seconds, peak_bytes=peak)
+    def __init__(self, sampler: MemorySampler):
+        self.sampler = sampler
+        self.held: list = []
 
-
-def _emit(sampler: MemorySampler, event: Event) -> Iterator[Event]:
-    """``event`` with the memory readings taken so far, merged so that the stream stays in time order."""
-    samples = sampler.drain()
-    t = getattr(event, "t", None)
-    if t is None:
-        yield from samples
+    def emit(self, event: Event) -> Iterator[Event]:
+        self.held += self.sampler.drain()
+        t = getattr(event, "t", None)
+        if t is None:
+            ready, self.held = self.held, []
+        else:
+            ready = [s for s in self.held if s.t <= t]
+            self.held = [s for s in self.held if s.t > t]
+        yield from ready
         yield event
-        return
-    yield from (s for s in samples if s.t <= t)
-    yield event
-    yield from (s for s in samples if s.t > t)
 
-
-def _sync(device) -> None:
-    # Kernel launches are asynchronous on a GPU: without a sync the call time would be launch time only.
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _set_flow_shift(pipe, flow_shift: float) -> None:
-    config = pipe.scheduler.config
-    if "flow_shift" in config and config.flow_shift != flow_shift:
-        pipe.scheduler = type(pipe.scheduler).from_config(config, flow_shift=flow_shift)
+    def flush(self) -> Iterator[Event]:
+        held, self.held = self.held + self.sampler.drain(), []
+        yield from held
 
 
 def _check_prompt_length(pipe, settings) -> None:
     """Refuse prompts the text encoder would silently truncate, naming the limit."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return
     for field, text in (("prompt", settings.prompt), ("negative_prompt", settings.negative_prompt)):
         if not text:
             continue
-        n_tokens = len(pipe.tokenizer(text, add_special_tokens=True).input_ids)
+        n_tokens = len(tokenizer(text, add_special_tokens=True).input_ids)
         if n_tokens > settings.max_sequence_length:
             raise LightcacheError(
                 f"{field} is {n_tokens} tokens long; this model's text encoder takes at most "
@@ -302,17 +259,18 @@ def _check_prompt_length(pipe, settings) -> None:
             )
 
 
-def _latent_shape(pipe, settings) -> tuple[int, int, int, int, int]:
-    frames = (settings.frames - 1) // pipe.vae_scale_factor_temporal + 1
-    return (1, pipe.transformer.config.in_channels, frames, settings.height // pipe.vae_scale_factor_spatial,
-            settings.width // pipe.vae_scale_factor_spatial)
-
-
-def _check_strategies(pipe, settings, latent_shape) -> dict | None:
+def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> dict | None:
     """Refuse memory-strategy settings this model cannot honour before anything runs; the sliced-decode plan."""
     if settings.chunk_ffn is not None:
-        check_num_chunks(settings.chunk_ffn, num_tokens(pipe.transformer, latent_shape))
+        reason = adapter.chunking_unsupported(pipe)
+        if reason:
+            raise LightcacheError(reason)
+        for module in adapter.denoisers(pipe).values():
+            check_num_chunks(settings.chunk_ffn, num_tokens(module, latent_shape))
     if settings.sliced_decode:
+        reason = adapter.sliced_decode_unsupported(pipe)
+        if reason:
+            raise LightcacheError(reason)
         from .decode import plan_slices
 
         return plan_slices(pipe.vae, latent_shape[3], latent_shape[4], num_slices=settings.decode_slices)

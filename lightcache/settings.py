@@ -39,6 +39,10 @@ class RunSettings:
     height: int = 64
     width: int = 64
     guidance_scale: float = 5.0
+    # Two-expert models (Wan2.2 A14B): the guidance of the low-noise expert (None: the same as guidance_scale) and
+    # the fraction of the 1000 training timesteps above which the high-noise expert runs (None: the checkpoint's).
+    guidance_scale_2: float | None = None
+    boundary_ratio: float | None = None
     flow_shift: float = 3.0
     easycache: bool = True
     threshold: float = 0.05
@@ -94,6 +98,10 @@ class RunSettings:
             if value % lim.size_multiple:
                 raise LightcacheError(f"{name} must be a multiple of {lim.size_multiple}, got {value}.")
         _check_float("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        if self.guidance_scale_2 is not None:
+            _check_float("guidance_scale_2", self.guidance_scale_2, 0.0, 30.0)
+        if self.boundary_ratio is not None:
+            _check_float("boundary_ratio", self.boundary_ratio, 0.0, 1.0)
         _check_float("flow_shift", self.flow_shift, 0.0, 100.0)
         _check_float("threshold", self.threshold, 0.0, math.inf)
         _check_int("warmup", self.warmup, 0, self.steps - 1)

@@ -85,14 +85,19 @@ class AsyncSwapConfig:
 class AsyncSwap:
     """The swapping of one pipeline: built by :func:`apply_async_swap`, undone by :func:`remove_async_swap`.
 
-    The runner calls :meth:`after_encode`, :meth:`before_decode` and :meth:`after_decode` at those stage
-    boundaries; each is a no-op when the strategy is inactive (no CUDA device).
+    :meth:`enter_stage` moves modules at each stage boundary (the run's observer calls it before a stage's first
+    module call): a stage's own modules come in, the others wait in pinned host memory. The denoisers stream
+    their blocks through group offloading for the whole run, so an idle expert (Wan2.2 A14B) stays parked on the
+    host while the other one computes. Every method is a no-op when the strategy is inactive (no CUDA device).
     """
 
-    def __init__(self, pipe, device: torch.device, config: AsyncSwapConfig):
+    def __init__(self, pipe, device: torch.device, config: AsyncSwapConfig, adapter=None):
+        from .families import adapter_for
+
         self.pipe = pipe
         self.device = device
         self.config = config
+        self.adapter = adapter if adapter is not None else adapter_for(pipe)
         self.active = device.type == "cuda"
         self.note: str | None = None
         if not self.active:
@@ -100,20 +105,36 @@ class AsyncSwap:
                 f"Asynchronous swapping did nothing: it moves tensors between a CUDA GPU and pinned CPU memory, and "
                 f"this run is on '{device.type}'."
             )
-        self.group_offload = False
-        self.reused_pinned_weights = False
+        self.group_offload: list[str] = []
+        self.reused_pinned_weights: list[str] = []
         self.cache_store: PinnedTensorStore | None = None
         self._parked: dict[str, _ParkedModule] = {}
         self._home: dict[str, torch.device] = {}
 
-    # --- stage boundaries (called by the runner) ----------------------------------------------------------
+    # --- stage boundaries ------------------------------------------------------------------------------
+    def stage_modules(self, stage: str) -> set[str]:
+        """Names of the whole modules (not streamed) that ``stage`` needs on the device."""
+        encoders = set(self.adapter.text_encoders(self.pipe)) if self.config.text_encoder else set()
+        images = set(self.adapter.image_encoders(self.pipe)) if self.config.text_encoder else set()
+        vae = {"vae"} if self.config.vae else set()
+        return {"encode": encoders, "encode_image": images | vae, "denoise": set(), "decode": vae}.get(stage, set())
+
+    def enter_stage(self, stage: str) -> None:
+        """Bring in what ``stage`` needs and park every other swappable module (idle ones wait on the host)."""
+        if not self.active:
+            return
+        needed = self.stage_modules(stage)
+        for name in self._swappable():
+            if name in needed:
+                self._unpark(name, self.device)
+            else:
+                self._park(name)
+
     def after_encode(self) -> None:
-        if self.active and self.config.text_encoder:
-            self._park("text_encoder")
+        self.enter_stage("denoise")
 
     def before_decode(self) -> None:
-        if self.active and self.config.vae:
-            self._unpark("vae", self.device)
+        self.enter_stage("decode")
 
     def after_decode(self) -> None:
         if self.active and self.config.vae:
@@ -124,73 +145,85 @@ class AsyncSwap:
         return {
             "active": self.active,
             "note": self.note,
-            "transformer_group_offload": self.group_offload,
-            "reused_pinned_weights": self.reused_pinned_weights,
+            "transformer_group_offload": bool(self.group_offload),
+            "group_offloaded": list(self.group_offload),
+            "reused_pinned_weights": bool(self.reused_pinned_weights),
             "parked": sorted(self._parked),
             "cache_store": self.cache_store is not None,
             "cache_bytes_parked": self.cache_store.peak_parked_bytes if self.cache_store is not None else 0,
         }
 
     # --- setup and teardown ----------------------------------------------------------------------------
+    def _swappable(self) -> list[str]:
+        names = []
+        if self.config.text_encoder:
+            names += [*self.adapter.text_encoders(self.pipe), *self.adapter.image_encoders(self.pipe)]
+        if self.config.vae and self.adapter.vae(self.pipe) is not None:
+            names.append("vae")
+        return names
+
     def _start(self) -> None:
         if not self.active:
             return
-        for name in ("text_encoder", "transformer", "vae"):
-            module = getattr(self.pipe, name, None)
-            if isinstance(module, torch.nn.Module):
-                self._home[name] = _module_device(module)
+        denoisers = self.adapter.denoisers(self.pipe)
+        for name in [*self._swappable(), *denoisers]:
+            self._home[name] = _module_device(getattr(self.pipe, name))
         if self.config.vae:
             self._park("vae")
-        transformer = self.pipe.transformer
         if self.config.transformer:
             from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
-            if _is_group_offload_enabled(transformer):
-                self.note = "The transformer already had group offloading; it was left as it was."
-            else:
+            kept_all = getattr(self.pipe, _PINNED_ATTRIBUTE, None) or {}
+            setattr(self.pipe, _PINNED_ATTRIBUTE, None)  # used now, or stale
+            for name, module in denoisers.items():
+                if _is_group_offload_enabled(module):
+                    self.note = f"The {name} already had group offloading; it was left as it was."
+                    continue
                 # diffusers' streamed block offloading: one block per group (the only size it streams), pinned
                 # copies made now so that every transfer during denoising is an asynchronous copy. diffusers pins
                 # whatever is not pinned yet, so weights that already sit in the previous run's pinned copy cost
-                # nothing here.
-                kept = getattr(self.pipe, _PINNED_ATTRIBUTE, None)
-                setattr(self.pipe, _PINNED_ATTRIBUTE, None)  # used now, or stale
-                if kept is not None and kept.matches(transformer):
-                    kept.restore(transformer)
-                    self.reused_pinned_weights = True
-                transformer.enable_group_offload(
+                # nothing here. An expert that is not running simply has none of its blocks on the device.
+                kept = kept_all.get(name)
+                if kept is not None and kept.matches(module):
+                    kept.restore(module)
+                    self.reused_pinned_weights.append(name)
+                module.enable_group_offload(
                     onload_device=self.device, offload_device=torch.device("cpu"), offload_type="block_level",
                     num_blocks_per_group=1, use_stream=True, record_stream=self.config.record_stream,
                 )
-                self.group_offload = True
+                self.group_offload.append(name)
         if self.config.cache:
-            hook = get_easycache_hook(transformer)
+            hook = next((h for h in map(get_easycache_hook, denoisers.values()) if h is not None), None)
             if hook is not None:
                 self.cache_store = PinnedTensorStore(self.device)
-                hook.use_tensor_store(self.cache_store)
+                hook.use_tensor_store(self.cache_store)  # shared by every expert's hook
 
     def _stop(self) -> None:
         if not self.active:
             return
-        transformer = self.pipe.transformer
+        denoisers = self.adapter.denoisers(self.pipe)
         if self.cache_store is not None:
-            hook = get_easycache_hook(transformer)
-            if hook is not None and hook.state.store is self.cache_store:
-                hook.use_tensor_store(None)
+            for hook in map(get_easycache_hook, denoisers.values()):
+                if hook is not None and hook.state.store is self.cache_store:
+                    hook.use_tensor_store(None)
             self.cache_store.clear()
             self.cache_store = None
-        if self.group_offload:
-            registry = getattr(transformer, "_diffusers_hook", None)
+        kept = {}
+        for name in self.group_offload:
+            module = denoisers[name]
+            registry = getattr(module, "_diffusers_hook", None)
             if registry is not None:
-                for name in _GROUP_OFFLOAD_HOOKS:
-                    registry.remove_hook(name, recurse=True)
+                for hook_name in _GROUP_OFFLOAD_HOOKS:
+                    registry.remove_hook(hook_name, recurse=True)
                 registry.invalidate_child_registries_cache()
-            home = self._home.get("transformer", self.device)
-            pinned = PinnedWeights.capture(transformer)
-            transformer.to(home)
+            home = self._home.get(name, self.device)
+            pinned = PinnedWeights.capture(module)
+            module.to(home)
             if pinned is not None and torch.device(home).type == "cuda":
-                pinned.stamp(transformer)
-                setattr(self.pipe, _PINNED_ATTRIBUTE, pinned)
-            self.group_offload = False
+                pinned.stamp(module)
+                kept[name] = pinned
+        setattr(self.pipe, _PINNED_ATTRIBUTE, kept or None)
+        self.group_offload = []
         for name in list(self._parked):
             self._unpark(name, self._home.get(name, self.device))
         self._parked.clear()
@@ -213,7 +246,8 @@ class AsyncSwap:
             parked.unpark(device)
 
 
-def apply_async_swap(pipe, device: torch.device | str | None = None, config: AsyncSwapConfig | None = None) -> AsyncSwap:
+def apply_async_swap(pipe, device: torch.device | str | None = None, config: AsyncSwapConfig | None = None,
+                     adapter=None) -> AsyncSwap:
     """Start swapping for ``pipe`` on ``device`` (default: the pipeline's execution device); returns the swap.
 
     On a CUDA device this parks the VAE, puts the transformer under streamed group offloading and, if EasyCache is
@@ -234,7 +268,7 @@ def apply_async_swap(pipe, device: torch.device | str | None = None, config: Asy
     device = torch.device(device) if device is not None else torch.device(pipe._execution_device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    swap = AsyncSwap(pipe, device, config)
+    swap = AsyncSwap(pipe, device, config, adapter)
     setattr(pipe, _ATTRIBUTE, swap)
     try:
         swap._start()
@@ -256,16 +290,16 @@ def remove_async_swap(pipe) -> None:
 
 
 def release_pinned_weights(pipe) -> int:
-    """Free the pinned host copy of the transformer that swapping keeps between runs; returns the bytes released.
+    """Free the pinned host copies of the denoisers that swapping keeps between runs; returns the bytes released.
 
     Example:
         >>> from lightcache.tiny import build_tiny_pipeline
         >>> release_pinned_weights(build_tiny_pipeline(seed=0))  # nothing kept on a CPU
         0
     """
-    kept = getattr(pipe, _PINNED_ATTRIBUTE, None)
+    kept = getattr(pipe, _PINNED_ATTRIBUTE, None) or {}
     setattr(pipe, _PINNED_ATTRIBUTE, None)
-    return kept.nbytes if kept is not None else 0
+    return sum(copy.nbytes for copy in kept.values())
 
 
 class PinnedWeights:

@@ -121,8 +121,10 @@ class MemorySampler:
         if self.cuda:
             values["cuda_allocated"] = int(torch.cuda.memory_allocated(self.device))
             values["cuda_reserved"] = int(torch.cuda.memory_reserved(self.device))
-        reading = MemorySample(t=self._now(), values=values)
         with self._lock:
+            # Time and queue together under the lock: once a consumer has drained after time t, no reading with an
+            # earlier time can still arrive, which is what keeps the merged event stream in time order.
+            reading = MemorySample(t=self._now(), values=values)
             self._pending.append(reading)
             if self._stage is not None:
                 self._stage_sampled_peak = max(self._stage_sampled_peak, _tracked(values, self.cuda))

@@ -133,7 +133,7 @@ def test_the_timeline_has_stage_and_step_marks_in_order(tiny_pipe):
         inside = [s for s in samples if stage_times[stage] <= s.t <= finish_times[stage]]
         assert len(inside) >= 2, stage
     decoded = [e for e in events if isinstance(e, FramesDecoded)]
-    assert len(decoded) > 1 and [e.first for e in decoded] == sorted(e.first for e in decoded)
+    assert decoded and [e.first for e in decoded] == sorted(e.first for e in decoded)
     assert sum(len(e.frames) for e in decoded) == len(finished.frames)
 
     from lightcache.plots import timeline_figure
@@ -160,12 +160,10 @@ def test_no_sampler_thread_is_left_behind(tiny_pipe):
 
 
 def test_a_run_that_raises_inside_a_stage_cleans_up(tiny_pipe, monkeypatch):
-    import lightcache.runner as runner
-
     def broken_decode(*args, **kwargs):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(runner, "_decode", broken_decode)
+    monkeypatch.setattr(tiny_pipe.vae.decoder, "forward", broken_decode)
     with pytest.raises(RuntimeError, match="decoder exploded"):
         run_to_completion(run_generation(tiny_pipe, tiny_settings(steps=3, chunk_ffn=2, async_swap=True)))
     deadline = time.monotonic() + 2

@@ -41,7 +41,8 @@ def test_on_the_cpu_swapping_is_a_no_op_that_says_so(tiny_pipe):
     swap.after_decode()
     summary = swap.summary()
     assert summary == {"active": False, "note": CPU_NOTE, "transformer_group_offload": False,
-                       "reused_pinned_weights": False, "parked": [], "cache_store": False, "cache_bytes_parked": 0}
+                       "group_offloaded": [], "reused_pinned_weights": False, "parked": [], "cache_store": False,
+                       "cache_bytes_parked": 0}
     assert _hooks(tiny_pipe.transformer) == []
     remove_async_swap(tiny_pipe)
     after = {name: [p.data_ptr() for p in getattr(tiny_pipe, name).parameters()] for name in before}

@@ -1,0 +1,214 @@
+"""Attach the chosen accelerations to a diffusers pipeline, and remove them: the one call library users make.
+
+The pipeline stays the user's own: after :func:`apply_lightcache` a run is ``pipe(...)`` exactly as before, and
+:meth:`Acceleration.remove` (or leaving the ``with`` block) puts every module back as it was. What is attached,
+innermost first, on each denoiser the pipeline's family adapter names (both experts of Wan2.2 A14B):
+
+1. feature chunking (it replaces the innermost forward of the model and its blocks);
+2. EasyCache (one shared state over all denoisers);
+3. the run observer's trace hook (stages, one record per denoiser call, stop requests);
+4. asynchronous swapping (diffusers' group offloading sits outermost: its stream prefetching removes one of its
+   own hooks after the first forward, which would unlink any hook registered above it).
+
+Sliced decoding replaces ``vae.decode`` for the length of the acceleration with an exact band-by-band decode that
+returns the video on the host, so the pipeline's own postprocessing runs unchanged.
+
+Example:
+    >>> import torch
+    >>> from lightcache.accelerate import AccelerationConfig, apply_lightcache
+    >>> from lightcache.easycache import EasyCacheConfig
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline(seed=0)
+    >>> with apply_lightcache(pipe, AccelerationConfig(easycache=EasyCacheConfig(threshold=0.2, warmup_steps=2),
+    ...                                                chunk_ffn=2, sliced_decode=True)) as acc:
+    ...     video = pipe("a red circle", num_inference_steps=8, height=32, width=32, num_frames=5,
+    ...                  generator=torch.Generator().manual_seed(0), output_type="np").frames
+    >>> video.shape, sum(not r.computed for r in acc.records) > 0
+    ((1, 5, 32, 32, 3), True)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .calls import CallLocator
+from .chunk import apply_feature_chunking, remove_feature_chunking
+from .easycache import EasyCacheConfig, EasyCacheHook, apply_easycache, remove_easycache
+from .errors import LightcacheError
+from .events import Event, StepRecord
+from .families import FamilyAdapter, adapter_for
+from .observe import RunObserver
+from .swap import AsyncSwap, AsyncSwapConfig, apply_async_swap, remove_async_swap
+
+_ATTRIBUTE = "_lightcache_acceleration"
+
+
+@dataclass
+class AccelerationConfig:
+    """Which accelerations to attach. Each is off unless asked for, and each is measurable on its own.
+
+    Attributes:
+        easycache: EasyCache's settings, or None for every step in full.
+        chunk_ffn: feature chunking's number of token slices, or None.
+        async_swap: True (or an :class:`~lightcache.swap.AsyncSwapConfig`) to swap idle modules and cache tensors
+            to pinned host memory; a no-op, said in the summary, without a CUDA device.
+        sliced_decode: decode in bands (exact) instead of the VAE's whole-frame decode.
+        decode_slices: bands for sliced decoding (None: the decoder's default).
+        device: where swapping moves things to (default: the pipeline's execution device).
+    """
+
+    easycache: EasyCacheConfig | None = None
+    chunk_ffn: int | None = None
+    async_swap: bool | AsyncSwapConfig = False
+    sliced_decode: bool = False
+    decode_slices: int | None = None
+    device: str | torch.device | None = None
+
+    def __post_init__(self):
+        if self.decode_slices is not None and not self.sliced_decode:
+            raise LightcacheError("decode_slices is the band count of sliced decoding; turn sliced_decode on too.")
+
+
+class Acceleration:
+    """The accelerations attached to one pipeline. Made by :func:`apply_lightcache`; :meth:`remove` undoes them."""
+
+    def __init__(self, pipe, adapter: FamilyAdapter, config: AccelerationConfig, observer: RunObserver):
+        self.pipe = pipe
+        self.adapter = adapter
+        self.config = config
+        self.observer = observer
+        self.easycache: EasyCacheHook | None = None
+        self.swap: AsyncSwap | None = None
+        self.chunked: list[torch.nn.Module] = []
+        self.sliced_vae = None
+        self._last_records: list[StepRecord] = []
+
+    @property
+    def records(self) -> list[StepRecord]:
+        """EasyCache's decisions of the last run (empty when EasyCache is off); kept after :meth:`remove`."""
+        return list(self.easycache.records) if self.easycache is not None else list(self._last_records)
+
+    def remove(self) -> None:
+        """Detach everything, in the reverse order of attaching; safe to call twice."""
+        try:
+            if self.swap is not None:
+                remove_async_swap(self.pipe)
+                self.swap = None
+            self.observer.detach()
+            if self.sliced_vae is not None:
+                self.sliced_vae.__dict__.pop("decode", None)
+                self.sliced_vae = None
+            if self.easycache is not None:
+                self._last_records = list(self.easycache.records)
+            remove_easycache(*self.adapter.denoisers(self.pipe).values())
+            self.easycache = None
+            for module in self.chunked:
+                remove_feature_chunking(module)
+            self.chunked = []
+        finally:
+            if getattr(self.pipe, _ATTRIBUTE, None) is self:
+                setattr(self.pipe, _ATTRIBUTE, None)
+
+    def __enter__(self) -> "Acceleration":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.observer.finish()
+        self.remove()
+
+
+def apply_lightcache(
+    pipe,
+    config: AccelerationConfig | None = None,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    cancel: threading.Event | None = None,
+    clock: Callable[[], float] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    adapter: FamilyAdapter | None = None,
+) -> Acceleration:
+    """Attach ``config``'s accelerations to ``pipe`` and start observing it; returns the :class:`Acceleration`.
+
+    ``on_event`` receives the stage boundaries and one :class:`~lightcache.events.StepRecord` per denoiser call
+    while ``pipe(...)`` runs; ``cancel`` stops the run at the next watched call. Raises
+    :class:`~lightcache.errors.LightcacheError` (attaching nothing) for a pipeline no family covers, or a strategy
+    its family cannot run.
+    """
+    config = config if config is not None else AccelerationConfig()
+    adapter = adapter if adapter is not None else adapter_for(pipe)
+    if getattr(pipe, _ATTRIBUTE, None) is not None:
+        raise LightcacheError("lightcache is already applied to this pipeline; remove it first.")
+    for wanted, why in ((config.chunk_ffn is not None, adapter.chunking_unsupported),
+                        (config.sliced_decode, adapter.sliced_decode_unsupported)):
+        reason = why(pipe) if wanted else None
+        if reason:
+            raise LightcacheError(reason)
+
+    denoisers = adapter.denoisers(pipe)
+    locator = CallLocator(scheduler=lambda: getattr(pipe, "scheduler", None))
+    swap_holder: list[AsyncSwap] = []
+
+    def stage_changed(stage: str) -> None:
+        for swap in swap_holder:
+            swap.enter_stage(stage)
+        if on_stage is not None:
+            on_stage(stage)
+
+    observer = RunObserver(pipe, on_event=on_event, adapter=adapter, locator=locator, cancel=cancel, clock=clock,
+                           on_stage=stage_changed)
+    acc = Acceleration(pipe, adapter, config, observer)
+    setattr(pipe, _ATTRIBUTE, acc)
+    try:
+        if config.chunk_ffn is not None:
+            for module in denoisers.values():
+                apply_feature_chunking(module, config.chunk_ffn)
+                acc.chunked.append(module)
+        if config.easycache is not None:
+            acc.easycache = apply_easycache(denoisers, config.easycache, locator=locator,
+                                            channel_axis=adapter.latent_channel_axis,
+                                            extra_inputs=adapter.extra_outputs)
+        if config.sliced_decode:
+            _slice_vae_decode(pipe.vae, config.decode_slices)
+            acc.sliced_vae = pipe.vae
+        observer.attach()
+        if config.async_swap:
+            swap_config = config.async_swap if isinstance(config.async_swap, AsyncSwapConfig) else None
+            acc.swap = apply_async_swap(pipe, config.device, swap_config, adapter=adapter)
+            swap_holder.append(acc.swap)
+    except BaseException:
+        acc.remove()
+        raise
+    return acc
+
+
+def remove_lightcache(pipe) -> None:
+    """Remove what :func:`apply_lightcache` attached to ``pipe``; a no-op when nothing is."""
+    acc = getattr(pipe, _ATTRIBUTE, None)
+    if acc is not None:
+        acc.remove()
+
+
+def get_acceleration(pipe) -> Acceleration | None:
+    """The acceleration attached to ``pipe``, or None."""
+    return getattr(pipe, _ATTRIBUTE, None)
+
+
+def _slice_vae_decode(vae, num_slices: int | None) -> None:
+    """Shadow ``vae.decode`` with the exact sliced decode; it returns the video (B, 3, F, H, W) on the host."""
+    from diffusers.models.autoencoders.vae import DecoderOutput
+
+    from .decode import plan_slices, sliced_decode_bands
+
+    def decode(z: torch.Tensor, return_dict: bool = True, **_: Any):
+        plan = plan_slices(vae, z.shape[-2], z.shape[-1], num_slices=num_slices)
+        bands, layout = sliced_decode_bands(vae, z, postprocess=False, plan=plan)
+        video = torch.cat([torch.from_numpy(b) for b in bands], dim=3 if layout["dim"] == -1 else 2)
+        del bands
+        video = video.permute(0, 4, 1, 2, 3)
+        return DecoderOutput(sample=video) if return_dict else (video,)
+
+    vae.__dict__["decode"] = decode

@@ -1,0 +1,51 @@
+"""One adapter per model family, and the registry from a pipeline (or a pipeline class name) to its adapter.
+
+Adding a family is one module with a :class:`~lightcache.families.base.FamilyAdapter` subclass and one line in
+:data:`ADAPTERS`.
+
+Example:
+    >>> from lightcache.families import adapter_named, family_of_pipeline_class
+    >>> family_of_pipeline_class("WanImageToVideoPipeline")
+    'wan'
+    >>> adapter_named("wan").denoiser_names
+    ('transformer', 'transformer_2')
+"""
+
+from __future__ import annotations
+
+from ..errors import LightcacheError
+from .base import FamilyAdapter
+from .wan import WanAdapter
+
+#: Every family lightcache knows, by preset ``family`` name.
+ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (WanAdapter(),)}
+
+
+def adapter_named(family: str) -> FamilyAdapter:
+    """The adapter of a preset's ``family``; a clear error naming the known families otherwise."""
+    try:
+        return ADAPTERS[family]
+    except KeyError:
+        raise LightcacheError(
+            f"Model family '{family}' is not supported yet; supported: {', '.join(sorted(ADAPTERS))}."
+        ) from None
+
+
+def family_of_pipeline_class(class_name: str) -> str | None:
+    """The family serving diffusers pipeline class ``class_name``, or None."""
+    for adapter in ADAPTERS.values():
+        if class_name in adapter.pipeline_classes:
+            return adapter.name
+    return None
+
+
+def adapter_for(pipe) -> FamilyAdapter:
+    """The adapter serving ``pipe``'s class; a clear error for pipelines no family covers."""
+    family = family_of_pipeline_class(type(pipe).__name__)
+    if family is None:
+        known = ", ".join(c for a in ADAPTERS.values() for c in a.pipeline_classes)
+        raise LightcacheError(f"lightcache does not know {type(pipe).__name__} yet; it runs {known}.")
+    return ADAPTERS[family]
+
+
+__all__ = ["ADAPTERS", "FamilyAdapter", "adapter_for", "adapter_named", "family_of_pipeline_class"]

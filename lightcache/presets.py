@@ -1,7 +1,8 @@
 """Model presets: one JSON file per model in ``presets/``, validated on load, turned into a ready pipeline.
 
-A preset names the model (a local directory or a Hugging Face Hub id), the dtypes, the recommended generation
-settings and the limits a request must respect. Presets are data; this module only reads and checks them.
+A preset names the model (a local directory or a Hugging Face Hub id), its family and diffusers pipeline class,
+whether it takes an image, the dtypes, the model's reference generation settings and the limits a request must
+respect. Presets are data; this module only reads and checks them.
 
 Example:
     >>> from lightcache.presets import list_presets, load_preset
@@ -25,6 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = PROJECT_ROOT / "presets"
 
 _DTYPES = ("float32", "float16", "bfloat16")
+_IMAGE_INPUTS = ("none", "optional", "required")
 _REQUIRED_DEFAULTS = (
     "prompt", "negative_prompt", "height", "width", "frames", "steps", "guidance_scale", "flow_shift",
     "threshold", "warmup", "fps", "max_sequence_length",
@@ -61,7 +63,18 @@ class Preset:
     # True for models whose tokenizer only knows lower-case words (the tiny model): prompts are lower-cased
     # before encoding, so "A Red Circle" means the same as "a red circle" instead of three unknown tokens.
     lowercase_prompts: bool = False
+    #: The diffusers pipeline class that loads the model (one the family's adapter serves).
+    pipeline: str = "WanPipeline"
+    #: Whether a run takes a first-frame image: "none" (text to video), "optional" (TI2V) or "required" (I2V).
+    image_input: str = "none"
+    #: Dtypes of components that differ from ``dtype`` besides the VAE (e.g. the CLIP image encoder in fp32).
+    component_dtypes: dict[str, str] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def takes_image(self) -> bool:
+        """True when a run of this preset may be given an image."""
+        return self.image_input != "none"
 
     @property
     def local_model_dir(self) -> Path | None:
@@ -118,13 +131,27 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     for dtype_key in ("dtype", "vae_dtype"):
         if data[dtype_key] not in _DTYPES:
             raise LightcacheError(f"Preset {path.name}: '{dtype_key}' must be one of {', '.join(_DTYPES)}.")
-    if data["family"] != "wan":
-        raise LightcacheError(f"Preset {path.name}: model family '{data['family']}' is not supported yet (wan).")
+    from .families import adapter_named
+
+    try:
+        adapter = adapter_named(data["family"])
+    except LightcacheError as exc:
+        raise LightcacheError(f"Preset {path.name}: {exc}") from None
+    pipeline = data.get("pipeline", adapter.pipeline_classes[0])
+    if pipeline not in adapter.pipeline_classes:
+        raise LightcacheError(f"Preset {path.name}: 'pipeline' must be one of {', '.join(adapter.pipeline_classes)}.")
+    image_input = data.get("image_input", "none")
+    if image_input not in _IMAGE_INPUTS:
+        raise LightcacheError(f"Preset {path.name}: 'image_input' must be one of {', '.join(_IMAGE_INPUTS)}.")
+    component_dtypes = data.get("component_dtypes", {})
+    if not isinstance(component_dtypes, dict) or any(v not in _DTYPES for v in component_dtypes.values()):
+        raise LightcacheError(f"Preset {path.name}: 'component_dtypes' maps component names to {', '.join(_DTYPES)}.")
     preset = Preset(
         name=data["name"], title=data["title"], description=data["description"], model=data["model"],
         family=data["family"], requires_gpu=data["requires_gpu"], dtype=data["dtype"],
         vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits,
-        lowercase_prompts=lowercase, path=path,
+        lowercase_prompts=lowercase, pipeline=pipeline, image_input=image_input,
+        component_dtypes=dict(component_dtypes), path=path,
     )
     # The defaults must themselves be a valid request, or every run that keeps them would fail.
     from .settings import RunSettings
@@ -157,17 +184,20 @@ def looks_like_hub_id(model: str) -> bool:
 
 
 def load_pipeline(preset: Preset, device: str | None = None, model: str | None = None):
-    """Load the preset's pipeline (``WanPipeline.from_pretrained``) onto ``device`` in the preset's dtypes.
+    """Load the preset's pipeline (its ``pipeline`` class, ``from_pretrained``) onto ``device`` in its dtypes.
 
-    ``model`` overrides the preset's model: a local directory or a Hub id. Raises :class:`LightcacheError` for a
-    missing directory, a Hub id that cannot be fetched (offline: mentions ``HF_HUB_OFFLINE``) or a GPU preset
-    without a GPU.
+    ``model`` overrides the preset's model: a local directory or a Hub id; a local directory must hold a pipeline
+    of the preset's class (``model_index.json``), so a preset never runs another family's weights with its own
+    settings. Raises :class:`LightcacheError` for a missing directory, another family's model, a Hub id that
+    cannot be fetched (offline: mentions ``HF_HUB_OFFLINE``) or a GPU preset without a GPU.
     """
+    import diffusers
     import torch
-    from diffusers import WanPipeline
 
     device = device or default_device()
-    if preset.requires_gpu and not device.startswith("cuda"):
+    # The GPU requirement is the preset's checkpoint's size; a local directory of that family (a small test model)
+    # runs wherever the user asks.
+    if preset.requires_gpu and model is None and not device.startswith("cuda"):
         raise LightcacheError(
             f"Preset '{preset.name}' needs a CUDA GPU and this machine has none; use the 'tiny' preset on a CPU."
         )
@@ -175,10 +205,13 @@ def load_pipeline(preset: Preset, device: str | None = None, model: str | None =
     local = resolve_local_model(source)
     if local is None and not looks_like_hub_id(source):
         raise LightcacheError(f"Model directory '{source}' does not exist.")
-    dtype = getattr(torch, preset.dtype)
-    vae_dtype = getattr(torch, preset.vae_dtype)
+    if local is not None:
+        check_model_matches_preset(local, preset)
+    dtypes = {"default": getattr(torch, preset.dtype), "vae": getattr(torch, preset.vae_dtype)}
+    dtypes.update({name: getattr(torch, value) for name, value in preset.component_dtypes.items()})
+    cls = getattr(diffusers, preset.pipeline)
     try:
-        pipe = _from_pretrained(WanPipeline, str(local or source), dtype, vae_dtype, offline=local is not None)
+        pipe = _from_pretrained(cls, str(local or source), dtypes, offline=local is not None)
     except LightcacheError:
         raise
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; the user needs one sentence
@@ -195,18 +228,42 @@ def load_pipeline(preset: Preset, device: str | None = None, model: str | None =
             f"Could not load '{source}' from the Hugging Face Hub: {hint}. You can also pass a local directory "
             f"with --model. ({type(exc).__name__})"
         ) from None
-    for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
-        module.eval()
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()  # freshly built or loaded modules may be in train mode (UMT5's dropout)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def _from_pretrained(cls, source: str, dtype, vae_dtype, offline: bool):
-    from diffusers import AutoencoderKLWan
+def check_model_matches_preset(model_dir: Path, preset: Preset) -> None:
+    """Refuse a local model directory whose pipeline class is not the preset's (read from ``model_index.json``)."""
+    from .families import family_of_pipeline_class
 
+    index = Path(model_dir) / "model_index.json"
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        raise LightcacheError(
+            f"'{model_dir}' is not a diffusers pipeline directory (no readable model_index.json)."
+        ) from None
+    if class_name == preset.pipeline:
+        return
+    family = family_of_pipeline_class(str(class_name))
+    if family != preset.family:
+        what = f"the {family} family" if family else "a family lightcache does not run"
+        raise LightcacheError(
+            f"'{model_dir}' holds a {class_name} ({what}), but preset '{preset.name}' is a {preset.family} model; "
+            f"choose a preset of that family."
+        )
+    raise LightcacheError(
+        f"'{model_dir}' holds a {class_name}, but preset '{preset.name}' runs a {preset.pipeline}; choose the preset "
+        f"that matches the checkpoint (see `python -m lightcache presets`)."
+    )
+
+
+def _from_pretrained(cls, source: str, dtypes: dict, offline: bool):
     kwargs = {"local_files_only": True} if offline else {}
-    vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=vae_dtype, **kwargs)
-    return cls.from_pretrained(source, vae=vae, dtype=dtype, **kwargs)
+    return cls.from_pretrained(source, dtype=dtypes, **kwargs)
 
 
 def default_device() -> str:

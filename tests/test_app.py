@@ -103,11 +103,55 @@ def test_labelled_maps_setting_names_to_form_labels():
 
 def test_preset_change_updates_bounds_and_warns_about_gpu_presets():
     with pytest.warns(UserWarning, match="needs a CUDA GPU"):
-        info, prompt, negative, steps, frames, height, width, tau, warmup = preset_updates("wan2.1-t2v-1.3b", "cpu")
+        info, prompt, image, negative, steps, frames, height, width, tau, warmup = preset_updates(
+            "wan2.1-t2v-1.3b", "cpu")
     assert "Needs a CUDA GPU" in info["info"]
     assert height["maximum"] == 720 and width["maximum"] == 1280 and frames["value"] == 81
+    assert image["visible"] is False
     info, *_ = preset_updates("tiny", "cpu")
     assert "CUDA" not in info["info"]
+    with pytest.warns(UserWarning):
+        _, _, image, *_ = preset_updates("wan2.1-i2v-14b-480p", "cpu")
+    assert image["visible"] is True
+    with pytest.warns(UserWarning):
+        _, _, image, *_ = preset_updates("wan2.2-ti2v-5b", "cpu")
+    assert image["visible"] is True and "optional" in image["label"]
+
+
+def test_the_image_field_reads_only_gradio_uploads(tmp_path):
+    from PIL import Image
+
+    from lightcache.app.form import parse_image
+
+    uploads = tmp_path / "uploads"
+    (uploads / "abc").mkdir(parents=True)
+    inside = uploads / "abc" / "frame.png"
+    Image.new("RGB", (8, 8), "red").save(inside)
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), "blue").save(outside)
+    assert parse_image(None, str(uploads)) is None
+    assert parse_image({"path": str(inside)}, str(uploads)).size == (8, 8)
+    for raw in ({"path": str(outside)}, {"path": str(uploads / "abc" / ".." / ".." / "secret.png")},
+                {"url": "http://127.0.0.1/x.png"}, "/etc/passwd", {"path": str(uploads)}):
+        with pytest.raises(LightcacheError, match="Image"):
+            parse_image(raw, str(uploads))
+    (uploads / "abc" / "not.png").write_bytes(b"plain text")
+    with pytest.raises(LightcacheError, match="could not be read"):
+        parse_image({"path": str(uploads / "abc" / "not.png")}, str(uploads))
+
+
+def test_image_presets_need_an_image_and_text_presets_refuse_one():
+    from lightcache.images import check_image_for_preset
+    from lightcache.presets import load_preset
+    from PIL import Image
+
+    frame = Image.new("RGB", (8, 8))
+    with pytest.raises(LightcacheError, match="first frame"):
+        check_image_for_preset(load_preset("wan2.2-i2v-a14b"), None)
+    with pytest.raises(LightcacheError, match="text-to-video only"):
+        check_image_for_preset(load_preset("tiny"), frame)
+    check_image_for_preset(load_preset("wan2.2-ti2v-5b"), None)
+    check_image_for_preset(load_preset("wan2.2-ti2v-5b"), frame)
 
 
 # --- outputs, sessions, GPU estimate, counts ---------------------------------------------------------------

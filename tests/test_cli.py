@@ -74,7 +74,7 @@ BAD_INPUTS = [
     (["--threshold", "-0.5"], "threshold must be between"),
     (["--threshold", "nan"], "threshold must be a number"),
     (["--warmup", "6"], "warmup must be between 0 and 5"),
-    (["--preset", "nope"], "Unknown preset 'nope'. Valid presets: tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b"),
+    (["--preset", "nope"], "Unknown preset 'nope'. Valid presets: tiny, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-i2v-a14b"),
     (["--model", "/definitely/not/here"], "Model directory '/definitely/not/here' does not exist"),
     (["--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "HF_HUB_OFFLINE"),
     (["--prompt", "   "], "prompt must not be empty"),

@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import LightcacheError
+from ..images import check_image_for_preset, open_image
 from ..presets import Preset, list_presets, load_preset
 from ..settings import RunSettings
 
@@ -57,6 +59,7 @@ FIELDS: Mapping[str, str] = MappingProxyType({
     "feature_chunking": "Feature chunking",
     "sliced_decode": "Sliced decoding",
     "compare": "Compare with the plain run",
+    "image": "Image (first frame)",
 })
 
 # RunSettings names some fields differently from the form; its messages start with its own name.
@@ -72,6 +75,7 @@ class Job:
     preset: Preset
     settings: RunSettings
     compare: bool = False
+    image: Any = field(default=None, compare=False, repr=False)  # PIL image of image-to-video runs
 
     @property
     def plain_settings(self) -> RunSettings:
@@ -105,6 +109,7 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
         "feature_chunking": False,
         "sliced_decode": False,
         "compare": False,
+        "image": None,
     }
     for key, value in (overrides or {}).items():
         if key not in values:
@@ -177,7 +182,37 @@ def parse_request(raw: Mapping[str, Any], device: str) -> Job:
         )
     except LightcacheError as exc:
         raise LightcacheError(labelled(str(exc))) from None
-    return Job(preset=preset, settings=settings, compare=flags["compare"])
+    image = parse_image(raw["image"])
+    try:
+        check_image_for_preset(preset, image)
+    except LightcacheError as exc:
+        raise LightcacheError(f"{FIELDS['image']}: {exc}") from None
+    return Job(preset=preset, settings=settings, compare=flags["compare"], image=image)
+
+
+def parse_image(raw: Any, upload_dir: str | None = None):
+    """The uploaded first-frame image as a PIL image, or None.
+
+    The API is a public endpoint: an image arrives as Gradio's file reference (``{"path": ...}``) of a file its
+    upload route stored. Only files inside Gradio's upload folder are read; any other path, a URL to fetch or a
+    plain string is refused, so no client can make the server read a file of its choosing.
+    """
+    if raw is None or raw == "":
+        return None
+    path = raw.get("path") if isinstance(raw, Mapping) else None
+    if not isinstance(path, str) or not path:
+        raise LightcacheError(f"{FIELDS['image']}: upload an image file (PNG, JPEG, WebP).")
+    if upload_dir is None:
+        from gradio.utils import get_upload_folder
+
+        upload_dir = get_upload_folder()
+    root = Path(upload_dir).resolve()
+    resolved = Path(path).resolve()
+    if root not in resolved.parents or not resolved.is_file():
+        raise LightcacheError(
+            f"{FIELDS['image']}: only images uploaded through the page or the API's upload route are accepted."
+        )
+    return open_image(resolved, label=FIELDS["image"])
 
 
 def labelled(message: str) -> str:

@@ -91,7 +91,7 @@ def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = No
         path = Path(out_dir) / f"{label}.mp4"
         # Frames go to the file as the decoder produces them; a run that raises deletes its partial file.
         with Mp4Writer(path, fps=settings.fps) as writer:
-            for event in run_generation(pipe, settings, job.preset.name, cancel):
+            for event in run_generation(pipe, settings, job.preset.name, cancel, image=job.image):
                 if isinstance(event, FramesDecoded):
                     writer.write(event.frames)
                 elif isinstance(event, RunFinished):

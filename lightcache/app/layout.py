@@ -84,6 +84,10 @@ def build_demo(
                     preset_choices(), value=start["preset"], label=FIELDS["preset"], info=preset.description,
                 )
                 prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4)
+                # Shown for image-to-video presets only; its value reaches the handler as Gradio's reference to an
+                # uploaded file, which form.parse_image reads only from Gradio's upload folder.
+                image = gr.Image(None, label=FIELDS["image"], type="filepath", sources=["upload", "clipboard"],
+                                 visible=preset.takes_image, height=160, elem_id="image")
                 negative = gr.Textbox(start["negative_prompt"], label=FIELDS["negative_prompt"], lines=1,
                                       max_lines=4, placeholder="what the video should not show (optional)")
                 with gr.Row():
@@ -134,17 +138,20 @@ def build_demo(
                                                  elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
-                  async_swap, chunking, sliced, compare, session]
+                  async_swap, chunking, sliced, compare, image, session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
 
+        # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                     warmup, async_swap, feature_chunking, sliced_decode, compare, session: Session):
+                     warmup, async_swap, feature_chunking, sliced_decode, compare, image=None,
+                     session: Session | None = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
-                                    easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare)))
+                                    easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
+                                    image)))
             yield from run_job(pipelines, outputs, raw, session)
 
         def gpu_seconds(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                        warmup, async_swap, feature_chunking, sliced_decode, compare, session):
+                        warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, session=None):
             return estimate_gpu_seconds(preset, steps, frames, height, width, compare)
 
         run_event = run_btn.click(
@@ -172,7 +179,7 @@ def build_demo(
         preset_dd.change(
             lambda name: preset_updates(name, pipelines.device),
             inputs=[preset_dd],
-            outputs=[preset_dd, prompt, negative, steps, frames, height, width, tau, warmup],
+            outputs=[preset_dd, prompt, image, negative, steps, frames, height, width, tau, warmup],
             api_visibility="private",
             concurrency_limit=None,
         )
@@ -313,6 +320,8 @@ def preset_updates(name: str, device: str) -> tuple:
     return (
         gr.update(info=info),
         values["prompt"],
+        gr.update(visible=preset.takes_image, value=None,
+                  label=FIELDS["image"] + (" (optional)" if preset.image_input == "optional" else "")),
         values["negative_prompt"],
         *(gr.update(value=values[k], **bounds[k]) for k in ("steps", "frames", "height", "width", "tau", "warmup")),
     )

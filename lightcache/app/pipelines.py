@@ -111,4 +111,10 @@ def _warm_up(pipe, preset: Preset) -> None:
         guidance_scale=float(preset.defaults["guidance_scale"]),
         max_sequence_length=int(preset.defaults["max_sequence_length"]),
     )
-    run_to_completion(run_generation(pipe, settings, preset.name))
+    # Image-to-video models need a first frame even to warm up; a grey one of the warm-up size will do.
+    image = None
+    if preset.image_input == "required":
+        from PIL import Image
+
+        image = Image.new("RGB", (lim.size_multiple, lim.size_multiple), (128, 128, 128))
+    run_to_completion(run_generation(pipe, settings, preset.name, image=image))

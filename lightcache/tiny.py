@@ -3,7 +3,9 @@
 They have the real Wan architecture (``WanTransformer3DModel``, ``AutoencoderKLWan``, ``UMT5EncoderModel``) at a
 size that runs a whole generation in well under a second on a CPU, which is what the tests and the smoke runs
 need. Random weights draw noise, not shapes: the model the app ships by default is the trained one in
-``assets/tiny-wan``.
+``assets/tiny-wan``. :func:`build_tiny_pipeline` is Wan2.1-shaped; :func:`build_tiny_wan22_pipeline` (with
+:func:`build_tiny_wan22_vae` and :func:`build_tiny_wan22_transformer`) has the Wan2.2-TI2V-5B layout: the residual,
+patchified 48-channel VAE and per-token timesteps.
 
 Example:
     >>> import torch
@@ -45,23 +47,12 @@ def build_tiny_pipeline(
 
     The same ``seed`` always gives the same weights.
     """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(tokenizer),
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-            )
-        )
+        text_encoder = _tiny_text_encoder(tokenizer)
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=heads,
@@ -85,12 +76,56 @@ def build_tiny_pipeline(
             scale_factor_spatial=4,
             scale_factor_temporal=2,
         )
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-    )
+    scheduler = _tiny_scheduler()
     pipe = WanPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
         scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tiny_text_encoder(tokenizer):
+    """A 2-layer UMT5 encoder with 32-wide outputs (the tiny transformers' ``text_dim``); seed the RNG first."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8)
+    return UMT5EncoderModel(config)
+
+
+def _tiny_scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+    )
+
+
+def build_tiny_wan22_pipeline(seed: int = 0):
+    """A ``WanPipeline`` in the Wan2.2-TI2V-5B configuration, random weights, eval mode.
+
+    :func:`build_tiny_wan22_transformer` and :func:`build_tiny_wan22_vae` (16x spatial / 4x temporal compression,
+    48 latent channels) with ``expand_timesteps=True``: the transformer gets one timestep per token, shape
+    (batch, tokens). Sizes are multiples of 32 (the VAE's 16 times the transformer's 2x2 patches).
+
+    Example:
+        >>> import torch
+        >>> from lightcache.tiny import build_tiny_wan22_pipeline
+        >>> pipe = build_tiny_wan22_pipeline(seed=0)
+        >>> pipe("a red circle", num_inference_steps=2, height=64, width=64, num_frames=5,
+        ...      generator=torch.Generator().manual_seed(0), output_type="np").frames.shape
+        (1, 5, 64, 64, 3)
+    """
+    from diffusers import WanPipeline
+
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = _tiny_text_encoder(tokenizer)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=build_tiny_wan22_vae(seed),
+        transformer=build_tiny_wan22_transformer(seed), scheduler=_tiny_scheduler(), expand_timesteps=True,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

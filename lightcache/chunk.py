@@ -16,8 +16,9 @@ With chunking, each block
 
 The new hidden state is written over the old one when the transformer-level part of this module owns that buffer,
 so a block holds the hidden state, keys and values (3 x ``tokens x dim``) plus one slice's temporaries. The output
-head (norm, modulation, projection) is chunked the same way. Nothing is approximated: the output matches the
-unchunked model to float rounding (the tests hold fp32 to 1e-5).
+head (norm, modulation, projection) is chunked the same way. With one timestep per token (Wan2.2 TI2V: ``timestep`` of
+shape (batch, tokens)) the modulations differ per token, and each slice takes its own rows of them. Nothing is
+approximated: the output matches the unchunked model to float rounding (the tests hold fp32 to 1e-5).
 
 Order matters: this module replaces the innermost forward of the transformer and of each block, so apply it
 *before* any other hook (EasyCache, group offloading) and remove it after them; both functions say so if not.

@@ -18,6 +18,15 @@ This module decodes exactly, without recomputing anything:
    lag, and the last band runs to the frame's edge. Zero padding is applied only at the frame's true borders, so
    every output pixel is computed from exactly the values it depends on in the plain decode.
 
+The Wan2.2 VAE (TI2V-5B) decodes the same way. Its residual up blocks add a ``DupUp3D`` shortcut (the block's input,
+upsampled by moving channels into space and time) to the block's output; that is pointwise along the band axis
+(output column ``c`` comes from input column ``c // 2``), but the block's resnets trim a band's output well inside
+its carried input, so each band also keeps the block-input columns the next band's shortcut reads (a second carry,
+``2 * resnets + 1`` columns). The shortcut's first-chunk handling (one frame from the first latent frame) follows
+the latent frame, as in diffusers. The decoder's output (12 channels) is unpatchified band by band: every decoder
+column becomes two pixel columns, so the bands' bookkeeping stays in decoder columns and only ``spans`` (the plan's
+pixel ranges) are in the video's. The output is clamped exactly when ``vae.decode`` clamps.
+
 Outputs are identical to ``vae.decode`` up to float rounding (the tests hold fp32 to 1e-4), with no seams.
 Decoded bands are moved to host memory as they come out; frames are yielded once the last band is done (the order
 that keeps only one band's caches alive completes frames last), grouped per latent frame like the plain decode.
@@ -60,6 +69,10 @@ class _Unit:
     scale: int
     shrink: int
     carry: int
+    #: Wan2.2 residual up blocks: the block's ``DupUp3D`` shortcut, added to the output of its last unit (this one),
+    #: and how many units back the block starts (the shortcut reads that unit's input, the block's input).
+    shortcut: torch.nn.Module | None = None
+    shortcut_back: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,28 +88,47 @@ class _Window:
 
 
 def check_sliced_decode_supported(vae) -> None:
-    """Raise :class:`LightcacheError` unless ``vae`` is a Wan2.1-style VAE this module can decode exactly.
+    """Raise :class:`LightcacheError` unless ``vae`` is a Wan VAE this module can decode exactly.
+
+    Supported: the Wan2.1 VAE (Wan2.1 T2V / I2V, Wan2.2 A14B) and the Wan2.2 VAE (TI2V-5B: residual up blocks with
+    ``DupUp3D`` shortcuts, patchified output), without offloading hooks.
 
     Example:
-        >>> from lightcache.tiny import build_tiny_pipeline
+        >>> from lightcache.tiny import build_tiny_pipeline, build_tiny_wan22_vae
         >>> check_sliced_decode_supported(build_tiny_pipeline(seed=0).vae)
+        >>> check_sliced_decode_supported(build_tiny_wan22_vae(seed=0))
         >>> check_sliced_decode_supported(object())
         Traceback (most recent call last):
         ...
         lightcache.errors.LightcacheError: Sliced decoding supports the Wan VAE (AutoencoderKLWan), not object.
     """
     from diffusers import AutoencoderKLWan
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanUpBlock
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualUpBlock, WanUpBlock
 
     if not isinstance(vae, AutoencoderKLWan):
         raise LightcacheError(f"Sliced decoding supports the Wan VAE (AutoencoderKLWan), not {type(vae).__name__}.")
-    if vae.config.is_residual or vae.config.patch_size is not None:
+    blocks = list(vae.decoder.up_blocks)
+    kind = WanResidualUpBlock if vae.config.is_residual else WanUpBlock
+    if not blocks or not all(type(b) is kind for b in blocks):
+        names = ", ".join(sorted({type(b).__name__ for b in blocks})) or "none"
         raise LightcacheError(
-            "Sliced decoding supports the Wan2.1 VAE; this one is a Wan2.2-style VAE (residual up blocks / patchified "
-            "output). Turn sliced decoding off for this model."
+            f"Sliced decoding does not know this VAE decoder's up blocks ({names}); turn sliced decoding off."
         )
-    if not all(isinstance(b, WanUpBlock) for b in vae.decoder.up_blocks):
-        raise LightcacheError("Sliced decoding does not know this VAE decoder's up blocks; turn sliced decoding off.")
+    for i, block in enumerate(blocks):
+        upsampler = _upsampler(block)
+        shortcut = getattr(block, "avg_shortcut", None)
+        if upsampler is not None and upsampler.mode not in ("upsample2d", "upsample3d"):
+            raise LightcacheError(f"Sliced decoding does not know up block {i}'s resampling mode {upsampler.mode!r}.")
+        if kind is WanResidualUpBlock and (
+            (shortcut is None) != (upsampler is None) or (shortcut is not None and shortcut.factor_s != 2)
+        ):
+            raise LightcacheError(
+                f"Sliced decoding needs each residual up block's shortcut to upsample 2x exactly where its resampler "
+                f"does; up block {i} differs. Turn sliced decoding off for this model."
+            )
+    patch = vae.config.patch_size
+    if patch is not None and (isinstance(patch, bool) or not isinstance(patch, int) or patch < 1):
+        raise LightcacheError(f"Sliced decoding needs a whole-number VAE patch size, got {patch!r}.")
     for name, module in vae.named_modules():
         registry = getattr(module, "_diffusers_hook", None)
         if getattr(module, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
@@ -151,7 +183,17 @@ def sliced_decode(vae, latents: torch.Tensor, num_slices: int | None = None, axi
 def plan_slices(vae, latent_height: int, latent_width: int, num_slices: int | None = None, axis: str | None = None):
     """The band layout for a latent frame of this size: cut columns, output windows and the chain's lag.
 
+    Keys: ``axis``, ``dim`` (-1 or -2), ``cuts`` (where bands start, in the sliced chain's input columns), ``lag``,
+    ``windows`` (per band, per unit: input and output columns, in the decoder's own resolution), ``patch`` (the
+    VAE's patch size: 1 for Wan2.1, 2 for Wan2.2, whose decoder output is unpatchified to ``patch`` x its
+    resolution) and ``spans``: per band, the (start, stop) decoded pixels along the axis, as in the video.
     Raises :class:`LightcacheError` when ``num_slices`` is not a whole number >= 1 or leaves a band too narrow.
+
+    Example:
+        >>> from lightcache.tiny import build_tiny_wan22_vae
+        >>> plan = plan_slices(build_tiny_wan22_vae(seed=0), 4, 10, num_slices=2)
+        >>> plan["axis"], plan["patch"], plan["spans"]
+        ('width', 2, [(0, 60), (60, 160)])
     """
     check_sliced_decode_supported(vae)
     if axis is None:
@@ -163,8 +205,9 @@ def plan_slices(vae, latent_height: int, latent_width: int, num_slices: int | No
     whole, units = _split_units(vae)
     # Bands are cut where the sliced chain starts, after the whole-frame units have upsampled the latent.
     length = (latent_width if axis == "width" else latent_height) * _total_scale(whole)
+    patch = _patch(vae)
     if num_slices is None:
-        num_slices = max(1, min(16, length * _total_scale(units) // 64))
+        num_slices = max(1, min(16, length * _total_scale(units) * patch // 64))
         while num_slices > 1 and _simulate(units, _cuts(units, length, num_slices), length) is None:
             num_slices -= 1
     cuts = _cuts(units, length, num_slices)
@@ -176,7 +219,9 @@ def plan_slices(vae, latent_height: int, latent_width: int, num_slices: int | No
             f"{axis} of {length // _total_scale(whole)}; use between 1 and {most} slices."
         )
     lag = _lag(units, length)
-    return {"axis": axis, "dim": -1 if axis == "width" else -2, "cuts": cuts, "lag": lag, "windows": windows}
+    spans = [(rows[-1][1].start * patch, rows[-1][1].stop * patch) for rows in windows]
+    return {"axis": axis, "dim": -1 if axis == "width" else -2, "cuts": cuts, "lag": lag, "windows": windows,
+            "patch": patch, "spans": spans}
 
 
 def sliced_decode_bands(vae, latents, num_slices=None, axis=None, postprocess=True, plan=None):
@@ -200,6 +245,9 @@ def decode_into(vae, latents, plan, store, postprocess=True):
     decoder = vae.decoder
     num_latent = latents.shape[2]
     num_bands = len(cuts) - 1
+    patch, clip = _patch(vae), _clips_output(vae)
+    # Residual (Wan2.2) up blocks: the unit that opens each block -> the unit whose output gets the block's shortcut.
+    opens = {k - u.shortcut_back: k for k, u in enumerate(units) if u.shortcut is not None}
 
     with torch.no_grad():
         z = latents.to(device=_module_device(vae), dtype=vae.dtype)
@@ -212,8 +260,7 @@ def decode_into(vae, latents, plan, store, postprocess=True):
             idx = [0]
             h = _cached_conv(decoder.conv_in, x[:, :, i : i + 1], first_cache, idx)
             h = decoder.mid_block(h, feat_cache=first_cache, feat_idx=idx)
-            for unit in whole:
-                h = _run_unit(unit, decoder, h, first_cache, idx)
+            h = _run_whole(whole, decoder, h, first_cache, idx, first_chunk=i == 0)
             for s in range(num_bands):
                 store.put(("mid", s, i), h.narrow(dim, cuts[s], cuts[s + 1] - cuts[s]))
             del h
@@ -231,22 +278,36 @@ def decode_into(vae, latents, plan, store, postprocess=True):
             written = 0
             for i in range(num_latent):
                 # Ask for everything this frame needs at once: later units' carries arrive while earlier units run.
-                store.prefetch([("mid", s, i)] + [("carry", k, i) for k in range(len(units)) if s > 0])
+                keys = [("mid", s, i)]
+                if s > 0:
+                    keys += [("carry", k, i) for k in range(len(units))] + [("skip", k, i) for k in opens]
+                store.prefetch(keys)
                 idx = [0]
                 x = store.get(("mid", s, i))
+                sources: dict = {}  # closing unit -> (this band's block input for the shortcut, its first column)
                 for k, unit in enumerate(units):
+                    new = x
                     if s > 0:
                         x = torch.cat([store.get(("carry", k, i)), x], dim=dim)
                     window, out_window = windows[s][k]
                     if x.shape[dim] != window.width:
                         raise AssertionError(f"band {s} unit {k}: {x.shape[dim]} columns, planned {window.width}")
+                    if k in opens:
+                        sources[opens[k]] = _shortcut_source(store, windows, s, k, opens[k], i, x, new, dim, last)
+                    del new
                     if not last:
                         store.put(("carry", k, i), x.narrow(dim, x.shape[dim] - unit.carry, unit.carry))
                     y = _run_unit(unit, decoder, x, cache, idx)
                     del x
                     x = y.narrow(dim, out_window.start - window.start * unit.scale, out_window.width)
                     del y
-                video = torch.clamp(x, min=-1.0, max=1.0)
+                    if unit.shortcut is not None:
+                        source, first = sources.pop(k)
+                        x = x + _band_shortcut(unit, source, first, out_window, dim, first_chunk=i == 0)
+                        del source
+                if patch > 1:
+                    x = _unpatchify(x, patch)
+                video = torch.clamp(x, min=-1.0, max=1.0) if clip else x
                 del x
                 if postprocess:
                     video = (video * 0.5 + 0.5).clamp(0, 1)
@@ -266,6 +327,35 @@ def decode_into(vae, latents, plan, store, postprocess=True):
     return bands, frames_per_latent
 
 
+def _shortcut_source(store, windows, s, k, close, i, x, new, dim, last):
+    """The block input columns a residual up block's shortcut reads in band ``s``, and the first one's index.
+
+    The shortcut is pointwise (output column c comes from input column c // 2), but the block's resnets and
+    resampler trim the band's output well inside the carried input, so the shortcut reaches further back than the
+    resnets' carry: band ``s`` keeps, from the first input column the next band's output needs, to its last (a
+    ``("skip", k, i)`` carry), and the next band puts it before its new columns.
+    """
+    if s == 0:
+        source, first = x, 0
+    else:
+        source = torch.cat([store.get(("skip", k, i)), new], dim=dim)
+        first = windows[s - 1][close][1].stop // 2
+    if not last:
+        keep = windows[s][close][1].stop // 2
+        stop = windows[s][k][0].stop
+        store.put(("skip", k, i), source.narrow(dim, keep - first, stop - keep))
+    return source, first
+
+
+def _band_shortcut(unit: _Unit, source, first: int, out_window: "_Window", dim: int, first_chunk: bool):
+    """``DupUp3D`` on the source columns under ``out_window``, trimmed to exactly those output columns."""
+    lo, hi = out_window.start // unit.scale, -(-out_window.stop // unit.scale)
+    if lo < first or first + source.shape[dim] < hi:
+        raise AssertionError(f"shortcut needs input columns {lo}..{hi}, has {first}..{first + source.shape[dim]}")
+    up = unit.shortcut(source.narrow(dim, lo - first, hi - lo), first_chunk=first_chunk)
+    return up.narrow(dim, out_window.start - lo * unit.scale, out_window.width)
+
+
 # --- the chain -----------------------------------------------------------------------------------------------
 def _split_units(vae) -> tuple[list[_Unit], list[_Unit]]:
     """(units run on whole frames, units run band by band): the split is after the first upsampler."""
@@ -280,13 +370,39 @@ def _units(vae) -> list[_Unit]:
     decoder = vae.decoder
     units = []
     for block in decoder.up_blocks:
+        opened = len(units)
         for resnet in block.resnets:
             units.append(_Unit("resnet", resnet, scale=1, shrink=2, carry=4))
-        if block.upsamplers is not None:
+        upsampler = _upsampler(block)
+        if upsampler is not None:
             # Nearest 2x then a 3x3 conv: an output column 2c+1 needs input columns c..c+1 (one carried column).
-            units.append(_Unit("resample", block.upsamplers[0], scale=2, shrink=1, carry=1))
+            # Residual (Wan2.2) blocks add their shortcut, read from the block's input, to the resampler's output.
+            shortcut = getattr(block, "avg_shortcut", None)
+            back = len(units) - opened if shortcut is not None else 0
+            units.append(_Unit("resample", upsampler, scale=2, shrink=1, carry=1, shortcut=shortcut, shortcut_back=back))
     units.append(_Unit("head", decoder.conv_out, scale=1, shrink=1, carry=2))
     return units
+
+
+def _upsampler(block):
+    """A Wan2.1 (``upsamplers``) or Wan2.2 (``upsampler``) up block's resampler, or None."""
+    if getattr(block, "upsamplers", None) is not None:
+        return block.upsamplers[0]
+    return getattr(block, "upsampler", None)
+
+
+def _run_whole(units: list[_Unit], decoder, h: torch.Tensor, cache: list, idx: list, first_chunk: bool):
+    """Whole-frame units in order, with residual up blocks' shortcuts (as ``WanResidualUpBlock.forward``)."""
+    opens = {k - u.shortcut_back for k, u in enumerate(units) if u.shortcut is not None}
+    inputs = {}
+    for k, unit in enumerate(units):
+        if k in opens:
+            inputs[k] = h
+        out = _run_unit(unit, decoder, h, cache, idx)
+        if unit.shortcut is not None:
+            out = out + unit.shortcut(inputs.pop(k - unit.shortcut_back), first_chunk=first_chunk)
+        h = out
+    return h
 
 
 def _run_unit(unit: _Unit, decoder, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
@@ -348,13 +464,21 @@ def _simulate(units: list[_Unit], cuts: list[int], length: int):
         for k, u in enumerate(units):
             start = 0 if previous is None else previous[k].stop - u.carry
             window = _Window(start, new.stop)
-            if previous is not None and start < previous[k].start:
+            # The new columns must continue exactly where the previous band's input to this unit stopped.
+            if previous is not None and (start < previous[k].start or new.start != previous[k].stop):
                 return None
             if not last and window.width < u.carry:
                 return None
             out = _step(u, window, length_in)
             if out.width <= 0:
                 return None
+            if u.shortcut is not None:
+                # The shortcut reads block-input columns out.start // scale .. ceil(out.stop / scale), from this
+                # band's block input and what the previous band kept of its own.
+                opened = rows[k - u.shortcut_back][0]
+                first = 0 if previous is None else bands[-1][k][1].stop // u.scale
+                if first > out.start // u.scale or -(-out.stop // u.scale) > opened.stop:
+                    return None
             rows.append((window, out))
             new = out
             length_in *= u.scale
@@ -391,6 +515,36 @@ def _count_causal_convs(modules) -> int:
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     return sum(isinstance(m, WanCausalConv3d) for module in modules for m in module.modules())
+
+
+def _patch(vae) -> int:
+    return vae.config.patch_size or 1
+
+
+def _clips_output(vae) -> bool:
+    """Whether ``vae.decode`` clamps its output to [-1, 1].
+
+    diffusers 0.42 clamps unconditionally (a ``clip_output`` entry in a Hub config is ignored there); a diffusers
+    whose ``AutoencoderKLWan`` takes ``clip_output`` clamps only when it is true.
+    """
+    import inspect
+
+    from diffusers import AutoencoderKLWan
+
+    if "clip_output" in inspect.signature(AutoencoderKLWan.__init__).parameters:
+        return bool(vae.config.clip_output)
+    return True
+
+
+def _unpatchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """The decoder's (B, 3 * p * p, T, h, w) output as (B, 3, T, h * p, w * p), as ``AutoencoderKLWan._decode`` does.
+
+    Every decoder column becomes ``p`` adjacent pixel columns, so unpatchifying a band gives exactly that band of
+    the unpatchified frame.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    return unpatchify(x, patch_size=patch)
 
 
 def _frames_per_step(vae) -> int:

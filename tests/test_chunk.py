@@ -176,3 +176,54 @@ def test_chunking_lowers_the_estimated_peak(tiny_pipe):
         remove_feature_chunking(transformer)
         peaks[chunks] = meter.peak
     assert peaks[8] < 0.6 * peaks[None]
+
+
+# --- per-token timesteps (Wan2.2 TI2V: WanPipeline with expand_timesteps=True) -------------------------------------
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("chunks", [1, 3, 7, 48])
+def test_chunking_with_per_token_timesteps_matches_the_plain_forward(batch, chunks):
+    """timestep (batch, tokens): every block's six modulations and the head's shift and scale differ per token, so
+    each token slice must take its own rows of them (a broadcast would be visibly wrong: see the last assert)."""
+    from lightcache.tiny import build_tiny_wan22_transformer
+
+    transformer = build_tiny_wan22_transformer(seed=0)
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 48, 3, 8, 8, generator=g)  # 3 x 4 x 4 patches = 48 tokens
+    t = torch.randint(1, 1000, (batch, 48), generator=g).float()
+    t[:, :16] = 0.0  # the first latent frame's tokens, as the TI2V pipeline sets them for a conditioning image
+    inputs = (x, t, torch.randn(batch, 5, 32, generator=g))
+    assert num_tokens(transformer, x.shape) == 48
+    plain = _forward(transformer, inputs)
+    apply_feature_chunking(transformer, chunks)
+    try:
+        chunked = _forward(transformer, inputs)
+    finally:
+        remove_feature_chunking(transformer)
+    assert chunked.shape == plain.shape == x.shape
+    assert (chunked - plain).abs().max().item() <= TOL
+    one_timestep = _forward(transformer, (x, t[:, 20], inputs[2]))
+    assert (one_timestep - plain).abs().max().item() > 100 * TOL
+
+
+def test_ti2v_pipeline_with_chunking_matches_plain():
+    """The real call path: WanPipeline with expand_timesteps passes an expanded (non-contiguous) (batch, tokens)
+    timestep, for both guidance branches."""
+    from lightcache.tiny import build_tiny_wan22_pipeline
+
+    pipe = build_tiny_wan22_pipeline(seed=0)
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["timestep"].shape),
+                                               with_kwargs=True)
+
+    def run():
+        return pipe("a red circle moving right", num_inference_steps=3, height=64, width=96, num_frames=5,
+                    guidance_scale=4.0, generator=torch.Generator().manual_seed(2), output_type="latent").frames
+
+    plain = run()
+    assert calls and all(shape == (1, 2 * 2 * 3) for shape in calls)  # 2 latent frames x 2 x 3 patches
+    apply_feature_chunking(pipe.transformer, 5)
+    try:
+        chunked = run()
+    finally:
+        remove_feature_chunking(pipe.transformer)
+    assert (chunked - plain).abs().max().item() <= TOL

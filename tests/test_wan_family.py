@@ -300,7 +300,9 @@ def test_feature_chunking_matches_the_plain_run(pipes, case):
 @pytest.mark.parametrize("case", VARIANTS)
 def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
     pipe = pipes[case]
-    settings = _settings(case, easycache=False, sliced_decode=True, decode_slices=2)
+    # Two bands need room: the Wan2.2 VAE's 16x compression leaves a 64-pixel frame 4 latent columns wide, too few.
+    wider = {"width": 160} if case == "wan2.2-ti2v" else {}
+    settings = _settings(case, easycache=False, sliced_decode=True, decode_slices=2, **wider)
     try:
         _events, finished = _run(pipe, settings, image=_image(case))
     except LightcacheError as exc:
@@ -369,7 +371,7 @@ def test_event_stream_of_each_variant(pipes, case):
 @pytest.mark.parametrize("case", IMAGE_TO_VIDEO)
 def test_image_to_video_without_an_image_is_refused(pipes, case):
     pipe = pipes[case]
-    with pytest.raises(LightcacheError, match="image"):
+    with pytest.raises(LightcacheError, match=r"image-to-video.*image"):
         _run(pipe, _settings(case))
     _assert_pipeline_clean(pipe)
 
@@ -379,7 +381,7 @@ def test_text_to_video_with_an_image_is_refused(pipes, case):
     from PIL import Image
 
     pipe = pipes[case]
-    with pytest.raises(LightcacheError, match="image"):
+    with pytest.raises(LightcacheError, match=r"text-to-video.*image"):
         _run(pipe, _settings(case), image=Image.new("RGB", (32, 32), "red"))
     _assert_pipeline_clean(pipe)
 
@@ -415,11 +417,17 @@ def test_ti2v_with_an_image_honours_the_flow_shift():
 
 
 # --- 7. a stop inside the decode -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case, sliced", [*((c, False) for c in VARIANTS), ("wan2.1-t2v", True)],
-                         ids=[*VARIANTS, "wan2.1-t2v-sliced"])
+@pytest.mark.parametrize("case, sliced", [*((c, False) for c in VARIANTS), ("wan2.1-t2v", True), ("wan2.2-ti2v", True)],
+                         ids=[*VARIANTS, "wan2.1-t2v-sliced", "wan2.2-ti2v-sliced"])
 def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
+    from lightcache.families import adapter_for
+
     pipe = build_tiny_variant(case)  # a run that is stopped must leave nothing behind: use a pipeline of its own
-    settings = _settings(case, steps=4, threshold=0.2, sliced_decode=sliced)
+    if sliced and adapter_for(pipe).sliced_decode_unsupported(pipe):
+        pytest.skip("sliced decoding is refused for this VAE (covered by the sliced-decoding test)")
+    wider = {"width": 160} if sliced and case == "wan2.2-ti2v" else {}
+    settings = _settings(case, steps=4, threshold=0.2, sliced_decode=sliced, **({"decode_slices": 2} if sliced else {}),
+                         **wider)
     image = _image(case)
     cancel = threading.Event()
     seen = []
@@ -439,7 +447,7 @@ def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
     assert len(_records(seen)) == 2 * settings.steps
     _assert_pipeline_clean(pipe)
 
-    plain = _settings(case, steps=4)
+    plain = _settings(case, steps=4, **wider)
     after = plain_video(pipe, plain, image)
     assert np.array_equal(after, plain_video(build_tiny_variant(case), plain, image))
 

@@ -57,6 +57,8 @@ def run_generation(
     ``image``: the first frame (a PIL image) for image-to-video pipelines; refused by text-to-video ones.
     """
     adapter = adapter_for(pipe)
+    # Before any view of the pipeline is made (TI2V with an image): a view shares the scheduler it finds.
+    adapter.prepare(pipe, settings)
     call_pipe = _pipeline_for(adapter, pipe, image)
     _check_prompt_length(pipe, settings)
     latent_shape = adapter.latent_shape(pipe, settings)
@@ -94,7 +96,6 @@ def run_generation(
     acc = swap = None
     frames = None
     try:
-        adapter.prepare(pipe, settings)
         acc = apply_lightcache(pipe, _acceleration_config(settings), on_event=on_event, cancel=stop, clock=clock,
                                adapter=adapter)
         swap = acc.swap

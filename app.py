@@ -4,7 +4,11 @@ The page and all its logic live in :mod:`lightcache.app`; this file only builds 
 Hugging Face Spaces and ``gradio app.py`` look for) and launches it. ``python app.py --help`` lists the flags.
 """
 
-from lightcache.app import build_demo, main
+from lightcache.app.launch import check_server_port
+
+check_server_port()  # before Gradio is imported: it reads GRADIO_SERVER_PORT then, and a bad one is a traceback
+
+from lightcache.app import build_demo, main  # noqa: E402
 
 demo = build_demo()
 

@@ -10,12 +10,31 @@ Example:
     10
 """
 
-from .easycache import EasyCacheConfig, apply_easycache, remove_easycache
+from importlib import import_module
+from typing import Any
+
 from .errors import LightcacheError, RunCancelled
-from .runner import run_generation, run_to_completion
 from .settings import RunSettings
 
 __version__ = "0.1.0"
+
+# torch and diffusers load on first use of these names, not on ``import lightcache``: ``python -m lightcache``
+# then reaches the CLI (which answers Ctrl-C with one line) within a fraction of a second.
+_LAZY = {
+    "EasyCacheConfig": ".easycache",
+    "apply_easycache": ".easycache",
+    "remove_easycache": ".easycache",
+    "run_generation": ".runner",
+    "run_to_completion": ".runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "EasyCacheConfig",

@@ -4,7 +4,9 @@
 ``summary.json`` (preset, settings, stage times and peak memory, which memory strategies acted, computed/reused
 counts and, with ``--compare-baseline``, the plain run's time, the speed-up, PSNR and SSIM), ``timeline.json`` (the
 run's events as plain data: stages, calls, memory samples) and ``timeline.html`` (the memory timeline figure). A
-bad request prints one line starting with ``error:`` and exits with status 2, leaving nothing in ``--out``.
+bad request prints one line starting with ``error:`` and exits with status 2, leaving nothing in ``--out``; so does an
+``--out`` that cannot be written or that another run is writing. Ctrl-C (130) and SIGTERM (143) print one line and
+leave nothing behind either.
 
 Example:
     python -m lightcache generate --preset tiny --prompt "a red circle moving right" --out out/red-circle
@@ -13,11 +15,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
+import secrets
 import shutil
+import signal
 import sys
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,6 +31,8 @@ from .errors import LightcacheError, RunCancelled
 from .events import json_safe
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,17 +86,32 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _quiet_libraries()
-    try:
-        return int(args.handler(args) or 0)
-    except LightcacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (KeyboardInterrupt, RunCancelled):
-        print("error: stopped; nothing was written.", file=sys.stderr)
-        return 130
+    # Everything, imports included, runs inside the handlers: Ctrl-C in the first seconds (torch and diffusers
+    # loading) and SIGTERM at any time end with one line and run every ``finally`` (no staging left behind).
+    with _stop_signals_raise() as received:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            _quiet_libraries()
+            return int(args.handler(args) or 0)
+        except LightcacheError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except (KeyboardInterrupt, RunCancelled, _Terminated):
+            return _stopped(received)
+        except Exception:
+            if not received:
+                raise
+            # Ctrl-C inside a library's lazy import can come back as another error ("Failed to import ...").
+            return _stopped(received)
+
+
+def _stopped(received: list[int]) -> int:
+    if signal.SIGTERM in received:
+        print("error: terminated; nothing was written.", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("error: stopped; nothing was written.", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def cmd_presets(args) -> int:
@@ -104,27 +127,24 @@ def cmd_presets(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .presets import load_preset
-    from .settings import RunSettings
-
+    from .presets import load_preset, resolve_device
     from .images import check_image_for_preset, open_image
+    from .settings import RunSettings
 
     preset = load_preset(args.preset)
     settings = RunSettings.from_preset(preset, **_settings_overrides(args))
     image = open_image(args.image, label="--image") if args.image else None
     check_image_for_preset(preset, image)
+    args.device = resolve_device(args.device)
     out = Path(args.out)
     _check_out_dir(out)
     # Validate everything that can fail cheaply before loading a model, and write into a staging directory
     # that only becomes --out when the run succeeded: a failed or stopped run leaves nothing behind.
-    staging = Path(tempfile.mkdtemp(prefix=".lightcache-", dir=_existing_parent(out)))
-    try:
+    with _staging_for(out) as staging:
         pipe = _load(preset, args)
         summary = generate_to_dir(pipe, preset.name, settings, staging, args.compare_baseline, not args.quiet,
                                   image=image)
         _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if not args.quiet:
         _print_summary(summary, out)
     return 0
@@ -208,6 +228,9 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
+    # diffusers still passes this deprecated argument to huggingface_hub, whose warning would precede the one line
+    # an offline Hub id gets.
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
 
 
 def _settings_overrides(args) -> dict[str, Any]:
@@ -245,18 +268,134 @@ def _check_out_dir(out: Path) -> None:
         raise LightcacheError(f"--out {out} is not empty; choose a new directory so no results get mixed.")
 
 
-def _existing_parent(out: Path) -> str:
+def _existing_parent(out: Path) -> Path:
     parent = out.resolve().parent
     while not parent.exists():
         parent = parent.parent
-    return str(parent)
+    return parent
+
+
+@contextlib.contextmanager
+def _staging_for(out: Path):
+    """A fresh staging directory beside ``out`` for the length of the block, removed afterwards (unless published).
+
+    Its name carries a digest of ``out``, and it is locked while the run lives: a second run to the same ``--out``
+    is refused at once instead of failing after its whole run, and a staging directory that a killed run left (its
+    lock gone with it) is removed. Made with ``mkdir``, so ``--out`` gets the umask's permissions, not mkdtemp's 0700.
+    """
+    parent = _existing_parent(out)
+    if not parent.is_dir():
+        raise LightcacheError(f"--out {out}: {parent.name} is a file, not a directory.")
+    prefix = f".lightcache-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]}-"
+    for sibling in _staging_dirs(parent, prefix, out):
+        if _locked_by_another_run(sibling):
+            raise LightcacheError(f"--out {out}: another run is writing there now; wait for it or choose another "
+                                  "directory.")
+        shutil.rmtree(sibling, ignore_errors=True)  # left by a run that was killed
+    staging, lock = _make_locked_dir(parent, prefix, out)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
+
+
+def _staging_dirs(parent: Path, prefix: str, out: Path) -> list[Path]:
+    """The staging directories in ``parent`` of runs to the same ``out`` (live, or left by a killed run)."""
+    try:
+        return [p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError as exc:
+        raise LightcacheError(f"--out {out}: cannot read {parent} ({exc.strerror or exc}).") from None
+
+
+def _make_locked_dir(parent: Path, prefix: str, out: Path) -> tuple[Path, int]:
+    """A new directory ``parent/prefix<random>`` and an open descriptor holding its lock.
+
+    It is made and locked under another name first, so no run ever sees it under ``prefix`` unlocked.
+    """
+    for _ in range(100):
+        token = secrets.token_hex(4)
+        path = parent / f".lightcache-new-{token}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise LightcacheError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc}).") from None
+        fd = os.open(path, os.O_RDONLY)
+        _lock(fd)
+        final = parent / f"{prefix}{token}"
+        os.rename(path, final)
+        return final, fd
+    raise LightcacheError(f"--out {out}: could not create a staging directory in {parent}.")
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): concurrent runs are then caught when publishing
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _locked_by_another_run(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return not _lock(fd)
+    finally:
+        os.close(fd)
 
 
 def _publish(staging: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_dir():
-        out.rmdir()  # empty, checked before the run
-    os.replace(staging, out)
+    """Move the finished run into place; two runs that raced past the start both finish, one keeps ``out``."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                out.rmdir()  # empty, checked before the run; fails if another run filled it meanwhile
+        os.replace(staging, out)
+    except OSError as exc:
+        if out.is_dir() and any(out.iterdir()):
+            raise LightcacheError(f"--out {out} was filled by another run while this one ran; this run's results "
+                                  "were not kept.") from None
+        raise LightcacheError(f"--out {out}: could not move the results there ({exc.strerror or exc}).") from None
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that the run unwinds like Ctrl-C: every ``finally`` runs."""
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """While the block runs (in the main thread), SIGINT raises KeyboardInterrupt and SIGTERM :class:`_Terminated`;
+    yields the list of the signals received. SIGTERM raises once; later ones are ignored so the clean-up it
+    started can finish."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise _Terminated()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _progress:

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +100,51 @@ def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> Preset:
     if not path.is_file():
         valid = ", ".join(list_presets(preset_dir)) or "(none found)"
         raise LightcacheError(f"Unknown preset '{name}'. Valid presets: {valid}.")
+    return _read_preset(path)
+
+
+def load_shipped_preset(name: str, preset_dir: Path = PRESET_DIR) -> Preset:
+    """The preset called ``name`` among those shipped in ``presets/``; never a path.
+
+    This is what the app and its API use: a web client may only choose among the presets the server's owner
+    shipped, so it cannot make the server read a file, load a model or fetch a Hub repository of its choosing
+    (:func:`load_preset` also reads a JSON file from a path, which is for the CLI and the library). The refusal
+    names the valid presets and echoes the request only when it is a plain name.
+
+    >>> load_shipped_preset("tiny").name
+    'tiny'
+    >>> load_shipped_preset("/tmp/gradio/upload/tiny.json")
+    Traceback (most recent call last):
+    ...
+    lightcache.errors.LightcacheError: Unknown preset (a preset is chosen by name, not by path). Valid presets: tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b.
+    """
+    valid = list_presets(preset_dir)
+    if not isinstance(name, str) or name.strip() not in valid:
+        raise LightcacheError(f"Unknown preset{_shown_name(name)}. Valid presets: {', '.join(valid) or '(none found)'}.")
+    return _read_preset(Path(preset_dir) / f"{name.strip()}.json")
+
+
+def _shown_name(name: Any) -> str:
+    """How a refused preset request is quoted back: a short plain name as it is, anything else not at all."""
+    if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", name.strip()) \
+            and not name.strip().endswith(".json"):
+        return f" '{name.strip()}'"
+    if isinstance(name, str) and any(mark in name for mark in ("/", "\\", ".json")):
+        return " (a preset is chosen by name, not by path)"
+    return ""
+
+
+def _read_preset(path: Path) -> Preset:
+    """Read and validate one preset file; errors name the file (not its directory) and the field, never a value."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise LightcacheError(f"Preset file {path} is not valid JSON: {exc}.") from None
+        raise LightcacheError(f"Preset file {path.name} is not valid JSON (line {exc.lineno}, column {exc.colno}).") \
+            from None
+    except (OSError, UnicodeDecodeError):
+        raise LightcacheError(f"Preset file {path.name} could not be read as UTF-8 text.") from None
+    if not isinstance(data, dict):
+        raise LightcacheError(f"Preset {path.name}: the file must hold one JSON object.")
     return _parse_preset(data, path)
 
 
@@ -111,7 +154,7 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
             raise LightcacheError(f"Preset {path.name}: missing field '{prefix}{key}'.")
         value = where[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise LightcacheError(f"Preset {path.name}: field '{prefix}{key}' has the wrong type ({value!r}).")
+            raise LightcacheError(f"Preset {path.name}: field '{prefix}{key}' must be {_kind_name(kind)}.")
         return value
 
     for key in ("name", "title", "description", "model", "family", "dtype", "vae_dtype"):
@@ -119,15 +162,12 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     need("requires_gpu", bool)
     lowercase = data.get("lowercase_prompts", False)
     if not isinstance(lowercase, bool):
-        raise LightcacheError(f"Preset {path.name}: field 'lowercase_prompts' must be true or false ({lowercase!r}).")
+        raise LightcacheError(f"Preset {path.name}: field 'lowercase_prompts' must be true or false.")
     defaults = need("defaults", dict)
     for key in _REQUIRED_DEFAULTS:
         need(key, (str,) if "prompt" in key else (int, float), defaults, "defaults.")
     raw_limits = need("limits", dict)
-    try:
-        limits = PresetLimits(**raw_limits)
-    except TypeError as exc:
-        raise LightcacheError(f"Preset {path.name}: bad 'limits' ({exc}).") from None
+    limits = _parse_limits(raw_limits, path)
     for dtype_key in ("dtype", "vae_dtype"):
         if data[dtype_key] not in _DTYPES:
             raise LightcacheError(f"Preset {path.name}: '{dtype_key}' must be one of {', '.join(_DTYPES)}.")
@@ -136,7 +176,8 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     try:
         adapter = adapter_named(data["family"])
     except LightcacheError as exc:
-        raise LightcacheError(f"Preset {path.name}: {exc}") from None
+        raise LightcacheError(f"Preset {path.name}: field 'family' names a model family not supported yet "
+                              f"({', '.join(sorted(_family_names()))}).") from None
     pipeline = data.get("pipeline", adapter.pipeline_classes[0])
     if pipeline not in adapter.pipeline_classes:
         raise LightcacheError(f"Preset {path.name}: 'pipeline' must be one of {', '.join(adapter.pipeline_classes)}.")
@@ -159,8 +200,39 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     try:
         RunSettings.from_preset(preset)
     except LightcacheError as exc:
-        raise LightcacheError(f"Preset {path.name}: its defaults are invalid: {exc}") from None
+        raise LightcacheError(f"Preset {path.name}: its defaults are invalid: {_without_value(str(exc))}") from None
     return preset
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    """'text', 'a number', ... for a validation message that names the expected type and not the value found."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "text", int: "a number", float: "a number", bool: "true or false", dict: "an object"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _parse_limits(raw: dict[str, Any], path: Path) -> PresetLimits:
+    """``limits`` as :class:`PresetLimits`: known fields only, whole numbers only; errors name the fields allowed."""
+    allowed = [f.name for f in dataclasses.fields(PresetLimits)]
+    required = [f.name for f in dataclasses.fields(PresetLimits) if f.default is dataclasses.MISSING]
+    if set(raw) - set(allowed) or set(required) - set(raw):
+        raise LightcacheError(f"Preset {path.name}: 'limits' needs {', '.join(required)} and may also have "
+                              f"{', '.join(a for a in allowed if a not in required)}, nothing else.")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LightcacheError(f"Preset {path.name}: field 'limits.{key}' must be a whole number >= 1.")
+    return PresetLimits(**raw)
+
+
+def _without_value(message: str) -> str:
+    """A settings message without its trailing ", got <value>": preset errors never repeat what the file holds."""
+    return re.sub(r",? got .*$", ".", message)
+
+
+def _family_names() -> list[str]:
+    from .families import ADAPTERS
+
+    return list(ADAPTERS)
 
 
 def resolve_local_model(model: str) -> Path | None:
@@ -173,14 +245,51 @@ def resolve_local_model(model: str) -> Path | None:
 
 
 def looks_like_hub_id(model: str) -> bool:
-    """True for ``owner/name`` strings that are not local paths."""
+    """True for ``owner/name`` strings that are not local paths (an existing file such as ``docs/memory.md`` is not)."""
     parts = model.split("/")
     return (
         len(parts) == 2
         and all(parts)
         and not model.startswith((".", "/", "~"))
         and not model.startswith(("assets/", "presets/"))
+        and not any(path.exists() for path in _local_candidates(model))
     )
+
+
+def _local_candidates(model: str) -> tuple[Path, Path]:
+    """Where ``model`` would be on disk: as given (absolute or relative to the cwd), and relative to the project."""
+    candidate = Path(model).expanduser()
+    return candidate, PROJECT_ROOT / candidate
+
+
+def missing_model_message(model: str) -> str:
+    """Why ``model`` names neither a model directory nor a Hub id: it is a file, or nothing is at that path."""
+    if any(path.exists() and not path.is_dir() for path in _local_candidates(model)):
+        return f"'{model}' is a file, not a model directory; give a diffusers model directory or a Hub id (owner/name)."
+    return f"Model directory '{model}' does not exist."
+
+
+def model_identity(preset: Preset, device: str, model: str | None = None) -> tuple:
+    """What :func:`load_pipeline` would load, as a hashable key: a pipeline cache keyed on this never aliases.
+
+    ``(family, "dir", resolved directory, None, dtype, vae_dtype, device)`` for a local model and
+    ``(family, "hub", hub id, revision, dtype, vae_dtype, device)`` for a Hub id (revision None: the Hub's default
+    branch; presets name no revision yet). Two presets naming the same weights in the same dtypes share a key; a
+    preset's name plays no part, so no preset can pass its weights off under another preset's name.
+
+    >>> tiny = load_preset("tiny")
+    >>> model_identity(tiny, "cpu")[:2], model_identity(tiny, "cpu")[-3:]
+    (('wan', 'dir'), ('float32', 'float32', 'cpu'))
+    >>> model_identity(tiny, "cpu") == model_identity(tiny, "cpu", model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    False
+    """
+    source = model or preset.model
+    local = resolve_local_model(source)
+    where = ("dir", str(local), None) if local is not None else ("hub", source, None)
+    # The pipeline class and the other components' dtypes change what is loaded too (an I2V class over the same
+    # directory loads an image encoder).
+    extra = (preset.pipeline, tuple(sorted(preset.component_dtypes.items())))
+    return (preset.family, *where, *extra, preset.dtype, preset.vae_dtype, str(device))
 
 
 def load_pipeline(preset: Preset, device: str | None = None, model: str | None = None):
@@ -204,14 +313,14 @@ def load_pipeline(preset: Preset, device: str | None = None, model: str | None =
     source = model or preset.model
     local = resolve_local_model(source)
     if local is None and not looks_like_hub_id(source):
-        raise LightcacheError(f"Model directory '{source}' does not exist.")
+        raise LightcacheError(missing_model_message(source))
     if local is not None:
         check_model_matches_preset(local, preset)
     dtypes = {"default": getattr(torch, preset.dtype), "vae": getattr(torch, preset.vae_dtype)}
     dtypes.update({name: getattr(torch, value) for name, value in preset.component_dtypes.items()})
     cls = getattr(diffusers, preset.pipeline)
     try:
-        pipe = _from_pretrained(cls, str(local or source), dtypes, offline=local is not None)
+        pipe = _from_pretrained(cls, str(local or source), dtypes, offline=local is not None or not hub_usable())
     except LightcacheError:
         raise
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; the user needs one sentence
@@ -264,6 +373,63 @@ def check_model_matches_preset(model_dir: Path, preset: Preset) -> None:
 def _from_pretrained(cls, source: str, dtypes: dict, offline: bool):
     kwargs = {"local_files_only": True} if offline else {}
     return cls.from_pretrained(source, dtype=dtypes, **kwargs)
+
+
+def hub_usable(timeout_s: float = 3.0) -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the Hub's endpoint does not accept a connection within ``timeout_s``.
+
+    Without it, huggingface_hub retries an unreachable Hub five times with back-off (about half a minute, per file)
+    before it falls back to its cache or fails. One quick probe first lets an offline machine load from the cache,
+    or fail with the right message, at once. Behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``) a direct connection
+    proves nothing, so there the probe is skipped and the Hub is tried as usual.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against this machine before anything loads; None picks :func:`default_device`.
+
+    Accepts ``cpu`` and ``cuda`` / ``cuda:N`` where torch sees that GPU; anything else is refused with one sentence
+    (loading first and failing later would cost the whole model load and end in a torch traceback).
+
+    >>> resolve_device("CPU")
+    'cpu'
+    >>> resolve_device("banana")
+    Traceback (most recent call last):
+    ...
+    lightcache.errors.LightcacheError: Unknown device 'banana'; use cpu or cuda (cuda:N for another GPU).
+    """
+    if device is None or not str(device).strip():
+        return default_device()
+    name = str(device).strip().lower()
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise LightcacheError(f"Unknown device '{device}'; use cpu or cuda (cuda:N for another GPU).")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise LightcacheError(f"Device '{device}' is not available: torch sees no CUDA GPU on this machine; use cpu.")
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise LightcacheError(f"Device '{device}' does not exist: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}.")
+    return name
 
 
 def default_device() -> str:

@@ -8,6 +8,8 @@ Example:
     >>> s = RunSettings.from_preset(load_preset("tiny"), prompt="a blue square moving up", threshold=0.1)
     >>> s.threshold, s.easycache
     (0.1, True)
+    >>> RunSettings.from_preset(load_preset("tiny"), steps=3).warmup   # the preset's warm-up, fitted to 3 steps
+    2
     >>> RunSettings.from_preset(load_preset("tiny"), frames=10)
     Traceback (most recent call last):
     ...
@@ -61,7 +63,8 @@ class RunSettings:
     def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
         """The preset's defaults with ``overrides`` applied (None values are ignored), validated.
 
-        Prompts are lower-cased when the preset says its tokenizer only knows lower-case words.
+        Prompts are lower-cased when the preset says its tokenizer only knows lower-case words. A warm-up left unset
+        follows the steps (see :func:`fitted_warmup`); one given explicitly is checked as given.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in preset.defaults.items() if k in known}
@@ -70,6 +73,8 @@ class RunSettings:
                 raise LightcacheError(f"Unknown setting '{key}'.")
             if value is not None:
                 values[key] = value
+        if overrides.get("warmup") is None and "warmup" in values and "steps" in values:
+            values["warmup"] = fitted_warmup(values["warmup"], values["steps"])
         if preset.lowercase_prompts:
             for key in ("prompt", "negative_prompt"):
                 if isinstance(values.get(key), str):
@@ -104,7 +109,8 @@ class RunSettings:
             _check_float("boundary_ratio", self.boundary_ratio, 0.0, 1.0)
         _check_float("flow_shift", self.flow_shift, 0.0, 100.0)
         _check_float("threshold", self.threshold, 0.0, math.inf)
-        _check_int("warmup", self.warmup, 0, self.steps - 1)
+        if self.easycache:  # the warm-up is EasyCache's; a run without EasyCache never reads it
+            _check_int("warmup", self.warmup, 0, self.steps - 1)
         _check_int("fps", self.fps, 1, 60)
         _check_int("max_sequence_length", self.max_sequence_length, 1, 512)
         if self.chunk_ffn is not None:
@@ -113,6 +119,21 @@ class RunSettings:
             _check_int("decode_slices", self.decode_slices, 1, 256)
             if not self.sliced_decode:
                 raise LightcacheError("decode_slices is the band count of sliced decoding; turn sliced_decode on too.")
+
+
+def fitted_warmup(warmup: Any, steps: Any) -> Any:
+    """A default warm-up made to fit ``steps``: at most ``steps - 1`` (the last step always computes anyway).
+
+    A preset's default (e.g. 10 steps of 50) must not turn a short run the user asked for (``--steps 3``) into an
+    error about a setting they never gave. Values that are not whole numbers pass through for validation to name.
+
+    >>> fitted_warmup(10, 50), fitted_warmup(10, 3), fitted_warmup(4, 1)
+    (10, 2, 0)
+    """
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if whole(warmup) and whole(steps) and steps >= 1:
+        return min(warmup, max(0, steps - 1))
+    return warmup
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

@@ -38,6 +38,8 @@ from lightcache.video import read_mp4
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(steps=6, warmup=2, frames=5, height=32, width=32, tau=0.2)
+#: Largest 8-bit difference allowed between decoded videos of separately built pipelines (float rounding only).
+VIDEO_LEVELS_TOL = 3
 
 
 # --- form -------------------------------------------------------------------------------------------------
@@ -347,7 +349,10 @@ def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(cl
     with tempfile.TemporaryDirectory() as fresh_dir:
         list(stream_job(build_tiny_pipeline(0), job, fresh_dir))
         fresh = read_mp4(Path(fresh_dir) / "accelerated.mp4")
-    np.testing.assert_array_equal(read_mp4(after_stop[2]), fresh)
+    # A separately built pipeline: the same video up to float rounding, which the 8-bit H.264 video may show as a
+    # level here and there; a run that inherited state from the stopped one differs far more.
+    difference = np.abs(read_mp4(after_stop[2]).astype(int) - fresh.astype(int))
+    assert difference.max() <= VIDEO_LEVELS_TOL and difference.mean() < 0.05
 
 
 def test_two_clients_are_queued_both_finish_and_see_only_their_own_run(served):

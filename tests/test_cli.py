@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
+from lightcache import cli
 from lightcache.cli import main
 from lightcache.video import read_mp4
 
@@ -27,6 +32,8 @@ def test_generate_writes_video_trace_and_summary(tiny_model_dir, tmp_path):
     assert _generate(tiny_model_dir, out, "--threshold", "0.3") == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "summary.json", "timeline.html", "timeline.json", "trace.json", "video.mp4"]
+    # --out gets the permissions any new directory gets here (the umask's), not a temporary directory's 0700.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()
     video = read_mp4(out / "video.mp4")
     assert video.shape == (9, 32, 32, 3)
     summary = json.loads((out / "summary.json").read_text())
@@ -76,6 +83,9 @@ BAD_INPUTS = [
     (["--warmup", "6"], "warmup must be between 0 and 5"),
     (["--preset", "nope"], "Unknown preset 'nope'. Valid presets: tiny, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-i2v-a14b"),
     (["--model", "/definitely/not/here"], "Model directory '/definitely/not/here' does not exist"),
+    (["--model", "README.md"], "'README.md' is a file, not a model directory"),
+    (["--device", "banana"], "Unknown device 'banana'; use cpu or cuda"),
+    (["--device", "mps"], "Unknown device 'mps'"),
     (["--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "HF_HUB_OFFLINE"),
     (["--prompt", "   "], "prompt must not be empty"),
     (["--prompt", "a red circle " * 20], "tokens long; this model's text encoder takes at most 16"),
@@ -126,3 +136,148 @@ def test_presets_command_lists_every_preset(capsys):
     out = capsys.readouterr().out
     for name in ("tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"):
         assert name in out
+
+
+# --- issue 10: devices, unwritable and contended --out, signals, warm-up, Hub warnings -------------------------------
+def _one_error_line(capsys, message):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+
+
+def _never_load(monkeypatch):
+    def load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cli, "_load", load)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps", "banana"])
+def test_a_device_this_machine_lacks_is_refused_before_anything_loads(monkeypatch, tmp_path, capsys, device):
+    _never_load(monkeypatch)
+    assert main(["generate", "--device", device, "--out", str(tmp_path / "o")]) == 2
+    _one_error_line(capsys, f"'{device}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_under_a_file_is_one_error_line(tmp_path, monkeypatch, capsys):
+    _never_load(monkeypatch)
+    (tmp_path / "a-file").write_text("x")
+    assert main(["generate", "--out", str(tmp_path / "a-file" / "run")]) == 2
+    _one_error_line(capsys, "a-file is a file, not a directory")
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_out_on_a_read_only_filesystem_is_one_error_line(tmp_path, monkeypatch, capsys):
+    _never_load(monkeypatch)
+    mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.parent == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["generate", "--out", str(tmp_path / "run")]) == 2
+    _one_error_line(capsys, f"cannot write in {tmp_path} (Read-only file system)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_run(monkeypatch, during=None):
+    """No model: ``generate_to_dir`` writes one file (after calling ``during``), so a run takes no time."""
+    monkeypatch.setattr(cli, "_load", lambda preset, args: None)
+
+    def generate_to_dir(pipe, preset_name, settings, out_dir, *args):
+        (Path(out_dir) / "video.mp4").write_bytes(b"not really")
+        if during is not None:
+            during()
+        return {}
+
+    monkeypatch.setattr(cli, "generate_to_dir", generate_to_dir)
+
+
+def test_sigterm_mid_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    _fake_run(monkeypatch, during=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["generate", "--quiet", "--out", str(tmp_path / "run")]) == 143
+    _one_error_line(capsys, "terminated; nothing was written")
+    assert list(tmp_path.iterdir()) == [], "no .lightcache-* staging directory and no --out"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_while_libraries_import_is_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_quiet_libraries", interrupted)
+    assert main(["generate", "--out", str(tmp_path / "run")]) == 130
+    _one_error_line(capsys, "stopped; nothing was written")
+
+
+def test_ctrl_c_that_a_library_turns_into_another_error_is_still_one_line(tmp_path, monkeypatch, capsys):
+    def lazy_import():  # diffusers' lazy modules report an interrupted import as "Failed to import ..."
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("Failed to import diffusers.pipelines.wan.pipeline_wan") from None
+
+    monkeypatch.setattr(cli, "_quiet_libraries", lazy_import)
+    assert main(["generate", "--out", str(tmp_path / "run")]) == 130
+    _one_error_line(capsys, "stopped; nothing was written")
+
+
+def test_importing_lightcache_loads_no_torch_so_ctrl_c_reaches_the_cli_at_once():
+    code = "import sys, lightcache, lightcache.cli; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_a_second_run_to_the_same_out_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    _never_load(monkeypatch)
+    out = tmp_path / "run"
+    with cli._staging_for(out):  # the first run, still going
+        assert main(["generate", "--quiet", "--out", str(out)]) == 2
+    _one_error_line(capsys, "another run is writing there now")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staging_directory_left_by_a_killed_run_is_cleared(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with cli._staging_for(out) as staging:
+        left = staging.with_name(staging.name + "x")  # same --out, no live run holds it
+    left.mkdir()
+    _fake_run(monkeypatch)
+    assert main(["generate", "--quiet", "--out", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and [p.name for p in out.iterdir()] == ["video.mp4"]
+
+
+def test_runs_that_raced_past_the_start_keep_one_result_and_say_so(tmp_path):
+    out, staging = tmp_path / "run", tmp_path / "staging"
+    out.mkdir()
+    (out / "video.mp4").write_text("the other run's")
+    staging.mkdir()
+    with pytest.raises(cli.LightcacheError, match="was filled by another run while this one ran"):
+        cli._publish(staging, out)
+    assert (out / "video.mp4").read_text() == "the other run's"
+
+
+def test_default_warmup_follows_the_steps_and_plain_runs_never_check_it(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["generate", "--model", str(tiny_model_dir), "--no-easycache", "--steps", "3", "--frames", "5",
+                 "--height", "32", "--width", "32", "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["settings"]["warmup"] == 2
+
+
+def test_an_offline_hub_id_prints_no_library_warning(tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["generate", "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "--out", str(tmp_path / "o")]) == 2
+    _one_error_line(capsys, "HF_HUB_OFFLINE")
+    assert not [w for w in caught if "local_dir_use_symlinks" in str(w.message)]

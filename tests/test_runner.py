@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import pipe_video, tiny_settings
+from conftest import FLOAT_TOL, pipe_video, tiny_settings
 
 from lightcache.easycache import get_easycache_hook
 from lightcache.errors import LightcacheError, RunCancelled
@@ -66,7 +66,8 @@ def test_cancel_stops_the_run_and_removes_hooks(tiny_pipe):
     from lightcache.tiny import build_tiny_pipeline
 
     fresh = run_to_completion(run_generation(build_tiny_pipeline(seed=0), tiny_settings()))
-    assert np.array_equal(after.frames, fresh.frames)
+    # A separately built module: equal within float tolerance (bit equality holds only for the same objects).
+    np.testing.assert_allclose(after.frames, fresh.frames, rtol=0, atol=FLOAT_TOL)
 
 
 def test_a_prompt_longer_than_the_text_encoder_takes_is_refused(tiny_pipe):

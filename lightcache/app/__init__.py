@@ -10,7 +10,19 @@ Example:
     >>> demo = build_demo(PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu"))
 """
 
-from .layout import build_demo
+from importlib import import_module
+from typing import Any
+
 from .launch import main, parse_args
 
 __all__ = ["build_demo", "main", "parse_args"]
+
+
+def __getattr__(name: str) -> Any:
+    # Gradio loads on first use of build_demo, not on import: app.py checks GRADIO_SERVER_PORT (which Gradio reads,
+    # and chokes on, at import) through .launch first.
+    if name == "build_demo":
+        value = import_module(".layout", __name__).build_demo
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from ..errors import LightcacheError
 from ..images import check_image_for_preset, open_image
-from ..presets import Preset, list_presets, load_preset
+from ..presets import Preset, list_presets, load_shipped_preset
 from ..settings import RunSettings
 
 DEFAULT_PRESET = "tiny"
@@ -91,7 +91,7 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
 
     ``overrides`` replaces any of them (tests use it to make the no-argument API call small).
     """
-    preset = load_preset(preset_name)
+    preset = load_shipped_preset(preset_name)
     d = preset.defaults
     values = {
         "preset": preset.name,
@@ -118,24 +118,51 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
     return values
 
 
-def slider_bounds(preset: Preset) -> dict[str, dict[str, float]]:
-    """``field -> {minimum, maximum, step}`` for the sliders, from the preset's limits."""
+def slider_bounds(preset: Preset, steps: int | None = None) -> dict[str, dict[str, float]]:
+    """``field -> {minimum, maximum, step}`` for the sliders, from the preset's limits.
+
+    The warm-up slider ends at ``steps - 1`` (``steps``: what the Steps slider starts at, default the preset's).
+    """
     lim = preset.limits
     return {
         "steps": dict(minimum=lim.min_steps, maximum=lim.max_steps, step=1),
         "frames": dict(minimum=lim.frame_multiple + 1, maximum=lim.max_frames, step=lim.frame_multiple),
         "height": dict(minimum=lim.size_multiple, maximum=lim.max_height, step=lim.size_multiple),
         "width": dict(minimum=lim.size_multiple, maximum=lim.max_width, step=lim.size_multiple),
-        "warmup": dict(minimum=0, maximum=lim.max_steps - 1, step=1),
+        "warmup": warmup_bounds(steps if steps is not None else int(preset.defaults["steps"])),
         "tau": dict(minimum=0.0, maximum=TAU_SLIDER_MAX, step=0.005),
     }
+
+
+def warmup_bounds(steps: int) -> dict[str, int]:
+    """The warm-up slider's range for ``steps`` steps: 0 to ``steps - 1`` (the last step always computes)."""
+    return dict(minimum=0, maximum=max(0, int(steps) - 1), step=1)
+
+
+def warmup_for_steps(steps: Any, warmup: Any) -> dict[str, Any]:
+    """The warm-up slider once Steps reads ``steps``: its new range, and its value clamped into it.
+
+    Returns ``{}`` (no change) for a value of Steps that is not a whole number; the run's validation names it.
+
+    >>> warmup_for_steps(3, 4)
+    {'minimum': 0, 'maximum': 2, 'step': 1, 'value': 2}
+    >>> warmup_for_steps(50, 4)["value"]
+    4
+    """
+    steps, warmup = _as_int(steps), _as_int(warmup)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        return {}
+    bounds = warmup_bounds(steps)
+    if isinstance(warmup, bool) or not isinstance(warmup, int):
+        return bounds
+    return dict(bounds, value=min(max(warmup, 0), bounds["maximum"]))
 
 
 def preset_choices() -> list[tuple[str, str]]:
     """``(label, name)`` pairs for the preset dropdown; GPU presets say so in their label."""
     choices = []
     for name in list_presets():
-        preset = load_preset(name)
+        preset = load_shipped_preset(name)
         choices.append((f"{name} - {preset.title}", name))
     return choices
 
@@ -144,7 +171,8 @@ def parse_request(raw: Mapping[str, Any], device: str) -> Job:
     """Validate raw form values into a :class:`Job`, or raise :class:`LightcacheError` naming the field.
 
     ``device`` is where the run would go (``cpu`` or ``cuda``): a GPU preset on a CPU-only machine is refused here,
-    before anything is loaded.
+    before anything is loaded. The preset is a name from the shipped presets only (:func:`load_shipped_preset`):
+    a web client never makes the server read a file or choose a model.
     """
     missing = [name for name in FIELDS if name not in raw]
     if missing:
@@ -153,7 +181,7 @@ def parse_request(raw: Mapping[str, Any], device: str) -> Job:
     if not isinstance(preset_name, str) or not preset_name.strip():
         raise LightcacheError(f"Preset: choose one of {', '.join(list_presets())}.")
     try:
-        preset = load_preset(preset_name.strip())
+        preset = load_shipped_preset(preset_name.strip())
     except LightcacheError as exc:
         raise LightcacheError(f"Preset: {exc}") from None
     if preset.requires_gpu and not str(device).startswith("cuda"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..presets import load_preset
+from ..presets import load_shipped_preset
 
 #: Seconds per transformer call (one CFG branch) and the token count they were measured at (design notes §5,
 #: one H100, bf16). Other shapes scale with the token count; other presets fall back to the 14B figure.
@@ -46,7 +46,7 @@ def estimate_gpu_seconds(preset: Any, steps: Any, frames: Any, height: Any, widt
     Never raises: a bad request gets the minimum and is refused by validation inside the call.
     """
     try:
-        p = load_preset(str(preset))
+        p = load_shipped_preset(preset)
         if not p.requires_gpu:
             return _MIN_S
         per_call, ref_tokens = _MEASURED.get(p.name, _MEASURED["wan2.1-t2v-14b"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -122,23 +123,36 @@ def compare_runs(accelerated: RunFinished, plain: RunFinished) -> dict[str, Any]
 
 
 class Session:
-    """One browser session's handle on its running job: the switch the Stop button flips.
+    """One browser session's handle on its jobs: the switch the Stop button flips, and when it was last pressed.
 
     Gradio deep-copies a ``gr.State`` value for every new session, so each visitor gets a fresh instance; the
     copy (and pickling, which a ZeroGPU worker needs) never carries a live job along.
+
+    Stop reaches the running job through its switch, and the jobs still waiting in the queue through the time it
+    was pressed: a job that entered the queue before that must not start (:meth:`stopped_since`).
     """
 
     def __init__(self) -> None:
         self._cancel: threading.Event | None = None
+        self._stopped_at: float | None = None
 
     def start(self) -> threading.Event:
         """A fresh cancel switch for a new job (stopping any job this session still had running)."""
-        self.stop()
+        self._cancel_running()
         self._cancel = threading.Event()
         return self._cancel
 
     def stop(self) -> bool:
-        """Ask the running job to stop; True when there was one still running."""
+        """Ask the running job to stop, and every job of this session waiting in the queue not to start; True when
+        one was running."""
+        self._stopped_at = time.monotonic()
+        return self._cancel_running()
+
+    def stopped_since(self, enqueued_at: float | None) -> bool:
+        """True when Stop was pressed after a job entered the queue at ``enqueued_at`` (``time.monotonic()``)."""
+        return enqueued_at is not None and self._stopped_at is not None and enqueued_at <= self._stopped_at
+
+    def _cancel_running(self) -> bool:
         cancel, self._cancel = self._cancel, None
         if cancel is None or cancel.is_set():
             return False
@@ -153,3 +167,4 @@ class Session:
 
     def __setstate__(self, state: dict) -> None:
         self._cancel = None
+        self._stopped_at = None

@@ -29,13 +29,23 @@ import gradio as gr
 from ..errors import LightcacheError, RunCancelled
 from ..events import FramesDecoded, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import timeline_figure, trace_figure
-from ..presets import load_preset
+from ..presets import load_shipped_preset
 from . import texts, view
-from .form import DEFAULT_PRESET, FIELDS, initial_values, labelled, parse_request, preset_choices, slider_bounds
+from .form import (
+    DEFAULT_PRESET,
+    FIELDS,
+    initial_values,
+    labelled,
+    parse_request,
+    preset_choices,
+    slider_bounds,
+    warmup_for_steps,
+)
 from .gpu import estimate_gpu_seconds, on_gpu
 from .jobs import ACCELERATED, PLAIN, Session, job_updates
 from .outputs import OutputDirs
 from .pipelines import PipelineCache
+from .waiting import enqueued_at, waiting_count
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,8 @@ TIMELINE_REFRESH_S = 2.0
 TRACE_REFRESH_S = 0.25
 #: Pixel height of the video players (the tiny model's 128 px clips would otherwise fill the screen).
 VIDEO_HEIGHT = 300
+#: The status of a run whose session pressed Stop while it waited in the queue: it never starts.
+STOPPED_BEFORE_START = "**Stopped** before it started: Stop was pressed while this run waited in the queue."
 
 
 def build_demo(
@@ -68,8 +80,8 @@ def build_demo(
     pipelines = pipelines if pipelines is not None else PipelineCache()
     outputs = outputs if outputs is not None else OutputDirs()
     start = initial_values(DEFAULT_PRESET, defaults)
-    preset = load_preset(start["preset"])
-    bounds = slider_bounds(preset)
+    preset = load_shipped_preset(start["preset"])
+    bounds = slider_bounds(preset, start["steps"])
     outputs.sweep()
 
     with gr.Blocks(title="LightCache + EasyCache", delete_cache=GRADIO_CACHE_SWEEP) as demo:
@@ -144,14 +156,15 @@ def build_demo(
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
                      warmup, async_swap, feature_chunking, sliced_decode, compare, image=None,
-                     session: Session | None = None):
+                     session: Session | None = None, request: gr.Request = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
                                     image)))
-            yield from run_job(pipelines, outputs, raw, session)
+            yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash))
 
         def gpu_seconds(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                        warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, session=None):
+                        warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, session=None,
+                        request=None):
             return estimate_gpu_seconds(preset, steps, frames, height, width, compare)
 
         run_event = run_btn.click(
@@ -172,10 +185,18 @@ def build_demo(
         # The stop message goes through a hidden box and is copied to the status afterwards: an update of the run
         # that was already on its way when Stop was pressed would otherwise overwrite it.
         stop_note = gr.Textbox(label="Stop", visible=False)
+        def stop(session: Session, request: gr.Request) -> str:
+            return stop_job(session, waiting=waiting_count(demo, request.session_hash))
+
         stop_btn.click(
-            stop_job, inputs=[session], outputs=[stop_note], cancels=[run_event], api_name="stop",
+            stop, inputs=[session], outputs=[stop_note], cancels=[run_event], api_name="stop",
             concurrency_limit=None, queue=False,
         ).then(lambda note: note, inputs=[stop_note], outputs=[status], api_visibility="private", queue=False)
+        # The warm-up slider ends at steps - 1 and follows the Steps slider.
+        steps.change(
+            lambda n, w: gr.update(**warmup_for_steps(n, w)), inputs=[steps, warmup], outputs=[warmup],
+            api_visibility="private", queue=False, show_progress="hidden",
+        )
         preset_dd.change(
             lambda name: preset_updates(name, pipelines.device),
             inputs=[preset_dd],
@@ -188,11 +209,15 @@ def build_demo(
 
 
 def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any],
-            session: Session) -> Iterator[tuple]:
+            session: Session, enqueued_at: float | None = None) -> Iterator[tuple]:
     """The generation handler's body: validate, run, and turn each update into new values for the outputs.
 
+    ``enqueued_at``: when the request entered the queue; if this session pressed Stop since, it does not start.
     Output order: status, trace figure, video, timeline figure, stage table, plain video, comparison.
     """
+    if session.stopped_since(enqueued_at):
+        yield (STOPPED_BEFORE_START,) + (gr.skip(),) * 6
+        return
     try:
         job = parse_request(raw, pipelines.device)
     except LightcacheError as exc:
@@ -203,15 +228,16 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
     kept = False
     try:
         with contextlib.closing(job_updates(pipelines, job, out_dir, cancel)) as updates:
-            yield from _present(job, updates, loading=pipelines.loaded != job.preset.name, device=pipelines.device)
+            yield from _present(job, updates, loading=not pipelines.holds(job.preset), device=pipelines.device)
         kept = True
     except RunCancelled:
         yield ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
     except LightcacheError as exc:
         raise gr.Error(labelled(str(exc)), print_exception=False) from None
     except Exception as exc:
+        # The page may be public: the type of error only, never its text (paths, library internals).
         log.exception("generation failed")
-        raise gr.Error(f"The run failed: {type(exc).__name__}: {exc}") from None
+        raise gr.Error(f"The run failed ({type(exc).__name__}); the server's log has the details.") from None
     finally:
         if not kept:
             outputs.discard(out_dir)
@@ -297,18 +323,22 @@ def _status(runs: dict[str, list], done: bool = False) -> str:
     return line
 
 
-def stop_job(session: Session) -> str:
-    """The Stop button: ask this session's running job to stop at its next transformer call."""
-    if session.stop():
+def stop_job(session: Session, waiting: int = 0) -> str:
+    """The Stop button: ask this session's running job to stop at its next transformer call, and its ``waiting``
+    jobs in the queue not to start."""
+    running = session.stop()
+    if running:
         return ("**Stopped.** The run ends at its next transformer call; its hooks are removed and its memory "
-                "released before the next run starts.")
+                "released before the next run starts." + (" Your waiting run will not start." if waiting else ""))
+    if waiting:
+        return "**Stopped.** Your run waiting in the queue will not start."
     return "Nothing is running."
 
 
 def preset_updates(name: str, device: str) -> tuple:
     """New bounds and starting values for the controls when the preset changes (a GPU preset on CPU: warn)."""
     try:
-        preset = load_preset(name)
+        preset = load_shipped_preset(name)
     except LightcacheError as exc:
         raise gr.Error(f"Preset: {exc}", print_exception=False) from None
     values = initial_values(preset.name)

@@ -5,6 +5,11 @@ strategies attach hooks to that one pipeline for the length of a run, so two run
 :meth:`PipelineCache.use` holds a lock for the whole run. The generation queue already lets one run through at a
 time; the lock is what keeps a stopped run that is still unwinding from overlapping with the next one.
 
+The cache is keyed by what is loaded (:func:`lightcache.presets.model_identity`: model directory or Hub id and
+revision, dtypes, device), never by a preset's name alone, so no preset can pass its weights off under another's name.
+A model that fails to load is reported to the web page in one sentence without server paths; the server's log has
+the details.
+
 The loader is injectable, which is how the tests serve a random-weight tiny pipeline built offline.
 
 Example:
@@ -15,22 +20,26 @@ Example:
     >>> with cache.use(load_preset("tiny")) as pipe:
     ...     type(pipe).__name__
     'WanPipeline'
-    >>> cache.loaded
-    'tiny'
+    >>> cache.loaded, cache.holds(load_preset("tiny"))
+    ('tiny', True)
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..presets import Preset, default_device, load_pipeline
+from ..errors import LightcacheError
+from ..presets import Preset, default_device, load_pipeline, model_identity
 from ..runner import run_to_completion, run_generation
 from ..settings import RunSettings
 
 Loader = Callable[[Preset, str], object]
+
+log = logging.getLogger(__name__)
 
 
 class PipelineCache:
@@ -50,6 +59,7 @@ class PipelineCache:
         self._warm_up = warm_up
         self._lock = threading.Lock()
         self._name: str | None = None
+        self._identity: tuple | None = None
         self._pipe = None
 
     @property
@@ -60,23 +70,46 @@ class PipelineCache:
 
     @property
     def loaded(self) -> str | None:
-        """Name of the preset whose pipeline is loaded, or None."""
+        """Name of the preset whose pipeline was loaded, or None (display only; the cache is keyed by identity)."""
         return self._name
+
+    @property
+    def identity(self) -> tuple | None:
+        """:func:`~lightcache.presets.model_identity` of the loaded pipeline, or None."""
+        return self._identity
+
+    def holds(self, preset: Preset) -> bool:
+        """True when ``preset``'s model is the one loaded (a run of it starts without loading)."""
+        return self._pipe is not None and self._identity == model_identity(preset, self.device)
 
     @contextmanager
     def use(self, preset: Preset) -> Iterator[object]:
         """Lend the pipeline of ``preset`` (loading it, and dropping any other, first) for the ``with`` block."""
+        identity = model_identity(preset, self.device)
         with self._lock:
-            if self._name != preset.name or self._pipe is None:
+            if self._identity != identity or self._pipe is None:
                 self._drop()
-                pipe = self._loader(preset, self.device)
-                if self._warm_up:
-                    _warm_up(pipe, preset)
-                self._pipe, self._name = pipe, preset.name
+                pipe = self._load(preset)
+                self._pipe, self._name, self._identity = pipe, preset.name, identity
             try:
                 yield self._pipe
             finally:
                 release_memory()
+
+    def _load(self, preset: Preset):
+        """Load (and warm up) ``preset``'s pipeline; a failure becomes one sentence fit for a public page."""
+        try:
+            pipe = self._loader(preset, self.device)
+            if self._warm_up:
+                _warm_up(pipe, preset)
+            return pipe
+        except Exception:  # noqa: BLE001 - whatever it was, the page gets no paths; the log gets the traceback
+            log.exception("loading the model of preset %r failed", preset.name)
+            release_memory()
+            raise LightcacheError(
+                f"Preset: the model of '{preset.name}' could not be loaded on this server (the server's log says "
+                "why). Try another preset."
+            ) from None
 
     def clear(self) -> None:
         """Forget the loaded pipeline (waits for a run using it to end)."""
@@ -84,7 +117,7 @@ class PipelineCache:
             self._drop()
 
     def _drop(self) -> None:
-        self._pipe, self._name = None, None
+        self._pipe, self._name, self._identity = None, None, None
         release_memory()
 
 

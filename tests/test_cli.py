@@ -194,7 +194,7 @@ def _fake_run(monkeypatch, during=None):
     """No model: ``generate_to_dir`` writes one file (after calling ``during``), so a run takes no time."""
     monkeypatch.setattr(cli, "_load", lambda preset, args: None)
 
-    def generate_to_dir(pipe, preset_name, settings, out_dir, *args):
+    def generate_to_dir(pipe, preset_name, settings, out_dir, *args, **kwargs):
         (Path(out_dir) / "video.mp4").write_bytes(b"not really")
         if during is not None:
             during()

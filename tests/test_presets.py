@@ -177,7 +177,7 @@ def test_unreachable_hub_without_hf_hub_offline_goes_to_the_cache_at_once(monkey
         probes.append((address, timeout))
         raise OSError("Name or service not known")
 
-    def from_pretrained(cls, source, dtype, vae_dtype, offline):
+    def from_pretrained(cls, source, dtypes, offline):
         loads.append(offline)
         raise OSError("not in the local cache")
 

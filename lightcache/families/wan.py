@@ -89,7 +89,8 @@ class WanAdapter(FamilyAdapter):
 
     def latent_shape(self, pipe, settings) -> tuple[int, int, int, int, int]:
         frames = (settings.frames - 1) // pipe.vae_scale_factor_temporal + 1
-        return (1, int(pipe.vae.config.z_dim), frames, settings.height // pipe.vae_scale_factor_spatial,
+        channels = getattr(pipe.vae.config, "z_dim", None) or pipe.transformer.config.out_channels
+        return (1, int(channels), frames, settings.height // pipe.vae_scale_factor_spatial,
                 settings.width // pipe.vae_scale_factor_spatial)
 
     def chunking_unsupported(self, pipe) -> str | None:

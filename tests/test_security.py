@@ -232,7 +232,6 @@ def test_stop_while_ones_own_run_waits_in_the_queue_keeps_it_from_starting(app, 
     assert second.predict(api_name="/generate")[0].startswith("**Done.**"), "a later run of that visitor runs"
 
 
-@pytest.mark.xfail(strict=False, reason="the REST default-filling predates the image parameter; open follow-up")
 def test_a_rest_call_without_data_runs_the_default(app, victim_run):
     events = _rest_call(app, [])
     assert events[-1][0] == "complete" and json.loads(events[-1][1])[0].startswith("**Done.**")

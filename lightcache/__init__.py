@@ -21,6 +21,9 @@ __version__ = "0.1.0"
 # torch and diffusers load on first use of these names, not on ``import lightcache``: ``python -m lightcache``
 # then reaches the CLI (which answers Ctrl-C with one line) within a fraction of a second.
 _LAZY = {
+    "AccelerationConfig": ".accelerate",
+    "apply_lightcache": ".accelerate",
+    "remove_lightcache": ".accelerate",
     "EasyCacheConfig": ".easycache",
     "apply_easycache": ".easycache",
     "remove_easycache": ".easycache",
@@ -37,12 +40,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "AccelerationConfig",
     "EasyCacheConfig",
     "LightcacheError",
     "RunCancelled",
     "RunSettings",
     "apply_easycache",
+    "apply_lightcache",
     "remove_easycache",
+    "remove_lightcache",
     "run_generation",
     "run_to_completion",
 ]

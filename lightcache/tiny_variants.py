@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .tiny import build_tiny_tokenizer
+from .tiny import (
+    _tiny_scheduler, _tiny_text_encoder, build_tiny_pipeline, build_tiny_tokenizer, build_tiny_wan22_pipeline,
+)
 
 #: Variant name -> one-line description; the names follow the presets' model names.
 VARIANTS = {
@@ -48,20 +50,19 @@ def build_tiny_variant(variant: str, seed: int = 0):
     """A complete pipeline of ``variant`` (a key of :data:`VARIANTS`) with seeded random weights, in eval mode."""
     if variant not in VARIANTS:
         raise ValueError(f"Unknown tiny variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
+    from diffusers import WanImageToVideoPipeline, WanPipeline
 
     if variant == "wan2.1-t2v":
-        from .tiny import build_tiny_pipeline
-
         return build_tiny_pipeline(seed=seed)
+    if variant == "wan2.2-ti2v":
+        return build_tiny_wan22_pipeline(seed=seed)
     image_to_video = variant in ("wan2.1-i2v", "wan2.2-i2v-a14b")
     two_experts = variant.endswith("a14b")
-    wan22_vae = variant == "wan2.2-ti2v"
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = _text_encoder(len(tokenizer))
-        vae = _wan22_vae() if wan22_vae else _wan21_vae()
+        text_encoder = _tiny_text_encoder(tokenizer)
+        vae = _wan21_vae()
         z_dim = vae.config.z_dim
         # Image-to-video concatenates the mask (one channel per frame of a latent step) and the condition.
         in_channels = z_dim + vae.config.scale_factor_temporal + z_dim if image_to_video else z_dim
@@ -71,11 +72,8 @@ def build_tiny_variant(variant: str, seed: int = 0):
         image_encoder = image_processor = None
         if variant == "wan2.1-i2v":
             image_encoder, image_processor = _clip_image_encoder()
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-    )
     common = dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
-                  transformer=transformer.eval(), scheduler=scheduler,
+                  transformer=transformer.eval(), scheduler=_tiny_scheduler(),
                   transformer_2=transformer_2.eval() if transformer_2 is not None else None,
                   boundary_ratio=TINY_BOUNDARY_RATIO if two_experts else None)
     if image_to_video:
@@ -84,7 +82,7 @@ def build_tiny_variant(variant: str, seed: int = 0):
             image_processor=image_processor, **common,
         )
     else:
-        pipe = WanPipeline(expand_timesteps=wan22_vae, **common)
+        pipe = WanPipeline(**common)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -97,15 +95,6 @@ def save_tiny_variant(variant: str, path: str | Path, seed: int = 0) -> Path:
 
 
 # --- parts ---------------------------------------------------------------------------------------------------
-def _text_encoder(vocab_size: int):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    return UMT5EncoderModel(UMT5Config(
-        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8,
-    ))
-
-
 def _transformer(in_channels: int, out_channels: int, image_dim: int | None):
     from diffusers import WanTransformer3DModel
 
@@ -122,19 +111,6 @@ def _wan21_vae():
     return AutoencoderKLWan(
         base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_spatial=4, scale_factor_temporal=2,
-    )
-
-
-def _wan22_vae():
-    # The Wan2.2 VAE's shape in small: residual up/down blocks, 2x2 patchified input and output, three spatial
-    # downsamplings (x2 from the patch: 16x in all) and two temporal ones (4x).
-    from diffusers import AutoencoderKLWan
-
-    z_dim = 8
-    return AutoencoderKLWan(
-        base_dim=8, decoder_base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-        latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim, scale_factor_spatial=16, scale_factor_temporal=4,
     )
 
 

@@ -10,7 +10,7 @@ Order of a normal run::
     StageStarted("encode")  StageFinished("encode")
     [StageStarted("encode_image") StageFinished("encode_image")]   (image-to-video pipelines)
     StageStarted("denoise") StepRecord x (steps x branches) StageFinished("denoise")
-    StageStarted("decode")  FramesDecoded x n  StageFinished("decode")
+    StageStarted("decode")  FramesDecoded  StageFinished("decode")
     RunFinished
 
 ``MemorySample`` and ``Note`` events may appear anywhere in between.
@@ -135,8 +135,9 @@ class Note(Event):
 class FramesDecoded(Event):
     """Decoded frames ``first .. first + len(frames) - 1`` as float32 (n, H, W, 3) in [0, 1], in order.
 
-    The plain decode emits one event with every frame; sliced decoding emits them as they come out of the VAE, so
-    a consumer can stream them to the video writer. Frames are not serialised by ``to_dict``.
+    A run is the pipeline's own ``pipe(...)``, which returns the whole video, so the runner emits one event with every
+    frame when the pipeline returns; a consumer hands it to the video writer. Frames are not serialised by
+    ``to_dict``.
     """
 
     first: int

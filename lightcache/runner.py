@@ -289,7 +289,7 @@ def _strategy_notes(settings, swap=None, slice_plan=None) -> list[str]:
     if slice_plan is not None:
         notes.append(
             f"Sliced decoding: {len(slice_plan['cuts']) - 1} bands across the frame's {slice_plan['axis']}; "
-            "frames are released when the last band is done."
+            "the video is assembled on the host, never whole on the device."
         )
     return notes
 

@@ -2,19 +2,23 @@
 
 One run with swapping on, stage by stage:
 
-* **encode**: the text encoder runs where it is; the transformer and the VAE are already parked in pinned host
-  memory (the transformer as diffusers' group offloading keeps it, the VAE as plain pinned copies). When the prompts
-  are encoded, the text encoder is parked too.
-* **denoise**: the transformer's blocks stream through diffusers' group offloading with CUDA streams (one block per
+* **encode**: the text encoder runs where it is; the denoisers and the VAE are already parked in pinned host
+  memory (the denoisers as diffusers' group offloading keeps them, the VAE as plain pinned copies).
+* **encode_image** (image-to-video): the image encoder and the VAE come in; the text encoder is parked.
+* **denoise**: encoders and VAE are parked; each denoiser's blocks stream through diffusers' group offloading with CUDA streams (one block per
   group; while block *i* computes, block *i+1* is copied in on a side stream), so about two blocks and the small
   embedding/output layers are resident instead of the whole model. EasyCache's cached tensors (its deltas, ``x_prev``,
   ``x_last``, ``v_last``) go to pinned host memory as soon as they are made and are fetched back on the side stream
-  when a call's decision needs them, so none of them sits on the GPU during a transformer forward.
+  when a call's decision needs them, so none of them sits on the GPU during a transformer forward. With two experts
+  (Wan2.2 A14B) both are under group offloading, so the idle one has nothing on the device.
 * **decode**: the VAE is copied in, decodes, and is parked again.
+
+The stage changes come from the run's observer (:mod:`lightcache.observe`), which calls :meth:`AsyncSwap.enter_stage`
+before a stage's first module call; the modules of each role come from the pipeline's family adapter.
 
 At the end of the run everything goes back where it was (the same devices, no hooks left), so a run with swapping
 leaves the pipeline as it found it, with one deliberate exception: the transformer's pinned host copy is kept with
-the pipeline (:class:`PinnedWeights`), because making it means copying and pinning the whole transformer (about a
+the pipeline (:class:`PinnedWeights`, one per denoiser), because making it means copying and pinning the whole transformer (about a
 minute for Wan2.1-14B's 27 GiB). The next run with swapping checks that the weights on the GPU are still the ones it
 copied (their storage, version and a checksum) and reuses it; :func:`release_pinned_weights` frees it. On a machine without a CUDA device the strategy does nothing and says so in
 :attr:`AsyncSwap.note` (the runner puts that sentence in the trace and the summary): there is no second memory to

@@ -1,0 +1,72 @@
+"""How denoiser calls are located: every pattern diffusers' video pipelines use, without a pipeline."""
+
+from types import SimpleNamespace
+
+import torch
+from diffusers.hooks.hooks import CacheContext
+
+from lightcache.calls import CallLocator, CallSite, timestep_value
+
+
+def _scheduler(step_index, n=10):
+    return SimpleNamespace(step_index=step_index, timesteps=torch.arange(n))
+
+
+def test_a_context_with_a_step_index_is_taken_as_is():
+    loc = CallLocator(scheduler=_scheduler(7))
+    site = loc.locate(CacheContext("cond", step_index=3, num_inference_steps=8), None)
+    assert site == CallSite(3, "cond", 8, True)
+    assert loc.locate(CacheContext("uncond", step_index=3), None) == CallSite(3, "uncond", 10, False)
+
+
+def test_guider_and_extra_branch_names_follow_or_decide():
+    loc = CallLocator(scheduler=_scheduler(2))
+    names = ["pred_cond", "pred_uncond", "cond_uncond", "uncond_stg", "uncond_modality"]
+    decides = [loc.locate(CacheContext(n), None).decides for n in names]
+    assert decides == [True, False, True, False, False]
+
+
+def test_a_context_without_a_step_reads_the_scheduler_which_may_be_replaced():
+    holder = SimpleNamespace(scheduler=_scheduler(None))
+    loc = CallLocator(scheduler=lambda: holder.scheduler)
+    assert loc.locate(CacheContext("cond"), None).step == 0  # no step() yet in this run
+    holder.scheduler = _scheduler(4, n=6)
+    site = loc.locate(CacheContext("uncond"), None)
+    assert (site.step, site.num_steps, site.decides) == (4, 6, False)
+
+
+def test_no_context_numbers_the_calls_of_a_step():
+    scheduler = _scheduler(0)
+    loc = CallLocator(scheduler=scheduler)
+    first, second = loc.locate(None, None), loc.locate(None, None)
+    scheduler.step_index = 1
+    third = loc.locate(None, None)
+    assert (first.branch, first.decides) == ("cond", True)
+    assert (second.branch, second.decides, second.step) == ("call1", False, 0)
+    assert (third.branch, third.step, third.decides) == ("cond", 1, True)
+
+
+def test_counting_without_a_scheduler_restarts_when_the_timestep_rises_or_on_reset():
+    loc = CallLocator(num_inference_steps=4)
+    steps = [loc.locate(None, torch.tensor([t])).step for t in (999.0, 700.0, 400.0)]
+    assert steps == [0, 1, 2]
+    assert loc.locate(None, torch.tensor([999.0])).step == 0
+    loc.locate(None, torch.tensor([500.0]))
+    loc.reset()
+    assert loc.locate(None, torch.tensor([100.0])).step == 0
+    # Followers with a name stay on the deciding call's step.
+    assert loc.locate(CacheContext("uncond"), torch.tensor([100.0])).step == 0
+
+
+def test_a_pinned_site_answers_inner_hooks():
+    loc = CallLocator()
+    site = CallSite(5, "uncond", 9, False)
+    with loc.pin(site):
+        assert loc.locate(CacheContext("cond", step_index=0), None) == site
+    assert loc.locate(CacheContext("cond", step_index=0), None).step == 0
+
+
+def test_per_token_timesteps_read_as_the_steps_timestep():
+    # Wan2.2 TI2V with an image: the first frame's tokens carry 0, the others the step's timestep.
+    assert timestep_value(torch.tensor([[0.0, 0.0, 812.0, 812.0]])) == 812.0
+    assert timestep_value(None) != timestep_value(None)  # NaN

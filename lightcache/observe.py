@@ -217,10 +217,8 @@ class _TraceHook(ModelHook):
 
 
 def _sync(module: torch.nn.Module) -> None:
-    # Kernel launches are asynchronous on a GPU: without a sync the call time would be launch time only.
+    # Kernel launches are asynchronous on a GPU: without a sync the call time would be launch time only. The current
+    # device is the one the pipeline runs on; looking for a parameter instead would walk every weight of an
+    # offloaded model on every call.
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        device = next((p.device for p in module.parameters() if p.device.type == "cuda"), None)
-        if device is not None:
-            torch.cuda.synchronize(device)
-        else:
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()

@@ -21,12 +21,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping, Protocol
 
 from .errors import LightcacheError
 
-if TYPE_CHECKING:
-    from .presets import Preset
+
+class Preset(Protocol):
+    """What settings read of a preset (:class:`lightcache.presets.Preset` is one); a protocol, so that presets may
+    depend on settings (they validate their defaults with it) and not the other way round."""
+
+    defaults: Mapping[str, Any]
+    limits: Any
+    lowercase_prompts: bool
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,7 @@ def cmd_bench(args) -> int:
 def _run(args, command: str) -> dict[str, Any]:
     import torch
 
-    from ..cli import _load
-    from ..presets import load_preset
+    from ..presets import load_pipeline, load_preset
     from .harness import BenchConfig, run_benchmark
 
     if args.threads is not None:
@@ -120,7 +119,7 @@ def _run(args, command: str) -> dict[str, Any]:
     for prompt in config.resolved_prompts(preset.name):
         for entry in entries:
             _settings(preset, config, {"prompt": prompt, "seed": config.resolved_seeds()[0]}, entry)
-    pipe = _load(preset, args)
+    pipe = load_pipeline(preset, device=args.device, model=args.model)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     return run_benchmark(pipe, preset, config, log=log, command=command)
 

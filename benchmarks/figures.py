@@ -204,7 +204,7 @@ def peak_source(config: dict[str, Any], plain: dict[str, Any] | None) -> str:
     candidates = {name: s["peak_bytes"] for name, s in config["stages"].items()}
     if plain is not None and config["config"] != "plain":
         for name, s in plain["stages"].items():
-            if name not in candidates and any(f"plain {name} stage" in n for n in config["notes"]):
+            if name not in candidates and any(f"plain {name} stage" in n for n in config.get("notes", [])):
                 candidates[f"plain's {name}"] = s["peak_bytes"]
     peak = config["end_to_end_peak_bytes"]
     matches = [name for name, value in candidates.items() if value == peak]
@@ -623,6 +623,8 @@ def readme_h100(records: Records) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for model in MODEL_ORDER:
+        if not records.rows(model):
+            continue
         spec = records.spec(model)
         for stem, config, plain in records.rows(model):
             if config["config"] != "all_three":

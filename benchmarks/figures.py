@@ -219,7 +219,7 @@ def peak_cell(config: dict[str, Any], plain: dict[str, Any] | None) -> str:
     return f"{gib(config['end_to_end_peak_bytes'])} ({peak_source(config, plain)})"
 
 
-def setup_cell(stem: str, config: dict[str, Any]) -> str:
+def setup_cell(config: dict[str, Any]) -> str:
     if config["setup_seconds"] is None:
         return "not logged"
     return f"{config['setup_seconds']:.2f}"
@@ -296,7 +296,7 @@ def model_table(records: Records, model: str) -> str:
         lines.append(
             f"| `{stem}` | {label(stem, records, model, config)}{mark} | {time_cell(config, plain, 'denoise')} | "
             f"{over_cell(config, 'denoise')} | {weights_cell(config)} | {time_cell(config, plain, 'decode')} | "
-            f"{over_cell(config, 'decode')} | {peak_cell(config, plain)} | {setup_cell(stem, config)} |")
+            f"{over_cell(config, 'decode')} | {peak_cell(config, plain)} | {setup_cell(config)} |")
     if marks:
         lines.append("")
         lines.extend(f"- {chr(0x2020) * (i + 1)} {note}." for i, note in enumerate(marks))

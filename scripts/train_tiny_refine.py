@@ -4,7 +4,8 @@ Two stages on top of a pipeline directory the first half wrote; each is resumabl
 is drawn from a generator seeded by the stage seed and the step number, and a checkpoint is written every
 ``--ckpt-every`` steps, so a resumed stage continues exactly where it stopped):
 
-1. **decoder**: the VAE's decoder is trained again on whole 17-frame clips, with the encoder frozen. The first
+1. **decoder**: the VAE's decoder is trained again on whole 17-frame clips, with the encoder frozen, in three phases
+   (then at a lower learning rate; then with the first frame weighed up and an edge term). The first
    VAE saw only 5- and 9-frame windows, and its causal cache drifted past them (colour fringes and wrong colours
    in the last frames). Freezing the encoder keeps the latent space, so the transformer stays valid.
 2. **deepen**: the transformer grows from ``L`` to ``--depth`` blocks. The original blocks keep their weights, in
@@ -103,28 +104,38 @@ def decoder_batch(rng: np.random.Generator, args) -> tuple[np.ndarray, list[tupl
     return np.stack(clips), crops
 
 
-def train_decoder(vae, args, ckpt: Checkpoint) -> list[float]:
+def train_decoder(vae, args, ckpt: Checkpoint, phase: int = 1) -> list[float]:
+    """Phase 1 at ``--decoder-lr``; phase 2 continues from it (fresh optimizer and schedule) at ``--decoder2-lr``
+    for ``--decoder2-steps``: the colours settle only once the learning rate is low. Phase 3 weighs the first frame
+    up (it is decoded alone, from the first latent frame, and is 1 of 17 frames in the loss: after phase 2 it could
+    still come out grey) and adds an edge term (spatial gradients matched, so edges and corners are not averaged
+    away into round blobs)."""
+    steps, lr, first_w, edge_w = {
+        1: (args.decoder_steps, args.decoder_lr, 1.0, 0.0),
+        2: (args.decoder2_steps, args.decoder2_lr, 1.0, 0.0),
+        3: (args.decoder3_steps, args.decoder3_lr, args.first_frame_weight, args.edge_weight),
+    }[phase]
     for p in vae.parameters():
         p.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     start, curve = 0, []
     state = ckpt.load()
     if state is not None:
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, curve = state["step"], state["curve"]
-        log(f"decoder: resumed at step {start}")
+        log(f"decoder phase {phase}: resumed at step {start}")
     vae.train()
     c = args.crop // 8
     acc, t0 = [], time.time()
-    for step in range(start, args.decoder_steps):
-        rng = np.random.default_rng([args.seed, 1, step])
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    for step in range(start, steps):
+        rng = np.random.default_rng([args.seed, phase, step]) if phase > 1 else np.random.default_rng([args.seed, 1, step])
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 100_000 * (phase - 1) + step)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.decoder_steps, args.decoder_lr, 30)
+            g["lr"] = cosine_lr(step, steps, lr, 30)
         clips, crops = decoder_batch(rng, args)
         x = to_tensor(clips)
         with torch.no_grad():
@@ -137,19 +148,23 @@ def train_decoder(vae, args, ckpt: Checkpoint) -> list[float]:
         # channel mean) is matched on its own: brightness alone explains most of the pixel variance.
         bg = xc.flatten(2).median(dim=2).values[:, :, None, None, None]
         weight = 1.0 + args.object_weight * ((xc - bg).abs().amax(dim=1, keepdim=True) > 0.1).float()
+        weight[:, :, 0] *= first_w
         err = rec - xc
         chroma = (rec - rec.mean(1, keepdim=True)) - (xc - xc.mean(1, keepdim=True))
         loss = ((err.abs() + err.pow(2) + args.chroma_weight * chroma.abs()) * weight).mean() / weight.mean()
+        if edge_w:
+            for axis in (3, 4):
+                loss = loss + edge_w * (rec.diff(dim=axis) - xc.diff(dim=axis)).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         acc.append(loss.item())
-        if (step + 1) % args.log_every == 0 or step + 1 == args.decoder_steps:
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
             curve.append(float(np.mean(acc)))
             acc = []
-            log(f"decoder step {step + 1}/{args.decoder_steps} loss {curve[-1]:.4f} ({time.time() - t0:.0f}s)")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.decoder_steps:
+            log(f"decoder phase {phase} step {step + 1}/{steps} loss {curve[-1]:.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == steps:
             ckpt.save(model=vae.state_dict(), opt=opt.state_dict(), step=step + 1, curve=curve)
     vae.eval()
     for p in vae.parameters():
@@ -277,6 +292,12 @@ def main(argv=None) -> None:
     ap.add_argument("--crop", type=int, default=64, help="decoder crops, pixels (a multiple of 8)")
     ap.add_argument("--decoder-steps", type=int, default=700)
     ap.add_argument("--decoder-lr", type=float, default=5e-4)
+    ap.add_argument("--decoder2-steps", type=int, default=500)
+    ap.add_argument("--decoder2-lr", type=float, default=1.5e-4)
+    ap.add_argument("--decoder3-steps", type=int, default=300)
+    ap.add_argument("--decoder3-lr", type=float, default=1e-4)
+    ap.add_argument("--first-frame-weight", type=float, default=6.0, help="decoder phase 3: weight of frame 0")
+    ap.add_argument("--edge-weight", type=float, default=1.0, help="decoder phase 3: weight of the edge term")
     ap.add_argument("--latent-noise", type=float, default=0.05)
     ap.add_argument("--object-weight", type=float, default=4.0)
     ap.add_argument("--chroma-weight", type=float, default=3.0)
@@ -293,7 +314,7 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.decoder_steps, args.dit_steps, args.clips, args.log_every, args.ckpt_every = 3, 3, 8, 1, 2
+        args.decoder_steps, args.decoder2_steps, args.decoder3_steps, args.dit_steps, args.clips, args.log_every, args.ckpt_every = 3, 3, 3, 3, 8, 1, 2
         args.work = args.work + "-smoke"
 
     torch.set_num_threads(args.threads)
@@ -306,12 +327,16 @@ def main(argv=None) -> None:
     report = json.loads(report_path.read_text()) if report_path.exists() else {"args": vars(args), "seconds": {}}
 
     if args.stage in ("decoder", "all") and not (work / "vae").exists():
-        t0 = time.time()
-        vae = AutoencoderKLWan.from_pretrained(Path(args.base) / "vae")
-        report["decoder_loss_curve"] = train_decoder(vae, args, Checkpoint(work / "decoder.pt"))
-        vae.save_pretrained(work / "vae")
-        report["seconds"]["decoder"] = round(time.time() - t0)
-        report_path.write_text(json.dumps(report, indent=1))
+        for phase, source, target in ((1, Path(args.base) / "vae", work / "vae-phase1"),
+                                      (2, work / "vae-phase1", work / "vae-phase2"), (3, work / "vae-phase2", work / "vae")):
+            if target.exists():
+                continue
+            t0 = time.time()
+            vae = AutoencoderKLWan.from_pretrained(source)
+            report[f"decoder{phase}_loss_curve"] = train_decoder(vae, args, Checkpoint(work / f"decoder{phase}.pt"), phase)
+            vae.save_pretrained(target)
+            report["seconds"][f"decoder{phase}"] = round(time.time() - t0)
+            report_path.write_text(json.dumps(report, indent=1))
 
     if args.stage in ("deepen", "all") and not (work / "transformer").exists():
         t0 = time.time()

@@ -27,6 +27,11 @@ HEIGHT, WIDTH, FRAMES = 128, 128, 17
 STEPS = 12
 GUIDANCE = 5.0
 MAX_SEQ_LEN = 16
+# Floors of the prompt-following test (rates over PROMPTS, measured on the output).
+COLOUR_EVERY_FRAME_FLOOR = 0.9
+WORST_FRAME_OFF_COLOUR_CEILING = 0.10
+COLOUR_AND_MOTION_FLOOR = 0.9
+SHAPE_FLOOR = 0.8
 
 PROMPTS = [
     # Held out of training: the model never saw these (colour, shape, motion) combinations.
@@ -120,6 +125,48 @@ def test_measurement_can_fail():
     assert not shapes.follows_prompt(red, "a red circle moving right")[0]
 
 
+@pytest.mark.parametrize("spec", shapes.all_specs(include_held_out=True)[::4])
+def test_frame_measure_recognises_every_rendered_shape_and_colour(spec):
+    for seed in (1, 2):
+        report = shapes.measure_frames(shapes.render_clip(spec, FRAMES, HEIGHT, WIDTH, seed=seed), spec)
+        assert report.shape == spec.shape and all(s == spec.shape for s in report.shapes)
+        assert report.colour_every_frame and report.worst_off_colour < 0.02
+
+
+def test_frame_measure_catches_colour_drift_in_late_frames():
+    clip = shapes.render_clip("a blue square moving right", FRAMES, HEIGHT, WIDTH, seed=4)
+    drifted = clip.copy()
+    late = drifted[-3:]
+    late[(late == shapes.PALETTE["blue"]).all(-1)] = shapes.PALETTE["green"]  # the last three frames turn green
+    report = shapes.measure_frames(drifted, "a blue square moving right")
+    assert not report.colour_every_frame and report.worst_off_colour > 0.9
+    assert max(report.off_colour[:-3]) < 0.02, "the early frames are still blue"
+    # A fringe: a third of the object's pixels in one frame.
+    fringe = clip.copy()
+    rows = np.where((fringe[8] == shapes.PALETTE["blue"]).all(-1).any(1))[0]
+    fringe[8, rows[: len(rows) // 3]] = np.where((fringe[8, rows[: len(rows) // 3]] > 0).any(-1, keepdims=True),
+                                                 np.array(shapes.PALETTE["red"], np.uint8), 0)
+    report = shapes.measure_frames(fringe, "a blue square moving right")
+    assert report.colour_every_frame and 0.2 < report.worst_off_colour < 0.5
+
+
+def test_frame_measure_reads_blobs_and_wrong_shapes_as_such():
+    triangle = shapes.render_clip("a red triangle moving down", FRAMES, HEIGHT, WIDTH, seed=5)
+    square = shapes.render_clip("a red square moving down", FRAMES, HEIGHT, WIDTH, seed=5)
+    assert not shapes.measure_frames(square, "a red triangle moving down").shape_recognised
+    circle = shapes.render_clip("a red circle moving down", FRAMES, HEIGHT, WIDTH, seed=5)
+    report = shapes.measure_frames(circle, "a red triangle moving down")
+    assert report.shape == "circle" and not report.shape_recognised
+    # A blurred triangle is still a triangle: the measure reads the outline, not sharp edges.
+    import torch
+
+    x = torch.from_numpy(triangle).float().permute(0, 3, 1, 2)
+    soft = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    soft = soft.permute(0, 2, 3, 1).round().clamp(0, 255).numpy().astype(np.uint8)
+    assert shapes.measure_frames(soft, "a red triangle moving down").shape_recognised
+    assert shapes.measure_frames(np.zeros_like(triangle), "a red triangle moving down").shape is None
+
+
 # ------------------------------------------------------------------------------- the shipped model
 
 
@@ -156,7 +203,7 @@ def test_assets_are_small_safetensors():
     weights = list(ASSETS.rglob("*.safetensors"))
     assert {p.parent.name for p in weights} == {"transformer", "vae", "text_encoder"}
     assert not list(ASSETS.rglob("*.bin"))
-    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) < 25 * 2**20
+    assert sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file()) < 40 * 2**20
 
 
 def test_loads_offline_in_eval_mode(pipe):
@@ -176,30 +223,42 @@ def test_same_seed_same_video(pipe):
 
 
 def test_prompt_following(pipe):
-    """At least 90% of the prompts (held-out combinations included) show the asked colour and motion."""
+    """The output, measured frame by frame: the asked colour in every frame, the asked shape, the asked motion.
+
+    Rates over the 24 prompts (held-out combinations included); the floors sit a little under what the shipped
+    weights measure here (MODEL_CARD.md has the rates over 60 videos at the app's defaults), so a model that
+    drifts in colour, draws blobs or ignores the direction fails.
+    """
     rows = []
     for i in range(0, len(PROMPTS), 8):
         batch = PROMPTS[i : i + 8]
         videos = _generate(pipe, batch, seed=100 + i)
         for prompt, video in zip(batch, videos):
             ok, m = shapes.follows_prompt(video, prompt)
+            frames = shapes.measure_frames(video, prompt)
             held = shapes.parse_prompt(prompt).triple in shapes.HELD_OUT
-            rows.append((ok, held, prompt, m))
-    passed = sum(r[0] for r in rows)
-    rate = passed / len(rows)
-    held_rows = [r for r in rows if r[1]]
+            rows.append((ok, held, prompt, m, frames))
+    n = len(rows)
     lines = [
         f"{'PASS' if ok else 'FAIL'} {'held-out' if held else '        '} {prompt:<50} -> {m.colour} "
-        f"({m.colour_share:.0%}), dx {m.dx:+.2f} dy {m.dy:+.2f}, bg {m.background}"
-        for ok, held, prompt, m in rows
+        f"({m.colour_share:.0%}), dx {m.dx:+.2f} dy {m.dy:+.2f} | worst frame {f.worst_off_colour:.0%} off colour, "
+        f"shape {f.shape}"
+        for ok, held, prompt, m, f in rows
     ]
+    motion_rate = sum(r[0] for r in rows) / n
+    held_rows = [r for r in rows if r[1]]
+    colour_rate = sum(f.colour_every_frame for *_, f in rows) / n
+    worst = sorted(f.worst_off_colour for *_, f in rows)[n // 2]
+    shape_rate = sum(f.shape_recognised for *_, f in rows) / n
     summary = (
-        f"prompt following: {passed}/{len(rows)} = {rate:.0%} "
-        f"(held-out {sum(r[0] for r in held_rows)}/{len(held_rows)}; {STEPS} steps, guidance {GUIDANCE})"
+        f"colour and motion {motion_rate:.0%} (held-out {sum(r[0] for r in held_rows)}/{len(held_rows)}); "
+        f"colour in every frame {colour_rate:.0%}, median worst frame {worst:.0%} off colour; "
+        f"shape {shape_rate:.0%} ({STEPS} steps, guidance {GUIDANCE})"
     )
     print("\n" + "\n".join(lines) + "\n" + summary)
-    assert len(rows) >= 20
-    # Colour on its own first, so a failure says which half broke.
-    colour_rate = sum(m.colour == shapes.parse_prompt(p).colour for _, _, p, m in rows) / len(rows)
-    assert colour_rate >= 0.9, f"colour following {colour_rate:.0%}\n" + summary + "\n" + "\n".join(lines)
-    assert rate >= 0.9, summary + "\n" + "\n".join(lines)
+    detail = summary + "\n" + "\n".join(lines)
+    assert n >= 20
+    assert colour_rate >= COLOUR_EVERY_FRAME_FLOOR, detail
+    assert worst <= WORST_FRAME_OFF_COLOUR_CEILING, detail
+    assert motion_rate >= COLOUR_AND_MOTION_FLOOR, detail
+    assert shape_rate >= SHAPE_FLOOR, detail

@@ -9,6 +9,7 @@ refused there.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import pickle
 import socket
@@ -258,6 +259,8 @@ class _FakeZeroGPU:
 
     def GPU(self, duration):
         def decorate(task):
+            assert inspect.isgeneratorfunction(task), "spaces runs a plain function's result through pickle whole"
+
             def worker(*args, **kwargs):
                 self.durations.append(duration(*args, **kwargs))
                 args, kwargs = _roundtrip((args, kwargs))  # a threading.Event here would fail, as on ZeroGPU

@@ -32,14 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..events import Event, FramesDecoded, RunFinished
-from ..metrics import psnr, ssim
+from ..comparison import compare_runs, warm_up
+from ..events import Event, FramesDecoded, RunFinished, StepRecord
 from ..runner import run_generation
 from ..video import Mp4Writer
 from .form import Job
 from .pipelines import PipelineCache
 
 ACCELERATED, PLAIN = "accelerated", "plain"
+#: The run label of the untimed warm-up before a comparison (an update with neither event nor video).
+WARM_UP = "warm-up"
 
 
 @dataclass
@@ -89,6 +91,11 @@ def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = No
     """Run ``job`` on ``pipe`` in this thread, writing ``accelerated.mp4`` (and ``plain.mp4``) into ``out_dir``."""
     runs = [(ACCELERATED, job.settings)] + ([(PLAIN, job.plain_settings)] if job.compare else [])
     finished: dict[str, RunFinished] = {}
+    steps: dict[str, list[StepRecord]] = {ACCELERATED: [], PLAIN: []}
+    if job.compare:
+        # Untimed, so that the process's one-time costs land on neither timed run (the CLI does the same).
+        yield JobUpdate(run=WARM_UP)
+        warm_up(pipe, job.settings, job.preset.name, image=job.image, cancel=cancel)
     for label, settings in runs:
         path = Path(out_dir) / f"{label}.mp4"
         # Frames go to the file as the decoder produces them; a run that raises deletes its partial file.
@@ -98,10 +105,13 @@ def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = No
                     writer.write(event.frames)
                 elif isinstance(event, RunFinished):
                     finished[label] = event
+                elif isinstance(event, StepRecord):
+                    steps[label].append(event)
                 yield JobUpdate(run=label, event=event)
         yield JobUpdate(run=label, video=str(path))
     if job.compare:
-        yield JobUpdate(run=PLAIN, comparison=compare_runs(finished[ACCELERATED], finished[PLAIN]))
+        yield JobUpdate(run=PLAIN, comparison=compare_runs(finished[ACCELERATED], finished[PLAIN],
+                                                                steps[ACCELERATED], steps[PLAIN]))
 
 
 def portable(update: JobUpdate) -> JobUpdate | None:
@@ -116,25 +126,6 @@ def portable(update: JobUpdate) -> JobUpdate | None:
     if isinstance(update.event, RunFinished) and update.event.frames is not None:
         return dataclasses.replace(update, event=dataclasses.replace(update.event, frames=None))
     return update
-
-
-def compare_runs(accelerated: RunFinished, plain: RunFinished) -> dict[str, Any]:
-    """Speed-up (whole run and denoise stage), PSNR and SSIM of the accelerated video against the plain one."""
-    a, p = accelerated.summary, plain.summary
-
-    def ratio(x: float, y: float) -> float:
-        return x / y if y > 0 else float("inf")
-
-    return {
-        "accelerated_seconds": a["total_seconds"],
-        "plain_seconds": p["total_seconds"],
-        "speedup": ratio(p["total_seconds"], a["total_seconds"]),
-        "denoise_speedup": ratio(p["stages"]["denoise"]["seconds"], a["stages"]["denoise"]["seconds"]),
-        "psnr_db": psnr(accelerated.frames, plain.frames),
-        "ssim": ssim(accelerated.frames, plain.frames),
-        "accelerated_calls": (a["calls_computed"], a["calls_computed"] + a["calls_reused"]),
-        "plain_calls": (p["calls_computed"], p["calls_computed"] + p["calls_reused"]),
-    }
 
 
 class Session:

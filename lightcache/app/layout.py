@@ -45,7 +45,7 @@ from .form import (
     warmup_for_steps,
 )
 from .gpu import gpu_generation, on_zero_gpu, refuse_unsupported_on_zero_gpu
-from .jobs import ACCELERATED, PLAIN, Session
+from .jobs import ACCELERATED, PLAIN, WARM_UP, Session
 from .outputs import OutputDirs
 from .pipelines import PipelineCache
 from .waiting import enqueued_at, waiting_count
@@ -65,6 +65,8 @@ TRACE_REFRESH_S = 0.25
 #: Pixel height of the video players (the tiny model's 128 px clips would otherwise fill the screen).
 VIDEO_HEIGHT = 300
 #: The status of a run whose session pressed Stop while it waited in the queue: it never starts.
+WARMING_UP = ("**Warming up…** a short untimed run first, so that one-time costs land on neither of the two "
+              "runs being compared.")
 STOPPED_BEFORE_START = "**Stopped** before it started: Stop was pressed while this run waited in the queue."
 
 
@@ -281,6 +283,9 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
     yield ("**Loading the model…**" if loading else "**Starting…**", trace_figure([planned]), None, None, "",
            None, comparison)
     for update in updates:
+        if update.run == WARM_UP:
+            yield (WARMING_UP,) + (skip(),) * 6
+            continue
         events = runs[update.run]
         accelerated = update.run == ACCELERATED
         if update.comparison is not None:

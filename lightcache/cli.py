@@ -1,4 +1,4 @@
-"""The command line: ``python -m lightcache generate ...`` (and the benchmarks' subcommands).
+"""The command line: ``lightcache generate ...`` or ``python -m lightcache generate ...`` (and the benchmark's).
 
 ``generate`` writes into ``--out``: ``video.mp4`` (H.264), ``trace.json`` (one record per transformer call),
 ``summary.json`` (preset, settings, stage times and peak memory, which memory strategies acted, computed/reused
@@ -37,7 +37,7 @@ EXIT_TERMINATED = 143
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lightcache",
+        prog=_prog(),
         description="Faster, lighter video diffusion with EasyCache and LightCache's memory strategies.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,6 +85,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _prog() -> str:
+    """The name usage lines show: ``lightcache`` when run as the installed command, else ``python -m lightcache``
+    (argparse's default would be ``__main__.py``)."""
+    return "lightcache" if Path(sys.argv[0]).stem == "lightcache" else "python -m lightcache"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Everything, imports included, runs inside the handlers: Ctrl-C in the first seconds (torch and diffusers
     # loading) and SIGTERM at any time end with one line and run every ``finally`` (no staging left behind).
@@ -127,10 +133,12 @@ def cmd_presets(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .extras import CLI_MODULES, require_extra
     from .presets import load_preset, resolve_device
     from .images import check_image_for_preset, open_image
     from .settings import RunSettings
 
+    require_extra("cli", CLI_MODULES, "`generate`")
     preset = load_preset(args.preset)
     settings = RunSettings.from_preset(preset, **_settings_overrides(args))
     image = open_image(args.image, label="--image") if args.image else None

@@ -1,4 +1,4 @@
-"""Model presets: one JSON file per model in ``presets/``, validated on load, turned into a ready pipeline.
+"""Model presets: one JSON file per model in ``lightcache/data/presets/``, validated on load, turned into a pipeline.
 
 A preset names the model (a local directory or a Hugging Face Hub id), its family and diffusers pipeline class,
 whether it takes an image, the dtypes, the model's reference generation settings and the limits a request must
@@ -24,8 +24,11 @@ from typing import Any
 
 from .errors import LightcacheError
 
+#: The directory that holds the ``lightcache`` package: the source tree, or ``site-packages`` when it is installed.
+#: Paths in presets (the tiny model's ``lightcache/data/tiny-wan``) are relative to it, so they resolve either way.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PRESET_DIR = PROJECT_ROOT / "presets"
+#: The shipped presets: package data, so an installed wheel has them too.
+PRESET_DIR = Path(__file__).resolve().parent / "data" / "presets"
 
 _DTYPES = ("float32", "float16", "bfloat16")
 _IMAGE_INPUTS = ("none", "optional", "required")
@@ -91,7 +94,7 @@ def list_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
 
 
 def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> Preset:
-    """Read and validate ``presets/<name>.json``; a path to a JSON file also works.
+    """Read and validate the shipped preset ``<name>.json``; a path to a JSON file also works.
 
     Raises :class:`LightcacheError` naming the valid presets when ``name`` is unknown, and naming the field when
     the file is malformed.
@@ -104,7 +107,7 @@ def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> Preset:
 
 
 def load_shipped_preset(name: str, preset_dir: Path = PRESET_DIR) -> Preset:
-    """The preset called ``name`` among those shipped in ``presets/``; never a path.
+    """The preset called ``name`` among those shipped in :data:`PRESET_DIR`; never a path.
 
     This is what the app and its API use: a web client may only choose among the presets the server's owner
     shipped, so it cannot make the server read a file, load a model or fetch a Hub repository of its choosing
@@ -251,7 +254,7 @@ def looks_like_hub_id(model: str) -> bool:
         len(parts) == 2
         and all(parts)
         and not model.startswith((".", "/", "~"))
-        and not model.startswith(("assets/", "presets/"))
+        and not model.startswith(("assets/", "presets/", "lightcache/"))
         and not any(path.exists() for path in _local_candidates(model))
     )
 

@@ -3,7 +3,7 @@
 They have the real Wan architecture (``WanTransformer3DModel``, ``AutoencoderKLWan``, ``UMT5EncoderModel``) at a
 size that runs a whole generation in well under a second on a CPU, which is what the tests and the smoke runs
 need. Random weights draw noise, not shapes: the model the app ships by default is the trained one in
-``assets/tiny-wan``. :func:`build_tiny_pipeline` is Wan2.1-shaped; :func:`build_tiny_wan22_pipeline` (with
+``lightcache/data/tiny-wan``. :func:`build_tiny_pipeline` is Wan2.1-shaped; :func:`build_tiny_wan22_pipeline` (with
 :func:`build_tiny_wan22_vae` and :func:`build_tiny_wan22_transformer`) has the Wan2.2-TI2V-5B layout: the residual,
 patchified 48-channel VAE and per-token timesteps.
 

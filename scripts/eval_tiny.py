@@ -4,9 +4,9 @@ Writes a JSON record (every video's per-frame readings and the summary rates) th
 generated from. Prompts cycle through every (colour, shape, motion) triple, held-out ones included; noise seeds
 start at ``--seed`` (1000 by default, away from every seed the training used).
 
-    python scripts/eval_tiny.py --model assets/tiny-wan --videos 60 --out assets/tiny-wan/eval.json
+    python scripts/eval_tiny.py --model lightcache/data/tiny-wan --videos 60 --out lightcache/data/tiny-wan/eval.json
     python scripts/eval_tiny.py --vae-only --videos 60     # the VAE alone: ground-truth clips encoded and decoded
-    python scripts/eval_tiny.py --cost 5 --out assets/tiny-wan/cost.json   # where a default generation's time goes
+    python scripts/eval_tiny.py --cost 5 --out lightcache/data/tiny-wan/cost.json   # where a default generation's time goes
 
 ``--cost N`` times N plain and N EasyCache generations at the preset's defaults through lightcache's runner (the
 numbers the app shows), interleaved after one untimed warm-up, and records each run's stage times.
@@ -104,7 +104,7 @@ def cost(pipe, runs: int) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/tiny-wan")
+    ap.add_argument("--model", default="lightcache/data/tiny-wan")
     ap.add_argument("--videos", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=None, help="default: the tiny preset's")

@@ -1,4 +1,4 @@
-"""Train the tiny shapes text-to-video model shipped in ``assets/tiny-wan``.
+"""Train the tiny shapes text-to-video model shipped in ``lightcache/data/tiny-wan``.
 
 Everything is built with diffusers' and transformers' own classes, so the result loads through
 ``WanPipeline.from_pretrained(dir)`` exactly like a real Wan2.1 checkpoint:
@@ -15,14 +15,14 @@ Data are synthetic clips from :mod:`lightcache.shapes`, generated from the seed;
 motion) triples in ``lightcache.shapes.HELD_OUT`` are never shown, so the prompt-following test can ask
 for them.
 
-Stages (each seeded on its own, each resumable; see ``--help`` and assets/tiny-wan/MODEL_CARD.md):
+Stages (each seeded on its own, each resumable; see ``--help`` and lightcache/data/tiny-wan/MODEL_CARD.md):
 VAE phases 1-4, latents of 1000 clips, transformer phases 1-2 on them, latents of 600 clips whose paths
 run near the middle of the frame, transformer phase 3 on those (the first half, staged in ``--v1-dir``); then
 ``scripts/train_tiny_refine.py`` (the second half): the decoder trained again on whole 17-frame clips and the
 transformer deepened from 4 to 24 blocks. The shipped weights::
 
-    python scripts/train_tiny.py --out assets/tiny-wan --seed 0 --dit2-stop 3500
-    python scripts/train_tiny.py --out assets/tiny-wan --v1-from /tmp/train_tiny_v1   # resume at the second half
+    python scripts/train_tiny.py --out lightcache/data/tiny-wan --seed 0 --dit2-stop 3500
+    python scripts/train_tiny.py --out lightcache/data/tiny-wan --v1-from /tmp/train_tiny_v1   # resume at the second half
 
 ``--smoke`` runs a few steps of each stage to check shapes and speed.
 """
@@ -350,7 +350,7 @@ def train_transformer(dit, ema, latents, clips, embeds, args, phase: int) -> tup
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="assets/tiny-wan")
+    ap.add_argument("--out", default="lightcache/data/tiny-wan")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--height", type=int, default=128)

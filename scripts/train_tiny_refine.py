@@ -14,8 +14,8 @@ is drawn from a generator seeded by the stage seed and the step number, and a ch
    latents. The deeper model draws sharper shapes and costs what a real video model costs relative to its VAE
    (the transformer, not the decode, is most of a generation).
 
-    python scripts/train_tiny_refine.py --base /tmp/tiny-v1 --out assets/tiny-wan
-    python scripts/train_tiny_refine.py --base /tmp/tiny-v1 --out assets/tiny-wan --stage decoder   # one stage
+    python scripts/train_tiny_refine.py --base /tmp/tiny-v1 --out lightcache/data/tiny-wan
+    python scripts/train_tiny_refine.py --base /tmp/tiny-v1 --out lightcache/data/tiny-wan --stage decoder   # one stage
 
 ``--smoke`` runs a few steps of each stage.
 """
@@ -279,7 +279,7 @@ def train_deeper(dit, latents, clips, embeds, args, ckpt: Checkpoint):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the pipeline directory the first half wrote")
-    ap.add_argument("--out", default="assets/tiny-wan")
+    ap.add_argument("--out", default="lightcache/data/tiny-wan")
     ap.add_argument("--work", default="/tmp/tiny-refine", help="checkpoints and intermediate files")
     ap.add_argument("--stage", choices=("decoder", "deepen", "all"), default="all")
     ap.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ from gradio_client import Client
 
 from lightcache.app import build_demo, layout, parse_args
 from lightcache.app.form import FIELDS, initial_values, labelled, parse_request
-from lightcache.app.gpu import estimate_gpu_seconds, on_gpu
+from lightcache.app.gpu import estimate_gpu_seconds, job_gpu_seconds
 from lightcache.app.jobs import Session, stream_job
 from lightcache.app.layout import preset_updates
 from lightcache.app.outputs import OutputDirs
@@ -184,20 +184,15 @@ def test_session_copies_are_independent_and_stop_only_their_own_run():
     assert not again.stop()
 
 
-def test_gpu_estimate_grows_with_work_and_decorator_is_a_noop_here():
+def test_gpu_estimate_grows_with_work():
+    # The decorator itself, with the spaces package and without it: tests/test_spaces.py.
     small = estimate_gpu_seconds("wan2.1-t2v-1.3b", 10, 33, 480, 832, False)
     big = estimate_gpu_seconds("wan2.1-t2v-1.3b", 50, 81, 480, 832, False)
     assert small < big <= estimate_gpu_seconds("wan2.1-t2v-1.3b", 50, 81, 480, 832, True)
     assert estimate_gpu_seconds("tiny", 20, 33, 128, 128, False) == 60
     assert estimate_gpu_seconds("nope", "x", None, 1, 1, False) == 60
-
-    def f(x):
-        return x
-
-    try:
-        import spaces  # noqa: F401
-    except ImportError:
-        assert on_gpu(duration=lambda *a: 1)(f) is f
+    job = parse_request(dict(initial_values("wan2.1-t2v-1.3b"), steps=50, frames=81, compare=True), device="cuda")
+    assert job_gpu_seconds(job, "out-dir", None) == estimate_gpu_seconds("wan2.1-t2v-1.3b", 50, 81, 480, 832, True)
 
 
 def test_call_counts_estimate_the_denoise_speedup():

@@ -239,6 +239,23 @@ def test_importing_lightcache_loads_no_torch_so_ctrl_c_reaches_the_cli_at_once()
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
+@pytest.mark.parametrize("module, package", [("plotly", "plotly"), ("imageio_ffmpeg", "imageio-ffmpeg")])
+def test_generate_without_the_cli_extra_names_it_before_loading_anything(module, package, tmp_path, monkeypatch,
+                                                                          capsys):
+    _never_load(monkeypatch)
+    monkeypatch.setitem(sys.modules, module, None)  # as after `pip install lightcache` without [cli]
+    assert main(["generate", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    _one_error_line(capsys, f'needs {package}, which is not installed: pip install "lightcache[cli]".')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_usage_line_names_the_command_as_it_was_started(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/lightcache"])
+    assert cli.build_parser().format_usage().startswith("usage: lightcache ")
+    monkeypatch.setattr(sys, "argv", ["/src/lightcache/__main__.py"])
+    assert cli.build_parser().format_usage().startswith("usage: python -m lightcache ")
+
+
 def test_a_second_run_to_the_same_out_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
     _never_load(monkeypatch)
     out = tmp_path / "run"

@@ -29,6 +29,6 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in ci
 
 
-@pytest.mark.parametrize("path", ["scripts/setup.sh", ".ci/run", "app.py", "requirements.txt"])
+@pytest.mark.parametrize("path", ["scripts/setup.sh", ".ci/run", "app.py", "requirements.txt", "pyproject.toml"])
 def test_files_the_readme_relies_on_exist(path):
     assert (ROOT / path).exists()

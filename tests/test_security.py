@@ -32,13 +32,13 @@ from lightcache.app.outputs import OutputDirs
 from lightcache.app.pipelines import PipelineCache
 from lightcache.app.waiting import waiting_count
 from lightcache.errors import LightcacheError
-from lightcache.presets import PROJECT_ROOT, list_presets, load_preset, model_identity
+from lightcache.presets import PRESET_DIR, PROJECT_ROOT, list_presets, load_preset, model_identity
 from lightcache.tiny import build_tiny_pipeline
 from lightcache.video import read_mp4
 
 SMALL = dict(steps=6, warmup=2, frames=5, height=32, width=32, tau=0.2)
 VALID = f"Valid presets: {', '.join(list_presets())}."
-SHIPPED_TINY = ("tiny", "assets/tiny-wan")
+SHIPPED_TINY = ("tiny", "lightcache/data/tiny-wan")
 #: How long a test waits for the server to reach a state before giving up (a guard against hanging, not a timing).
 PATIENCE_S = 120
 
@@ -131,8 +131,8 @@ def test_an_uploaded_preset_is_refused_and_nothing_is_loaded(app, client, victim
 
 
 @pytest.mark.parametrize("preset", [
-    str(PROJECT_ROOT / "presets" / "tiny.json"), "presets/tiny.json", "../presets/tiny", "tiny.json",
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "assets/tiny-wan", "/etc/passwd", "",
+    str(PRESET_DIR / "tiny.json"), "lightcache/data/presets/tiny.json", "presets/tiny.json", "../presets/tiny",
+    "tiny.json", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "lightcache/data/tiny-wan", "assets/tiny-wan", "/etc/passwd", "",
 ])
 def test_paths_and_model_names_are_not_presets(app, client, victim_run, preset):
     calls, identity = list(app.loader.calls), app.cache.identity
@@ -179,9 +179,9 @@ def test_uploads_are_capped_at_what_the_app_needs(app):
 
 
 @pytest.mark.parametrize("path, content", [
-    (str(PROJECT_ROOT / "presets" / "tiny.json"), "Tiny shapes model"),
-    ("presets/tiny.json", "Tiny shapes model"),
-    (str(PROJECT_ROOT / "assets" / "tiny-wan" / "model_index.json"), "WanPipeline"),
+    (str(PRESET_DIR / "tiny.json"), "Tiny shapes model"),
+    ("lightcache/data/presets/tiny.json", "Tiny shapes model"),
+    (str(PROJECT_ROOT / "lightcache" / "data" / "tiny-wan" / "model_index.json"), "WanPipeline"),
     ("/etc/passwd", "root:"),
 ])
 def test_the_file_route_serves_no_server_files(app, path, content):
@@ -348,6 +348,6 @@ def test_the_pipeline_cache_is_keyed_by_what_is_loaded_not_by_name():
         pass
     with cache.use(dataclasses.replace(tiny, model=str(PROJECT_ROOT / "assets"))):  # 'tiny' over other weights
         pass
-    assert loaded == ["assets/tiny-wan", str(PROJECT_ROOT / "assets")]
+    assert loaded == ["lightcache/data/tiny-wan", str(PROJECT_ROOT / "assets")]
     assert not cache.holds(tiny) and cache.identity == model_identity(
         dataclasses.replace(tiny, model=str(PROJECT_ROOT / "assets")), "cpu")

@@ -1,4 +1,4 @@
-"""The shipped tiny model (assets/tiny-wan) and the synthetic world it was trained on.
+"""The shipped tiny model (lightcache/data/tiny-wan) and the synthetic world it was trained on.
 
 The first half checks the grammar, the renderer and the measurement on rendered clips, so the
 measurement is shown to be able to fail. The second half loads the shipped weights offline through
@@ -19,7 +19,7 @@ import pytest
 
 from lightcache import shapes
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "tiny-wan"
+ASSETS = Path(__file__).resolve().parents[1] / "lightcache" / "data" / "tiny-wan"
 
 # Settings of the prompt-following check. Fewer steps than the app's default keep the test quick;
 # the model follows prompts at these settings too (see MODEL_CARD.md for the pass rate at the default).

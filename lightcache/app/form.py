@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import LightcacheError
 from ..images import check_image_for_preset, open_image
@@ -158,28 +158,37 @@ def warmup_for_steps(steps: Any, warmup: Any) -> dict[str, Any]:
     return dict(bounds, value=min(max(warmup, 0), bounds["maximum"]))
 
 
-def preset_choices() -> list[tuple[str, str]]:
-    """``(label, name)`` pairs for the preset dropdown; GPU presets say so in their label."""
+def preset_choices(names: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """``(label, name)`` pairs for the preset dropdown: of ``names`` (default: every shipped preset)."""
     choices = []
-    for name in list_presets():
+    for name in names if names is not None else list_presets():
         preset = load_shipped_preset(name)
         choices.append((f"{name} - {preset.title}", name))
     return choices
 
 
-def parse_request(raw: Mapping[str, Any], device: str) -> Job:
+def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | None = None) -> Job:
     """Validate raw form values into a :class:`Job`, or raise :class:`LightcacheError` naming the field.
 
     ``device`` is where the run would go (``cpu`` or ``cuda``): a GPU preset on a CPU-only machine is refused here,
     before anything is loaded. The preset is a name from the shipped presets only (:func:`load_shipped_preset`):
-    a web client never makes the server read a file or choose a model.
+    a web client never makes the server read a file or choose a model. ``presets``: the names this server offers,
+    when it serves fewer than all (a server that loaded its model at start serves that one).
+
+    >>> parse_request(dict(initial_values("tiny"), preset="wan2.1-t2v-1.3b"), "cuda", presets=["tiny"])
+    Traceback (most recent call last):
+    ...
+    lightcache.errors.LightcacheError: Preset: this server serves tiny only.
     """
     missing = [name for name in FIELDS if name not in raw]
     if missing:
         raise LightcacheError(f"Missing field(s): {', '.join(FIELDS[m] for m in missing)}.")
     preset_name = raw["preset"]
+    offered = list(presets) if presets is not None else list_presets()
     if not isinstance(preset_name, str) or not preset_name.strip():
-        raise LightcacheError(f"Preset: choose one of {', '.join(list_presets())}.")
+        raise LightcacheError(f"Preset: choose one of {', '.join(offered)}.")
+    if presets is not None and preset_name.strip() not in offered:
+        raise LightcacheError(f"Preset: this server serves {', '.join(offered)} only.")
     try:
         preset = load_shipped_preset(preset_name.strip())
     except LightcacheError as exc:

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -111,6 +112,20 @@ def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = No
     if job.compare:
         yield JobUpdate(run=PLAIN, comparison=compare_runs(finished[ACCELERATED], finished[PLAIN],
                                                                 steps[ACCELERATED], steps[PLAIN]))
+
+
+def portable(update: JobUpdate) -> JobUpdate | None:
+    """``update`` as the page needs it, without the video frames: None for :class:`FramesDecoded` (already written
+    to the job's file), a :class:`RunFinished` without its frames.
+
+    What crosses ZeroGPU's pickle boundary from the GPU worker to the page, so that a video of 81 frames at 720p does
+    not travel (twice) as float arrays.
+    """
+    if isinstance(update.event, FramesDecoded):
+        return None
+    if isinstance(update.event, RunFinished) and update.event.frames is not None:
+        return dataclasses.replace(update, event=dataclasses.replace(update.event, frames=None))
+    return update
 
 
 class Session:

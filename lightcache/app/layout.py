@@ -7,6 +7,10 @@ API: the Run button's event is ``/generate``. Its parameters are the form fields
 defaulting to what the page shows at start; it streams one update per denoising step and ends with the video,
 the timeline figure and the tables.
 
+The Run handler validates the request here, in the server's own process, and hands only the generation to the GPU
+call (:func:`.gpu.gpu_generation`): on a ZeroGPU Space a refused request never waits for a GPU, and the figures are
+drawn without holding one.
+
 Example:
     >>> from lightcache.app import build_demo
     >>> from lightcache.app.pipelines import PipelineCache
@@ -19,15 +23,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gradio as gr
 
 from ..errors import LightcacheError, RunCancelled
-from ..events import FramesDecoded, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from ..events import RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import timeline_figure, trace_figure
 from ..presets import load_shipped_preset
 from . import texts, view
@@ -41,8 +44,8 @@ from .form import (
     slider_bounds,
     warmup_for_steps,
 )
-from .gpu import estimate_gpu_seconds, on_gpu
-from .jobs import ACCELERATED, PLAIN, WARM_UP, Session, job_updates
+from .gpu import gpu_generation, on_zero_gpu, refuse_unsupported_on_zero_gpu
+from .jobs import ACCELERATED, PLAIN, WARM_UP, Session
 from .outputs import OutputDirs
 from .pipelines import PipelineCache
 from .waiting import enqueued_at, waiting_count
@@ -71,17 +74,20 @@ def build_demo(
     pipelines: PipelineCache | None = None,
     outputs: OutputDirs | None = None,
     defaults: Mapping[str, Any] | None = None,
+    presets: Sequence[str] | None = None,
 ) -> gr.Blocks:
     """Build the page.
 
     Args:
         pipelines: where models come from; default a :class:`PipelineCache` over the presets' own models.
         outputs: where videos are written; default per-run directories under ``<tmp>/lightcache-app``.
-        defaults: form values to start from instead of the tiny preset's (tests use small sizes).
+        defaults: form values to start from instead of the first offered preset's (tests use small sizes).
+        presets: the names of the shipped presets the page and its API offer; default all of them. A server that
+            loaded its model at start offers that one (:mod:`.startup`).
     """
     pipelines = pipelines if pipelines is not None else PipelineCache()
     outputs = outputs if outputs is not None else OutputDirs()
-    start = initial_values(DEFAULT_PRESET, defaults)
+    start = initial_values(presets[0] if presets else DEFAULT_PRESET, defaults)
     preset = load_shipped_preset(start["preset"])
     bounds = slider_bounds(preset, start["steps"])
     outputs.sweep()
@@ -95,7 +101,7 @@ def build_demo(
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 preset_dd = gr.Dropdown(
-                    preset_choices(), value=start["preset"], label=FIELDS["preset"], info=preset.description,
+                    preset_choices(presets), value=start["preset"], label=FIELDS["preset"], info=preset.description,
                 )
                 prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4)
                 # Shown for image-to-video presets only; its value reaches the handler as Gradio's reference to an
@@ -154,6 +160,9 @@ def build_demo(
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
                   async_swap, chunking, sliced, compare, image, session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
+        # Decorated here, while the page is built at import: ZeroGPU registers its GPU functions before launch.
+        generation = gpu_generation(pipelines)
+        zero_gpu = on_zero_gpu()
 
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
@@ -162,15 +171,11 @@ def build_demo(
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
                                     image)))
-            yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash))
-
-        def gpu_seconds(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                        warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, session=None,
-                        request=None):
-            return estimate_gpu_seconds(preset, steps, frames, height, width, compare)
+            yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash),
+                               generation=generation, presets=presets, zero_gpu=zero_gpu)
 
         run_event = run_btn.click(
-            on_gpu(duration=gpu_seconds)(generate),
+            generate,
             inputs=inputs,
             outputs=results,
             api_name="generate",
@@ -210,30 +215,39 @@ def build_demo(
     return demo
 
 
-def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any],
-            session: Session, enqueued_at: float | None = None) -> Iterator[tuple]:
+def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any], session: Session,
+            enqueued_at: float | None = None, *, generation: Callable[..., Iterator] | None = None,
+            presets: Sequence[str] | None = None, zero_gpu: bool = False) -> Iterator[tuple]:
     """The generation handler's body: validate, run, and turn each update into new values for the outputs.
 
     ``enqueued_at``: when the request entered the queue; if this session pressed Stop since, it does not start.
+    ``generation``: the GPU call (:func:`.gpu.gpu_generation` of ``pipelines``, the default). ``presets``: the
+    preset names offered (default all). ``zero_gpu``: this is a ZeroGPU Space (what it cannot do is refused here,
+    and the run's stop switch stays in this process).
     Output order: status, trace figure, video, timeline figure, stage table, plain video, comparison.
     """
     if session.stopped_since(enqueued_at):
         yield (STOPPED_BEFORE_START,) + (gr.skip(),) * 6
         return
     try:
-        job = parse_request(raw, pipelines.device)
+        job = parse_request(raw, pipelines.device, presets)
+        refuse_unsupported_on_zero_gpu(job.settings, zero_gpu)
     except LightcacheError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
 
+    generation = generation if generation is not None else gpu_generation(pipelines)
     cancel = session.start()
     out_dir = outputs.new()
     kept = False
     try:
-        with contextlib.closing(job_updates(pipelines, job, out_dir, cancel)) as updates:
+        # A threading.Event cannot cross into a ZeroGPU worker; there Stop ends the run by closing `updates`.
+        with contextlib.closing(generation(job, out_dir, None if zero_gpu else cancel)) as updates:
             yield from _present(job, updates, loading=not pipelines.holds(job.preset), device=pipelines.device)
         kept = True
     except RunCancelled:
         yield ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
+    except gr.Error:
+        raise  # the generation's own message, fit for the page
     except LightcacheError as exc:
         raise gr.Error(labelled(str(exc)), print_exception=False) from None
     except Exception as exc:
@@ -283,11 +297,7 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
                 yield (_status(runs), skip(), update.video, timeline_figure(events), view.stages_markdown(events),
                        skip(), skip())
             continue
-        event = update.event
-        if isinstance(event, FramesDecoded):
-            continue  # the worker already wrote them to the video; holding them here would double the memory
-        if isinstance(event, RunFinished):
-            event = dataclasses.replace(event, frames=None)
+        event = update.event  # without frames (jobs.portable): the worker wrote them to the video
         events.append(event)
         if isinstance(event, StepRecord):
             calls = sum(isinstance(e, StepRecord) for e in events)

@@ -10,6 +10,10 @@ revision, dtypes, device), never by a preset's name alone, so no preset can pass
 A model that fails to load is reported to the web page in one sentence without server paths; the server's log has
 the details.
 
+A server may load its model before it serves (:meth:`PipelineCache.preload`, which :mod:`.startup` calls at module
+scope: the way a ZeroGPU Space must load). The warm-up run happens once per process, because a ZeroGPU worker is a
+process forked for the GPU call: the main process, which has no GPU, never warms up; each worker does on its first run.
+
 The loader is injectable, which is how the tests serve a random-weight tiny pipeline built offline.
 
 Example:
@@ -22,12 +26,17 @@ Example:
     'WanPipeline'
     >>> cache.loaded, cache.holds(load_preset("tiny"))
     ('tiny', True)
+    >>> started = PipelineCache(loader=lambda preset, device: build_tiny_pipeline(0), device="cpu")
+    >>> started.preload(load_preset("tiny"))   # before the first request, as a Space does at start
+    >>> started.holds(load_preset("tiny"))
+    True
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -61,6 +70,7 @@ class PipelineCache:
         self._name: str | None = None
         self._identity: tuple | None = None
         self._pipe = None
+        self._warmed_in: int | None = None  # the process id the loaded pipeline was warmed up in
 
     @property
     def device(self) -> str:
@@ -85,27 +95,46 @@ class PipelineCache:
     @contextmanager
     def use(self, preset: Preset) -> Iterator[object]:
         """Lend the pipeline of ``preset`` (loading it, and dropping any other, first) for the ``with`` block."""
-        identity = model_identity(preset, self.device)
         with self._lock:
-            if self._identity != identity or self._pipe is None:
-                self._drop()
-                pipe = self._load(preset)
-                self._pipe, self._name, self._identity = pipe, preset.name, identity
+            self._ensure(preset)
+            self._warm(preset)
             try:
                 yield self._pipe
             finally:
                 release_memory()
 
-    def _load(self, preset: Preset):
-        """Load (and warm up) ``preset``'s pipeline; a failure becomes one sentence fit for a public page."""
+    def preload(self, preset: Preset, warm_up: bool = True) -> None:
+        """Load ``preset``'s pipeline now, before any request (a failure raises the same sentence as in a run).
+
+        ``warm_up=False`` leaves the warm-up to the first run in each process: ZeroGPU's main process has no GPU to
+        run it on.
+        """
+        with self._lock:
+            self._ensure(preset)
+            if warm_up:
+                self._warm(preset)
+
+    def _ensure(self, preset: Preset) -> None:
+        """Make ``preset``'s model the loaded one (dropping any other first)."""
+        identity = model_identity(preset, self.device)
+        if self._identity != identity or self._pipe is None:
+            self._drop()
+            pipe = self._guarded(preset, lambda: self._loader(preset, self.device))
+            self._pipe, self._name, self._identity = pipe, preset.name, identity
+
+    def _warm(self, preset: Preset) -> None:
+        """Warm the loaded pipeline up once in this process (its one-time costs are the process's own)."""
+        if self._warm_up and self._warmed_in != os.getpid():
+            self._guarded(preset, lambda: _warm_up(self._pipe, preset))
+            self._warmed_in = os.getpid()
+
+    def _guarded(self, preset: Preset, step):
+        """Run a loading step; a failure drops the model and becomes one sentence fit for a public page."""
         try:
-            pipe = self._loader(preset, self.device)
-            if self._warm_up:
-                _warm_up(pipe, preset)
-            return pipe
+            return step()
         except Exception:  # noqa: BLE001 - whatever it was, the page gets no paths; the log gets the traceback
             log.exception("loading the model of preset %r failed", preset.name)
-            release_memory()
+            self._drop()
             raise LightcacheError(
                 f"Preset: the model of '{preset.name}' could not be loaded on this server (the server's log says "
                 "why). Try another preset."
@@ -117,7 +146,7 @@ class PipelineCache:
             self._drop()
 
     def _drop(self) -> None:
-        self._pipe, self._name, self._identity = None, None, None
+        self._pipe, self._name, self._identity, self._warmed_in = None, None, None, None
         release_memory()
 
 

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
 
 
 def cmd_bench(args) -> int:
+    from ..extras import BENCH_MODULES, require_extra
+
+    require_extra("bench", BENCH_MODULES, "`bench`")
     from .chart import write_chart
     from .report import benchmarks_doc, results_table, summary_text
     from .results import read_results, write_results

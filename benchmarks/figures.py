@@ -45,8 +45,8 @@ from lightcache.bench.report import format_percent, percent_change
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RUN_DIR = DOCS / "gpu-runs" / "2026-11-22-h100"
-DOCUMENTS = ("README.md", "docs/memory.md", "assets/tiny-wan/MODEL_CARD.md")
-TINY = ROOT / "assets" / "tiny-wan"
+DOCUMENTS = ("README.md", "docs/memory.md", "lightcache/data/tiny-wan/MODEL_CARD.md")
+TINY = ROOT / "lightcache" / "data" / "tiny-wan"
 COMMAND = "python -m benchmarks.figures"
 GIB = 2**30
 WIDTH = 118  # the documents' line length
@@ -135,7 +135,7 @@ def load(root: Path = ROOT, run_dir: Path = RUN_DIR) -> Records:
         return json.loads(path.read_text()) if path.is_file() else None
 
     docs = root / "docs"
-    tiny_dir = root / "assets" / "tiny-wan"
+    tiny_dir = root / "lightcache" / "data" / "tiny-wan"
     tiny = {path.stem: json.loads(path.read_text()) for path in sorted(tiny_dir.glob("*.json"))
             if path.stem in TINY_RECORDS}
     if (tiny_dir / "training_log.txt").is_file():
@@ -696,7 +696,7 @@ def readme_bench(records: Records) -> str:
             f"{claim}.")
 
 
-# --- assets/tiny-wan/MODEL_CARD.md -------------------------------------------------------------------------------
+# --- lightcache/data/tiny-wan/MODEL_CARD.md ------------------------------------------------------------------------------
 #: The tiny model's records: its evaluation (generations and the VAE alone), the cost of a default generation, and
 #: the refinement stages' log; the first half's kept log lines are ``training_log.txt``.
 TINY_RECORDS = ("eval", "eval-vae", "cost", "refine_log")

@@ -418,3 +418,14 @@ def test_every_example_is_something_the_tiny_model_was_trained_to_draw():
         assert spec.background == "black", f"{prompt!r}: the shipped model was trained on black backgrounds only"
         assert (spec.colour, spec.shape, spec.motion) not in HELD_OUT, f"{prompt!r} is held out of training"
         assert prompt == prompt.lower()
+
+
+def test_every_example_drew_what_it_asks_in_the_model_evaluation():
+    """The examples are rows of the shipped model's evaluation record that passed every measure."""
+    from lightcache.app import texts
+
+    record = json.loads((ROOT / "lightcache" / "data" / "tiny-wan" / "eval.json").read_text())
+    rows = {(r["prompt"], r["seed"]): r for r in record["videos"]}
+    for prompt, seed, _ in texts.EXAMPLES:
+        row = rows[(prompt, seed)]
+        assert row["colour_every_frame"] and row["shape_recognised"] and row["follows_prompt"], row

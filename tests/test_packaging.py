@@ -133,7 +133,7 @@ def test_the_wheel_ships_the_package_data_and_nothing_else(installed):
     assert shipped <= set(names), f"missing from the wheel: {sorted(shipped - set(names))}"
     assert "lightcache/py.typed" in names
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "scripts/", "assets/")) or "__pycache__" in n]
-    assert installed["wheel"].stat().st_size < 12 * 2**20
+    assert installed["wheel"].stat().st_size < 40 * 2**20  # the tiny model is most of it
 
 
 def test_pip_check_finds_every_declared_requirement_satisfied(installed):

@@ -87,7 +87,7 @@ def build_demo(
     with gr.Blocks(title="LightCache + EasyCache", delete_cache=GRADIO_CACHE_SWEEP) as demo:
         session = gr.State(Session())
         gr.Markdown(texts.INTRO)
-        with gr.Accordion("How it works: EasyCache and the three memory strategies", open=False,
+        with gr.Accordion("How it works: EasyCache, the three memory strategies and compile", open=False,
                           elem_id="how-it-works"):
             gr.Markdown(texts.HOW_IT_WORKS)
         with gr.Row(equal_height=False):
@@ -121,6 +121,9 @@ def build_demo(
                                                info="token-wise layers over token slices")
                         sliced = gr.Checkbox(start["sliced_decode"], label=FIELDS["sliced_decode"],
                                              info="decode the latent in slices")
+                    compile_box = gr.Checkbox(start["compile"], label=FIELDS["compile"], elem_id="compile",
+                                              info="compile the transformer blocks: faster calls after a slow "
+                                                   "first one (compiling, ringed in the trace)")
                     with gr.Row():
                         tau = gr.Slider(value=start["tau"], label=FIELDS["tau"],
                                         info="larger: more reuse, faster, less exact", **bounds["tau"])
@@ -150,21 +153,21 @@ def build_demo(
                                                  elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
-                  async_swap, chunking, sliced, compare, image, session]
+                  async_swap, chunking, sliced, compare, image, compile_box, session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
 
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                     warmup, async_swap, feature_chunking, sliced_decode, compare, image=None,
+                     warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, compile=False,
                      session: Session | None = None, request: gr.Request = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
-                                    image)))
+                                    image, compile)))
             yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash))
 
         def gpu_seconds(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                        warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, session=None,
-                        request=None):
+                        warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, compile=False,
+                        session=None, request=None):
             return estimate_gpu_seconds(preset, steps, frames, height, width, compare)
 
         run_event = run_btn.click(

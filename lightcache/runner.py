@@ -265,6 +265,14 @@ def _check_prompt_length(pipe, settings) -> None:
 
 def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> dict | None:
     """Refuse memory-strategy settings this model cannot honour before anything runs; the sliced-decode plan."""
+    if getattr(settings, "compile", False):
+        from .compile import check_compiler_available
+
+        check_compiler_available("inductor", pipe._execution_device)
+        for name, module in adapter.denoisers(pipe).items():
+            if not adapter.repeated_blocks(module):
+                raise LightcacheError(f"compile: the {name} ({type(module).__name__}) has no repeated blocks to "
+                                      "compile.")
     if settings.chunk_ffn is not None:
         reason = adapter.chunking_unsupported(pipe)
         if reason:

@@ -444,3 +444,15 @@ def test_the_cli_summary_line_names_the_warm_up(capsys, tmp_path):
     line = capsys.readouterr().out
     assert "torch.compile warm-up 9.00 s in 1 call(s), 8.80 s of it compiling; median computed call after it " \
            "10.0 ms" in line
+
+
+def test_a_run_without_a_compiler_is_refused_before_it_starts(monkeypatch):
+    import lightcache.compile as compile_module
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compile_module.shutil, "which", lambda name: None)
+    pipe = build_tiny_pipeline(seed=0)
+    events = run_generation(pipe, _settings(guidance_scale_2=None, chunk_ffn=None, compile=True))
+    with pytest.raises(LightcacheError, match="needs a C.. compiler"):
+        next(events)  # refused before RunStarted: nothing ran, nothing attached
+    assert getattr(pipe, "_lightcache_acceleration", None) is None

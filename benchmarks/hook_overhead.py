@@ -61,14 +61,17 @@ def build_random_pipeline(spec: ModelSpec, device: torch.device):
 
 
 def markdown(result: dict) -> str:
+    from lightcache.bench.report import format_percent
+
     o = result["overhead"]
     r = o["reuse"]
     mode = "" if result["mode"] == "gpu" else "*smoke run: tiny shapes on the CPU, not a measurement.*\n\n"
     rows = [
-        ("tau = 0 over plain, whole denoise stage", f"{o['overhead_pct']:+.2f}%", o["overhead_pct"]),
-        ("tau = 0 over plain, median transformer call", f"{o['call_overhead_pct']:+.2f}%", o["call_overhead_pct"]),
-        ("reused call / computed call (medians)",
-         "-" if r["ratio_pct"] is None else f"{r['ratio_pct']:.2f}%", r["ratio_pct"]),
+        ("tau = 0 over plain, whole denoise stage", format_percent(o["overhead_pct"], signed=True),
+         o["overhead_pct"]),
+        ("tau = 0 over plain, median transformer call", format_percent(o["call_overhead_pct"], signed=True),
+         o["call_overhead_pct"]),
+        ("reused call / computed call (medians)", format_percent(r["ratio_pct"]), r["ratio_pct"]),
     ]
     lines = [
         f"{mode}### {result['model']}, {o['height']}x{o['width']}x{o['frames']}, {o['steps']} steps, "

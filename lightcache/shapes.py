@@ -51,6 +51,8 @@ __all__ = [
     "all_specs",
     "measure_motion",
     "follows_prompt",
+    "FrameReport",
+    "measure_frames",
 ]
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white")
@@ -403,6 +405,109 @@ def follows_prompt(frames: np.ndarray, prompt: str | ClipSpec, min_travel: float
     across = abs(m.dx * dy) + abs(m.dy * dx)
     ok = m.colour == spec.colour and along >= min_travel and along > 2.0 * across
     return bool(ok), m
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameReport:
+    """What :func:`measure_frames` saw, frame by frame, against what a prompt asked for.
+
+    ``off_colour[i]`` is the share of frame ``i``'s object pixels whose colour is nearer another palette colour
+    than the one asked for (1.0 where the frame shows no object); ``shapes[i]`` is the ideal shape whose mask best
+    overlaps frame ``i``'s object mask (``None`` where there is no object).
+    """
+
+    asked: ClipSpec
+    off_colour: tuple[float, ...]
+    shapes: tuple[str | None, ...]
+
+    @property
+    def worst_off_colour(self) -> float:
+        """The largest off-colour share over the frames: how far the worst frame strays."""
+        return max(self.off_colour)
+
+    @property
+    def colour_every_frame(self) -> bool:
+        """Whether the asked colour is the majority of the object's pixels in every frame."""
+        return self.worst_off_colour < 0.5
+
+    @property
+    def shape(self) -> str | None:
+        """The shape most frames look like (ties go to the order of :data:`SHAPES`)."""
+        seen = [s for s in self.shapes if s is not None]
+        if not seen:
+            return None
+        return max(SHAPES, key=seen.count)
+
+    @property
+    def shape_recognised(self) -> bool:
+        return self.shape == self.asked.shape
+
+
+def _ideal_masks(area: float, cx: float, cy: float, h: int, w: int) -> dict[str, np.ndarray]:
+    """Binary masks of an ideal circle, square and triangle with the given area (pixels) and centroid.
+
+    They are drawn by the renderer's own :func:`_shape_mask`, sized for equal area; the triangle is moved up
+    so that its centroid (not its bounding-box centre) sits on the object's.
+    """
+    unit = float(min(h, w))
+    yy = (np.arange(h, dtype=np.float32) + 0.5)[:, None] / unit
+    xx = (np.arange(w, dtype=np.float32) + 0.5)[None, :] / unit
+    a = area / unit**2
+    # Areas of the renderer's shapes in units of r^2: circle pi, square (2 * 0.9)^2, triangle 1.1 * 1.85.
+    tri_k = 1.1 * 1.85
+    r = {"circle": np.sqrt(a / np.pi), "square": np.sqrt(a / (1.8 * 1.8)), "triangle": np.sqrt(a / tri_k)}
+    x, y = cx / unit, cy / unit
+    # The triangle spans [cy - r, cy + 0.85 r] and is wider at the bottom: its centroid is 2/3 of the way down.
+    tri_centroid_offset = -1.0 + (2.0 / 3.0) * 1.85
+    return {
+        "circle": _shape_mask("circle", x, y, r["circle"], yy, xx) > 0,
+        "square": _shape_mask("square", x, y, r["square"], yy, xx) > 0,
+        "triangle": _shape_mask("triangle", x, y - tri_centroid_offset * r["triangle"], r["triangle"], yy, xx) > 0,
+    }
+
+
+def measure_frames(frames: np.ndarray, prompt: str | ClipSpec, threshold: float = 60.0) -> FrameReport:
+    """Measure colour and shape in every frame of a video against what ``prompt`` asked for.
+
+    Object pixels are those farther than ``threshold`` from the background (the median colour of the frame
+    border), as in :func:`measure_motion`. A pixel's colour is the palette colour that, blended with the
+    background at the best opacity, comes nearest to it, so the soft edge of a yellow object (dark yellow) still
+    counts as yellow, not green. A frame's shape is the ideal circle, square or upright triangle of the same area
+    and centroid whose mask overlaps the object's mask best (intersection over union).
+
+    >>> clip = render_clip("a green triangle moving left", frames=9, height=128, width=128, seed=4)
+    >>> r = measure_frames(clip, "a green triangle moving left")
+    >>> r.shape, r.colour_every_frame, r.worst_off_colour < 0.05
+    ('triangle', True, True)
+    >>> measure_frames(clip, "a red square moving left").shape_recognised
+    False
+    """
+    spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    v = _as_uint8(frames).astype(np.float32)
+    _, h, w, _ = v.shape
+    border = np.concatenate([v[:, 0], v[:, -1], v[:, :, 0], v[:, :, -1]], axis=1).reshape(-1, 3)
+    bg = np.median(border, axis=0)
+    names = list(PALETTE)
+    pal = np.asarray([PALETTE[k] for k in names], np.float32) - bg  # (C, 3) directions from the background
+    asked = names.index(spec.colour)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    off, found = [], []
+    for frame in v:
+        d = frame - bg
+        mask = np.sqrt((d**2).sum(-1)) > threshold
+        n = int(mask.sum())
+        if n < 4:
+            off.append(1.0)
+            found.append(None)
+            continue
+        pix = d[mask]  # (N, 3)
+        alpha = np.clip(pix @ pal.T / (pal**2).sum(-1), 0.0, 1.0)  # best opacity per (pixel, colour)
+        err = ((pix[:, None, :] - alpha[..., None] * pal[None]) ** 2).sum(-1)
+        off.append(float((err.argmin(axis=1) != asked).mean()))
+        ideal = _ideal_masks(float(n), float(xs[mask].mean()), float(ys[mask].mean()), h, w)
+        iou = {k: (m & mask).sum() / max(1, (m | mask).sum()) for k, m in ideal.items()}
+        found.append(max(SHAPES, key=lambda k: iou[k]))
+    return FrameReport(spec, tuple(off), tuple(found))
 
 
 def iter_prompts(specs: Iterable[ClipSpec]) -> list[str]:

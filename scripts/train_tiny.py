@@ -17,10 +17,12 @@ for them.
 
 Stages (each seeded on its own, each resumable; see ``--help`` and assets/tiny-wan/MODEL_CARD.md):
 VAE phases 1-4, latents of 1000 clips, transformer phases 1-2 on them, latents of 600 clips whose paths
-run near the middle of the frame, transformer phase 3 on those. The shipped weights (about 100 minutes
-of one CPU core)::
+run near the middle of the frame, transformer phase 3 on those (the first half, staged in ``--v1-dir``); then
+``scripts/train_tiny_refine.py`` (the second half): the decoder trained again on whole 17-frame clips and the
+transformer deepened from 4 to 24 blocks. The shipped weights::
 
     python scripts/train_tiny.py --out assets/tiny-wan --seed 0 --dit2-stop 3500
+    python scripts/train_tiny.py --out assets/tiny-wan --v1-from /tmp/train_tiny_v1   # resume at the second half
 
 ``--smoke`` runs a few steps of each stage to check shapes and speed.
 """
@@ -41,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_tiny_refine, the second half
 
 from lightcache import shapes  # noqa: E402
 
@@ -401,7 +404,14 @@ def main(argv=None) -> None:
     ap.add_argument("--vae2-steps", type=int, default=400)
     ap.add_argument("--vae2-obj-weight", type=float, default=4.0)
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
+    ap.add_argument("--v1-dir", default="/tmp/train_tiny_v1", help="where the first half's model is staged")
+    ap.add_argument("--v1-from", default=None, help="resume: skip the first half, refine this saved first-half model")
+    ap.add_argument("--no-refine", action="store_true", help="stop after the first half and write it to --out")
     args = ap.parse_args(argv)
+    if args.v1_from:
+        args.v1_dir = args.v1_from
+        refine(args)
+        return
     if args.smoke:
         args.vae_steps, args.vae2_steps, args.vae3_steps, args.vae4_steps, args.dit_steps, args.dit2_steps, args.dit3_steps, args.dit3_clips, args.num_clips, args.log_every = 4, 4, 4, 4, 10, 10, 10, 8, 16, 2
 
@@ -512,7 +522,9 @@ def main(argv=None) -> None:
     pipe = WanPipeline(
         tokenizer=tok, text_encoder=enc.eval(), vae=vae.eval(), transformer=ema.eval(), scheduler=build_scheduler(args.flow_shift)
     )
-    out = Path(args.out)
+    # The first half's model goes to a staging directory; the refinement stages (scripts/train_tiny_refine.py)
+    # build the shipped model on it.
+    out = Path(args.out) if args.no_refine else Path(args.v1_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     report = {
@@ -528,6 +540,16 @@ def main(argv=None) -> None:
     }
     (out / "training_log.json").write_text(json.dumps(report, indent=1))
     log(f"saved to {out}; seconds {report['seconds']}")
+    if not args.no_refine:
+        refine(args)
+
+
+def refine(args) -> None:
+    """The second half: full-length decoding and a deeper transformer, on the first half's model."""
+    import train_tiny_refine
+
+    argv = ["--base", args.v1_dir, "--out", args.out, "--seed", str(args.seed), "--threads", str(args.threads)]
+    train_tiny_refine.main(argv + (["--smoke"] if args.smoke else []))
 
 
 if __name__ == "__main__":

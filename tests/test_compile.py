@@ -22,8 +22,8 @@ import torch
 
 from lightcache.accelerate import AccelerationConfig, apply_lightcache
 from lightcache.app.form import initial_values, parse_request
-from lightcache.app.jobs import compare_runs
 from lightcache.app.view import call_counts, comparison_markdown, stages_markdown, status_markdown
+from lightcache.comparison import call_time_ratio, compare_runs
 from lightcache.compile import (
     COMPILE_HOOK, CompileConfig, check_compiler_available, compile_activity, find_repeated_blocks,
 )
@@ -420,18 +420,26 @@ def test_the_figures_ring_the_compiling_call_and_only_when_there_is_one():
 def test_the_comparison_gives_the_speed_up_without_compiling():
     accelerated = RunFinished(summary=dict(total_seconds=12.0, stages={"denoise": {"seconds": 11.0}},
                                            calls_computed=4, calls_reused=2,
-                                           compile={"compile_seconds": 8.0, "warmup_call_seconds": 9.0}),
+                                           compile={"active": True, "compile_seconds": 8.0,
+                                                    "warmup_call_seconds": 9.0}),
                               frames=np.zeros((1, 4, 4, 3), np.float32))
     plain = RunFinished(summary=dict(total_seconds=6.0, stages={"denoise": {"seconds": 5.0}}, calls_computed=6,
-                                     calls_reused=0, compile={"compile_seconds": 0.0}),
+                                     calls_reused=0, compile={"active": False, "compile_seconds": 0.0}),
                         frames=np.zeros((1, 4, 4, 3), np.float32))
-    comparison = compare_runs(accelerated, plain)
+    steps = [e for e in _events_with_warmup() if isinstance(e, StepRecord)]
+    plain_steps = [dataclasses.replace(r, computed=True, compiling=False, compile_ms=0.0, ms=20.0) for r in steps]
+    comparison = compare_runs(accelerated, plain, steps, plain_steps)
     assert comparison["speedup"] == pytest.approx(0.5)
     assert comparison["speedup_without_compiling"] == pytest.approx(6.0 / 4.0)
+    # The warm-up call (9 s) is not a call's work: the computed calls left take 10 ms against 20 ms.
+    assert comparison["call_time_ratio"] == pytest.approx(0.5) == call_time_ratio(steps, plain_steps)
     text = comparison_markdown(comparison)
     assert "of which torch.compile compiling | 8.00 s" in text and "speed-up **1.50x**" in text
-    no_compile = compare_runs(plain, plain)
-    assert "compiling" not in comparison_markdown(no_compile)
+    # Compiled against eager calls: the ratio is compile's effect, and is not called noise.
+    assert "50% shorter in the accelerated run, whose transformer blocks are compiled" in text
+    assert "Measurement noise" not in text
+    no_compile = comparison_markdown(compare_runs(plain, plain, plain_steps, plain_steps))
+    assert "compil" not in no_compile and "Measurement noise" in no_compile
 
 
 def test_the_cli_summary_line_names_the_warm_up(capsys, tmp_path):

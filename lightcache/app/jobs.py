@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..events import Event, FramesDecoded, RunFinished
-from ..metrics import psnr, ssim
+from ..comparison import compare_runs, warm_up
+from ..events import Event, FramesDecoded, RunFinished, StepRecord
 from ..runner import run_generation
 from ..video import Mp4Writer
 from .form import Job
 from .pipelines import PipelineCache
 
 ACCELERATED, PLAIN = "accelerated", "plain"
+#: The run label of the untimed warm-up before a comparison (an update with neither event nor video).
+WARM_UP = "warm-up"
 
 
 @dataclass
@@ -88,6 +90,11 @@ def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = No
     """Run ``job`` on ``pipe`` in this thread, writing ``accelerated.mp4`` (and ``plain.mp4``) into ``out_dir``."""
     runs = [(ACCELERATED, job.settings)] + ([(PLAIN, job.plain_settings)] if job.compare else [])
     finished: dict[str, RunFinished] = {}
+    steps: dict[str, list[StepRecord]] = {ACCELERATED: [], PLAIN: []}
+    if job.compare:
+        # Untimed, so that the process's one-time costs land on neither timed run (the CLI does the same).
+        yield JobUpdate(run=WARM_UP)
+        warm_up(pipe, job.settings, job.preset.name, image=job.image, cancel=cancel)
     for label, settings in runs:
         path = Path(out_dir) / f"{label}.mp4"
         # Frames go to the file as the decoder produces them; a run that raises deletes its partial file.
@@ -97,34 +104,13 @@ def stream_job(pipe, job: Job, out_dir: str, cancel: threading.Event | None = No
                     writer.write(event.frames)
                 elif isinstance(event, RunFinished):
                     finished[label] = event
+                elif isinstance(event, StepRecord):
+                    steps[label].append(event)
                 yield JobUpdate(run=label, event=event)
         yield JobUpdate(run=label, video=str(path))
     if job.compare:
-        yield JobUpdate(run=PLAIN, comparison=compare_runs(finished[ACCELERATED], finished[PLAIN]))
-
-
-def compare_runs(accelerated: RunFinished, plain: RunFinished) -> dict[str, Any]:
-    """Speed-up (whole run and denoise stage), PSNR and SSIM of the accelerated video against the plain one."""
-    a, p = accelerated.summary, plain.summary
-
-    def ratio(x: float, y: float) -> float:
-        return x / y if y > 0 else float("inf")
-
-    # A compiled run's first calls compile; the code is kept for the next run at this size, so the speed-up is
-    # also given without the time torch reports as compiling.
-    compiling = (a.get("compile") or {}).get("compile_seconds") or 0.0
-    return {
-        "accelerated_compile_seconds": compiling,
-        "speedup_without_compiling": ratio(p["total_seconds"], a["total_seconds"] - compiling),
-        "accelerated_seconds": a["total_seconds"],
-        "plain_seconds": p["total_seconds"],
-        "speedup": ratio(p["total_seconds"], a["total_seconds"]),
-        "denoise_speedup": ratio(p["stages"]["denoise"]["seconds"], a["stages"]["denoise"]["seconds"]),
-        "psnr_db": psnr(accelerated.frames, plain.frames),
-        "ssim": ssim(accelerated.frames, plain.frames),
-        "accelerated_calls": (a["calls_computed"], a["calls_computed"] + a["calls_reused"]),
-        "plain_calls": (p["calls_computed"], p["calls_computed"] + p["calls_reused"]),
-    }
+        yield JobUpdate(run=PLAIN, comparison=compare_runs(finished[ACCELERATED], finished[PLAIN],
+                                                                steps[ACCELERATED], steps[PLAIN]))
 
 
 class Session:

@@ -42,7 +42,7 @@ from .form import (
     warmup_for_steps,
 )
 from .gpu import estimate_gpu_seconds, on_gpu
-from .jobs import ACCELERATED, PLAIN, Session, job_updates
+from .jobs import ACCELERATED, PLAIN, WARM_UP, Session, job_updates
 from .outputs import OutputDirs
 from .pipelines import PipelineCache
 from .waiting import enqueued_at, waiting_count
@@ -62,6 +62,10 @@ TRACE_REFRESH_S = 0.25
 #: Pixel height of the video players (the tiny model's 128 px clips would otherwise fill the screen).
 VIDEO_HEIGHT = 300
 #: The status of a run whose session pressed Stop while it waited in the queue: it never starts.
+WARMING_UP = ("**Warming up…** a short untimed run first, so that one-time costs land on neither of the two "
+              "runs being compared.")
+#: Added to it when Compile is on: the warm-up run is where the blocks compile, so the timed run does not.
+COMPILE_WARMING_UP = " With Compile on, this is where the transformer blocks compile (tens of seconds on a CPU)."
 STOPPED_BEFORE_START = "**Stopped** before it started: Stop was pressed while this run waited in the queue."
 
 
@@ -270,6 +274,9 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
     yield ("**Loading the model…**" if loading else "**Starting…**", trace_figure([planned]), None, None, "",
            None, comparison)
     for update in updates:
+        if update.run == WARM_UP:
+            yield (WARMING_UP + (COMPILE_WARMING_UP if job.settings.compile else ""),) + (skip(),) * 6
+            continue
         events = runs[update.run]
         accelerated = update.run == ACCELERATED
         if update.comparison is not None:

@@ -137,22 +137,35 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     psnr_text = "identical (inf)" if math.isinf(c["psnr_db"]) else f"{c['psnr_db']:.2f} dB"
     a_done, a_all = c["accelerated_calls"]
     p_done, p_all = c["plain_calls"]
-    return "\n".join(
-        [
-            f"**Speed-up {c['speedup']:.2f}x** (denoise stage {c['denoise_speedup']:.2f}x) · "
-            f"**PSNR {psnr_text}** · **SSIM {c['ssim']:.4f}** against the plain run",
-            "",
-            "| | accelerated | plain |",
-            "|---|---:|---:|",
-            f"| total time | {c['accelerated_seconds']:.2f} s | {c['plain_seconds']:.2f} s |",
-            f"| transformer calls computed | {a_done} / {a_all} | {p_done} / {p_all} |",
-        ]
-        + ([f"| of which torch.compile compiling | {c['accelerated_compile_seconds']:.2f} s | |",
-            "",
-            f"Without the compiling (torch keeps the compiled code for the next run at this size): speed-up "
-            f"**{c['speedup_without_compiling']:.2f}x**."]
-           if c.get("accelerated_compile_seconds") else [])
-    )
+    lines = [
+        f"**Speed-up {c['speedup']:.2f}x** (denoise stage {c['denoise_speedup']:.2f}x) · "
+        f"**PSNR {psnr_text}** · **SSIM {c['ssim']:.4f}** against the plain run",
+        "",
+        "| | accelerated | plain |",
+        "|---|---:|---:|",
+        f"| total time | {c['accelerated_seconds']:.2f} s | {c['plain_seconds']:.2f} s |",
+        f"| transformer calls computed | {a_done} / {a_all} | {p_done} / {p_all} |",
+    ]
+    if c.get("accelerated_compile_seconds"):
+        lines += [f"| of which torch.compile compiling | {c['accelerated_compile_seconds']:.2f} s | |", "",
+                  f"Without the compiling (torch keeps the compiled code for the next run at this size): speed-up "
+                  f"**{c['speedup_without_compiling']:.2f}x**."]
+    noise = c.get("call_time_ratio", math.nan)
+    if not math.isnan(noise) and c.get("accelerated_compiled"):
+        # Compiled against eager calls: the ratio is compile's own effect on a call (and noise), not noise alone.
+        lines += ["", f"A transformer call both runs computed took {_signed_percent(noise - 1.0)} in the "
+                      "accelerated run, whose transformer blocks are compiled: that is compile's effect on a call, "
+                      "plus noise."]
+    elif not math.isnan(noise):
+        # The same work timed twice: how far apart the two runs' computed calls are is the noise of this reading.
+        lines += ["", f"Measurement noise: a transformer call both runs computed took {_signed_percent(noise - 1.0)} "
+                      "in the accelerated run; read the speed-up with that margin."]
+    return "\n".join(lines)
+
+
+def _signed_percent(x: float) -> str:
+    """``0.031`` -> ``"3% longer"``, ``-0.004`` -> ``"0% shorter"`` (whole percent: finer is not meaningful)."""
+    return f"{abs(x) * 100:.0f}% {'longer' if x >= 0 else 'shorter'}"
 
 
 def _peak_text(reported: int | None, sampled: dict[str, int]) -> str:

@@ -79,11 +79,7 @@ def cmd_bench(args) -> int:
     if doc is not None:
         doc.parent.mkdir(parents=True, exist_ok=True)
         rel = os.path.relpath(out.resolve(), doc.parent.resolve())
-        text = benchmarks_doc(results, command, chart, rel)
-        analysis = out / "analysis.md"
-        if analysis.is_file():
-            text += "\n## Analysis\n\n" + analysis.read_text().strip() + "\n"
-        doc.write_text(text)
+        doc.write_text(benchmarks_doc(results, command, chart, rel))
     if not args.quiet:
         print(summary_text(results))
         print(f"wrote {out}/results.json, table.md, {chart['html']}" + (f", {chart['png']}" if chart["png"] else "")

@@ -1,20 +1,26 @@
 """The benchmark's Markdown: the results table, the targets with their measured figures, and docs/benchmarks.md.
 
 Everything here is rendered from ``results.json`` data, so ``python -m lightcache bench --from-results`` can
-rebuild the documents without running a model.
+rebuild the documents without running a model. That includes the page's analysis: every number in its prose is
+computed here from the results, so the page cannot disagree with its own record.
+
+Percentages follow one rule everywhere the project publishes them (:func:`format_percent`).
 
 Example:
-    >>> from lightcache.bench.report import format_bytes
+    >>> from lightcache.bench.report import format_bytes, format_percent
     >>> format_bytes(3 * 2**30), format_bytes(None)
     ('3.00 GiB', '-')
+    >>> format_percent(13.77, signed=True)
+    '+13.8 %'
 """
 
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from .results import as_float, speed
+from .results import TARGET_PCT, as_float, speed
 
 
 def format_bytes(value: int | None) -> str:
@@ -24,6 +30,47 @@ def format_bytes(value: int | None) -> str:
         if value >= size:
             return f"{value / size:.2f} {unit}"
     return f"{value} B"
+
+
+def format_percent(value: float | None, signed: bool = False, unit: str = "%") -> str:
+    """A percentage (``value`` already in percent) as published: one decimal place, or two significant figures
+    when the value is so small that one decimal would hide it; halves round away from zero.
+
+    One rule for every published percentage, so a figure and the record it comes from can be compared by eye:
+    +13.77 % is "+13.8 %", never "+13 %" or "+14 %".
+
+    >>> format_percent(13.77, signed=True), format_percent(47.60, signed=True), format_percent(9.6)
+    ('+13.8 %', '+47.6 %', '9.6 %')
+    >>> format_percent(-0.1182, signed=True), format_percent(0.0318), format_percent(7.25)
+    ('-0.12 %', '0.032 %', '7.3 %')
+    >>> format_percent(0.0, signed=True), format_percent(None), format_percent(float("nan"))
+    ('0.0 %', '-', '-')
+    >>> format_percent(1.96, unit="points"), format_percent(0.99999999), format_percent(0.0999999, unit="")
+    ('2.0 points', '1.0 %', '0.10')
+    """
+    if value is None or not math.isfinite(value):
+        return "-"
+    exact = Decimal(repr(float(value)))
+    # Decimal's adjusted() is floor(log10(|x|)): keep two significant figures, and at least one decimal place.
+    places = 1 if exact == 0 else max(1, 1 - exact.copy_abs().adjusted())
+    rounded = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    if rounded != 0 and rounded.copy_abs().adjusted() > exact.copy_abs().adjusted():
+        # Rounding carried into the next power of ten (0.996 -> 1.00): two significant figures of the result.
+        places = max(1, 1 - rounded.copy_abs().adjusted())
+        rounded = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    sign = "+" if signed and rounded > 0 else ""
+    if rounded == 0:
+        rounded = abs(rounded)  # no "-0.0"
+    return f"{sign}{rounded} {unit}" if unit else f"{sign}{rounded}"
+
+
+def percent_change(new: float, old: float) -> float:
+    """How much longer (positive) or shorter ``new`` is than ``old``, in percent.
+
+    >>> round(percent_change(1.4442, 1.2694), 2)
+    13.77
+    """
+    return 100.0 * (new / old - 1.0)
 
 
 def _psnr(value: Any) -> str:
@@ -41,7 +88,7 @@ def _x(value: float | None) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
+    return "-" if value is None else format_percent(100 * value)
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -99,20 +146,22 @@ def targets_section(results: dict[str, Any]) -> str:
             lines.append(f"  - not dominated: {e['method']} {e['setting']} at {_x(e['speed'])}, PSNR "
                          f"{_psnr_db(e['psnr_db'])}; {near_text}.")
     o = results.get("overhead")
-    for key, label in (("tau0_overhead", "EasyCache at tau = 0 (never reuses) costs <= 2% over plain"),
-                       ("reused_call_cost", "a reused call costs <= 2% of a computed call")):
+    for key, label, signed in (
+            ("tau0_overhead", "EasyCache at tau = 0 (never reuses) costs <= 2% over plain", True),
+            ("reused_call_cost", "a reused call costs <= 2% of a computed call", False)):
         b = t[key]
         if b["value_pct"] is None:
             lines.append(f"- **{label}**: not measured.")
         else:
-            lines.append(f"- **{label}**: {b['value_pct']:+.2f}% \u2192 **{'met' if b['met'] else 'not met'}**.")
+            lines.append(f"- **{label}**: {format_percent(b['value_pct'], signed=signed)} \u2192 "
+                         f"**{'met' if b['met'] else 'not met'}**.")
     if o:
         lines.append(
             f"  (Denoise only, {o['frames']} frames at {o['height']}x{o['width']}, {o['steps']} steps, "
             f"{o['repeats']} interleaved repeats. The figure is per computed call, median over every call: "
             f"{o['plain_call_ms_median']:.2f} ms plain vs {o['tau0_call_ms_median']:.2f} ms at tau = 0. Whole denoise "
             f"stages, median: plain {o['plain_denoise_median']:.3f} s, tau = 0 {o['tau0_denoise_median']:.3f} s "
-            f"({o['overhead_pct']:+.2f}%). At tau = "
+            f"({format_percent(o['overhead_pct'], signed=True)}). At tau = "
             f"{o['reuse']['tau']} a reused call took {_ms(o['reuse']['reused_ms_median'])} against "
             f"{_ms(o['reuse']['computed_ms_median'])} for a computed one, {o['reuse']['reused_calls_per_run']} "
             "reused calls per run.)"
@@ -170,7 +219,7 @@ def summary_text(results: dict[str, Any]) -> str:
         lines.append(f"EasyCache dominates built-ins by {axis}: {d['dominated']}/{d['built_in_points']}")
     for key in ("tau0_overhead", "reused_call_cost"):
         if t[key]["value_pct"] is not None:
-            lines.append(f"{key}: {t[key]['value_pct']:+.2f}% (target <= 2%)")
+            lines.append(f"{key}: {format_percent(t[key]['value_pct'], signed=True)} (target <= 2%)")
     return "\n".join(lines)
 
 
@@ -200,8 +249,10 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         command,
         "```",
         "",
-        "`--quick` runs two prompts, one seed and a short sweep in about three minutes on a laptop CPU; on a GPU "
-        "machine pass a GPU preset (`--preset wan2.1-t2v-1.3b`).",
+        "`--quick` runs two prompts, one seed and a short sweep in a few minutes on a laptop CPU; on a GPU "
+        "machine pass a GPU preset (`--preset wan2.1-t2v-1.3b`). `--from-results` re-renders this page, the table "
+        "and the chart from `results.json` without running a model; every number on the page, the analysis's "
+        "included, comes from that file.",
         "",
         "## Setup",
         "",
@@ -251,5 +302,168 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         *[f"- {n}" for n in results["notes"]],
         *([f"- Skipped: " + "; ".join(f"{x['method']}: {x['reason']}" for x in skipped)] if skipped else []),
         "",
+        "## Analysis",
+        "",
+        analysis_section(results),
+        "",
     ]
     return "\n".join(parts)
+
+
+# --- the analysis ------------------------------------------------------------------------------------------
+def analysis_section(results: dict[str, Any]) -> str:
+    """What the results say, in prose whose every number is computed from ``results``.
+
+    Each paragraph reads its own part of the results and says only what that part supports (a bound met or
+    missed, exceptions or none), so re-running the benchmark on another model or machine rewrites it correctly.
+    """
+    paragraphs = (_time_paragraph(results), _dominance_paragraph(results), _overhead_paragraph(results),
+                  _memory_paragraph(results), _scope_paragraph(results))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def _aggregate(results: dict[str, Any], method: str, **params: Any) -> dict[str, Any] | None:
+    return next((a for a in results["aggregates"] if a["method"] == method
+                 and all(a["params"].get(k) == v for k, v in params.items())), None)
+
+
+def _time_paragraph(results: dict[str, Any]) -> str:
+    plain = _aggregate(results, "plain")
+    if plain is None:
+        return ""
+    denoise, total = plain["denoise_seconds"], plain["end_to_end_seconds"]
+    rest = 100 * (1 - denoise / total)
+    ceiling = total / (total - denoise)
+    return (f"**Where the time goes.** The plain run takes {denoise:.3f} s to denoise of {total:.3f} s end to end "
+            f"(medians over the cases, device `{results['environment']['device']}`). The other "
+            f"{format_percent(rest)} "
+            "(encoding the prompt, decoding the video) is work no cache touches, so even a method that made "
+            f"denoising free would be at most {ceiling:.2f}x faster end to end. Caching acts on the denoise stage: "
+            "read that column and the chart.")
+
+
+def _dominance_paragraph(results: dict[str, Any]) -> str:
+    dominance_by_axis = results["targets"]["pareto_dominance"]
+    labels = {m["method"]: m["label"] for m in results["methods"]}
+    text = ["**Pareto dominance.**"]
+    names = {"denoise": "measured denoise time", "end_to_end": "measured end-to-end time",
+             "work": "counted work (FLOPs that ran)"}
+    table: list[str] = []
+    for axis, d in dominance_by_axis.items():
+        if not d["built_in_points"]:
+            continue
+        sentence = f"By {names[axis]}, {d['dominated']} of {d['built_in_points']} built-in points are dominated"
+        if len(text) == 1:
+            sentence += " (there is an EasyCache tau at least as fast with at least as high PSNR)"
+        if axis == "end_to_end" and d["exceptions"]:
+            sentence += "; " + "; ".join(_near_miss(e, labels) for e in d["exceptions"])
+        elif axis == "work" and d["exceptions"]:
+            gaps, table = _work_table(d["exceptions"], labels)
+            sentence += (f". The {len(gaps)} that are not each compute between "
+                         f"{format_percent(min(gaps), unit='')} and {format_percent(max(gaps), unit='points')} less "
+                         "of the work than the EasyCache point nearest to them at equal or better PSNR (the table "
+                         "below)")
+        text.append(sentence + ".")
+    reuse = (results.get("overhead") or {}).get("reuse") or {}
+    measured = dominance_by_axis.get("denoise", {})
+    if dominance_by_axis.get("work", {}).get("exceptions") and measured.get("holds"):
+        cost = (f" ({reuse['reused_ms_median']:.3f} ms here, against {reuse['computed_ms_median']:.2f} ms for a "
+                "computed call)" if reuse.get("reused_ms_median") is not None else "")
+        text.append("They still lose on measured time because a reused EasyCache call skips the whole transformer"
+                    f"{cost}, while the block caches still run the patch embedding, the timestep and text "
+                    "embeddings, the first block or the non-cached layers, and the output head on every call.")
+    paragraph = " ".join(text)
+    return paragraph + ("\n\n" + "\n".join(table) if table else "")
+
+
+def _near_miss(exception: dict[str, Any], labels: dict[str, str]) -> str:
+    near = exception["nearest_easycache"]
+    point = (f"the exception, {labels.get(exception['method'], exception['method'])} ({exception['setting']}) at "
+             f"{exception['speed']:.3f}x and {_psnr_db(exception['psnr_db'])}")
+    if near is None:
+        return point + ", has no EasyCache point to compare with"
+    return (f"{point}, is {format_percent(percent_change(exception['speed'], near['speed']))} faster than "
+            f"EasyCache {near['setting']} at {near['speed']:.3f}x, whose PSNR is higher "
+            f"({_psnr_db(near['psnr_db'])})")
+
+
+def _work_table(exceptions: list[dict[str, Any]], labels: dict[str, str]) -> tuple[list[float], list[str]]:
+    """The built-in points EasyCache does not dominate on counted work, beside the nearest EasyCache point."""
+    rows = ["| built-in point | work computed | PSNR | nearest EasyCache point | work computed | PSNR | "
+            "difference in work |", "|---|---:|---:|---|---:|---:|---:|"]
+    gaps = []
+    for e in exceptions:
+        near = e["nearest_easycache"]
+        work = 100 / e["speed"]  # the work axis's speed is 1 / work computed
+        if near is None:
+            rows.append(f"| {labels.get(e['method'], e['method'])} {e['setting']} | {format_percent(work)} | "
+                        f"{_psnr_db(e['psnr_db'])} | none | - | - | - |")
+            continue
+        near_work = 100 / near["speed"]
+        gaps.append(near_work - work)
+        rows.append(f"| {labels.get(e['method'], e['method'])} {e['setting']} | {format_percent(work)} | "
+                    f"{_psnr_db(e['psnr_db'])} | EasyCache {near['setting']} | {format_percent(near_work)} | "
+                    f"{_psnr_db(near['psnr_db'])} | {format_percent(near_work - work, unit='points')} |")
+    return gaps, rows
+
+
+def _overhead_paragraph(results: dict[str, Any]) -> str:
+    o = results.get("overhead")
+    if not o:
+        return ""
+    reuse = o["reuse"]
+    met = results["targets"]["tau0_overhead"]["met"]
+    extra_ms = o["tau0_call_ms_median"] - o["plain_call_ms_median"]
+    text = (f"**Hook overhead.** At {o['frames']}x{o['height']}x{o['width']} ({o['steps']} steps, {o['repeats']} "
+            f"interleaved repeats) EasyCache at tau = 0 costs {format_percent(o['overhead_pct'], signed=True)} "
+            f"over plain on the whole denoise stage and {format_percent(o['call_overhead_pct'], signed=True)} per "
+            f"computed call (medians: {extra_ms:.2f} ms more than {o['plain_call_ms_median']:.2f} ms)")
+    if met is False:
+        text += (f", so the per-call bound ({TARGET_PCT:.0f} %) is missed here: the hook's two mean-absolute norms "
+                 "per call weigh more in a call of a model this small than in a real model's")
+    elif met:
+        text += f", within the per-call bound ({TARGET_PCT:.0f} %)"
+    text += "."
+    if reuse.get("ratio_pct") is not None:
+        text += (f" A reused call costs {format_percent(reuse['ratio_pct'])} of a computed one "
+                 f"({reuse['reused_ms_median']:.3f} ms against {reuse['computed_ms_median']:.2f} ms).")
+    if not results["environment"].get("gpu"):
+        text += (" The same figures on a GPU at the Wan2.1-1.3B shape: "
+                 "[hook-overhead-gpu.md](hook-overhead-gpu.md).")
+    return text
+
+
+def _memory_paragraph(results: dict[str, Any]) -> str:
+    sentences = []
+    records = results["records"]
+    for a in (x for x in results["aggregates"] if x["method"] == "easycache+memory"):
+        alone = _aggregate(results, "easycache", threshold=a["params"].get("threshold"))
+        if alone is None:
+            continue
+        pairs = [(r, next((q for q in records if q["method"] == "easycache" and q["setting"] == alone["setting"]
+                           and q["case"] == r["case"]), None))
+                 for r in records if r["method"] == a["method"] and r["setting"] == a["setting"]]
+        pairs = [(r, q) for r, q in pairs if q is not None]
+        same = sum(r["calls_reused"] == q["calls_reused"] for r, q in pairs)
+        psnr_gap = max((abs(as_float(r["psnr_db"]) - as_float(q["psnr_db"])) for r, q in pairs
+                        if math.isfinite(as_float(r["psnr_db"])) and math.isfinite(as_float(q["psnr_db"]))),
+                       default=0.0)
+        sentences.append(f"at {a['setting']}, {_x(a['speedup_denoise'])} denoise against "
+                         f"{_x(alone['speedup_denoise'])} for EasyCache alone, the same reuse decisions in {same} of "
+                         f"{len(pairs)} cases and PSNR within {psnr_gap:.1g} dB of it")
+    if not sentences:
+        return ""
+    cpu = results["environment"]["device"] == "cpu"
+    lead = ("**Memory strategies in this table.** On a CPU swapping is a no-op (the run's trace says so), and "
+            "feature chunking with sliced decoding costs time at these sizes without changing what is computed: "
+            if cpu else "**Memory strategies in this table.** ")
+    return lead + "; ".join(sentences) + ". Their point is GPU memory, measured in [memory.md](memory.md)."
+
+
+def _scope_paragraph(results: dict[str, Any]) -> str:
+    if results["environment"].get("gpu"):
+        return ""
+    return ("**Not run here.** The same command on a GPU preset (`--preset wan2.1-t2v-1.3b`) needs the real "
+            "checkpoint, since quality figures from random weights mean nothing; this page's figures are preset "
+            f"`{results['preset']}`'s. EasyCache's speed-up on real Wan2.1 is reported by its authors (2.54x at "
+            "25.24 dB PSNR, Wan2.1-1.3B) and not yet reproduced here.")

@@ -1,0 +1,778 @@
+"""Every measured figure of README.md and docs/memory.md, generated from the committed raw records.
+
+The documents are hand-written except for marked blocks, which this module writes::
+
+    <!-- generated: memory-14b (python -m benchmarks.figures) -->
+    ...
+    <!-- end generated: memory-14b -->
+
+A block holds the tables and also every prose sentence that quotes a measurement, so no figure is typed by hand.
+Each block is made from the JSON records of one run directory (``docs/gpu-runs/<date>-<gpu>/``; a run that left
+only a log has a JSON made from that log by :mod:`benchmarks.records`), from ``docs/hook-overhead-gpu.json``,
+``docs/memory-smoke.json`` and the peer benchmark's ``docs/benchmarks/results.json``. Every table names the record
+each row comes from, and a ratio or percentage always compares figures of one record (one process).
+
+Usage::
+
+    python -m benchmarks.figures           # rewrite the generated blocks of README.md and docs/memory.md
+    python -m benchmarks.figures --check   # exit 1 and name the blocks that differ from their records
+
+``tests/test_published_figures.py`` regenerates every block and compares it with the committed documents, so a
+hand edit of a figure or a changed record fails the tests until this command is run again.
+
+Example:
+    >>> row = {"config": "chunking", "stages": {"denoise": {"seconds": 1.3913}}}
+    >>> plain = {"config": "plain", "stages": {"denoise": {"seconds": 1.2694}}}
+    >>> time_cell(row, plain, "denoise")
+    '1.39 (+9.6 %)'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import textwrap
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lightcache.bench.report import format_percent, percent_change
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+RUN_DIR = DOCS / "gpu-runs" / "2026-11-22-h100"
+DOCUMENTS = ("README.md", "docs/memory.md")
+COMMAND = "python -m benchmarks.figures"
+GIB = 2**30
+WIDTH = 118  # the documents' line length
+
+#: What is known about a record or one of its rows beyond the figures it holds: how the run went, not a number.
+RECORD_NOTES = {
+    "run2-14b-all": "killed by the host running out of memory during its last configuration (diffusers' group "
+                    "offload), so only the lines it printed survive: no setup times, weights on the GPU or output "
+                    "comparisons",
+}
+_FIRST_SLICED = ("the first sliced decode in its process, timed before the benchmark warmed sliced decoding up "
+                 "(PyTorch pins the bands' host memory slowly the first time); later records time the steady state, "
+                 "and the targets below use those")
+ROW_NOTES = {("run1-1.3b-all", "sliced_decode"): _FIRST_SLICED, ("run2-14b-all", "sliced_decode"): _FIRST_SLICED}
+LABELS = {
+    "plain": "plain",
+    "chunking": "feature chunking",
+    "sliced_decode": "sliced decoding",
+    "async_swap": "asynchronous swapping",
+    "all_three": "all three",
+    "diffusers_group_offload": "diffusers group offload (streams)",
+    "diffusers_vae_tiling": "diffusers VAE tiling",
+}
+MODEL_ORDER = ("14b", "1.3b")
+MODEL_SHORT = {"14b": "14B", "1.3b": "1.3B"}
+START = re.compile(r"^<!-- generated: (?P<name>[a-z0-9.-]+) \(python -m benchmarks\.figures\) -->$", re.M)
+
+
+# --- the records -------------------------------------------------------------------------------------------------
+@dataclass
+class Records:
+    """The raw records the published figures come from."""
+
+    memory: dict[str, dict[str, Any]]  # memory-benchmark records by file stem, in run order
+    swap_setup: dict[str, dict[str, Any]] = field(default_factory=dict)
+    host_memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpu_tests: dict[str, dict[str, int]] = field(default_factory=dict)  # JUnit summaries of `pytest -m gpu` runs
+    hook_overhead: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None
+    bench: dict[str, Any] | None = None
+    run_dir: str = "gpu-runs/2026-11-22-h100"
+
+    def rows(self, model: str) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+        """(record stem, configuration, that record's plain configuration) for every row of ``model``."""
+        out = []
+        for stem, record in self.memory.items():
+            result = record["models"].get(model)
+            if result is None:
+                continue
+            plain = next((c for c in result["configs"] if c["config"] == "plain"), None)
+            out.extend((stem, c, plain) for c in result["configs"])
+        return out
+
+    def spec(self, model: str) -> dict[str, Any]:
+        return next(r["models"][model]["spec"] for r in self.memory.values() if model in r["models"])
+
+    def slices(self, stem: str, model: str) -> int:
+        return self.memory[stem]["models"][model]["spec"]["slices"]
+
+
+def run_number(stem: str) -> int:
+    """The run a record belongs to, from its file name.
+
+    >>> run_number("run4-14b-slices8")
+    4
+    """
+    match = re.match(r"run(\d+)", stem)
+    return int(match.group(1)) if match else 0
+
+
+def load(root: Path = ROOT, run_dir: Path = RUN_DIR) -> Records:
+    """Read every record the documents cite."""
+    memory, swap, host = {}, {}, {}
+    for path in sorted(run_dir.glob("*.json"), key=lambda p: (run_number(p.stem), p.stem)):
+        data = json.loads(path.read_text())
+        if "models" in data and data.get("mode") == "gpu":
+            memory[path.stem] = data
+        elif data.get("kind") == "swap_setup":
+            swap[path.stem] = data
+        elif data.get("kind") == "host_memory":
+            host[path.stem] = data
+    tests = {path.name: junit_summary(path.read_text()) for path in sorted(run_dir.glob("pytest-gpu*.xml"))}
+
+    def optional(path: Path) -> dict[str, Any] | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    docs = root / "docs"
+    return Records(memory=memory, swap_setup=swap, host_memory=host, gpu_tests=tests,
+                   hook_overhead=optional(docs / "hook-overhead-gpu.json"), smoke=optional(docs / "memory-smoke.json"),
+                   bench=optional(docs / "benchmarks" / "results.json"),
+                   run_dir=run_dir.relative_to(docs).as_posix() if run_dir.is_relative_to(docs) else str(run_dir))
+
+
+def junit_summary(xml: str) -> dict[str, int]:
+    """Counts of a JUnit XML report (``pytest --junitxml``): tests, passed, failures, errors, skipped.
+
+    >>> junit_summary('<testsuites><testsuite tests="5" failures="1" errors="0" skipped="2"/></testsuites>')
+    {'tests': 5, 'passed': 2, 'failures': 1, 'errors': 0, 'skipped': 2}
+    """
+    root = ElementTree.fromstring(xml)
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return {"tests": counts["tests"], "passed": passed, "failures": counts["failures"], "errors": counts["errors"],
+            "skipped": counts["skipped"]}
+
+
+# --- cells -------------------------------------------------------------------------------------------------------
+def gib(value: int | None) -> str:
+    """Bytes as GiB with two decimals.
+
+    >>> gib(12835013632), gib(None)
+    ('11.95 GiB', '-')
+    """
+    return "-" if value is None else f"{value / GIB:.2f} GiB"
+
+
+def _stage(config: dict[str, Any] | None, stage: str) -> dict[str, Any] | None:
+    return None if config is None else config["stages"].get(stage)
+
+
+def time_cell(config: dict[str, Any], plain: dict[str, Any] | None, stage: str) -> str:
+    """A stage's seconds, with the change against plain of the same record: denoise in percent, decode as a ratio
+    (the decode overheads are large, and the targets state them as ratios)."""
+    own, base = _stage(config, stage), _stage(plain, stage)
+    if own is None or own["seconds"] is None:
+        return "-"
+    text = f"{own['seconds']:.2f}"
+    if config["config"] == "plain" or base is None or base["seconds"] is None:
+        return text
+    if stage == "denoise":
+        return f"{text} ({format_percent(percent_change(own['seconds'], base['seconds']), signed=True)})"
+    return f"{text} ({own['seconds'] / base['seconds']:.2f}x)"
+
+
+def over_cell(config: dict[str, Any], stage: str) -> str:
+    own = _stage(config, stage)
+    return "-" if own is None else f"+{gib(own['over_bytes'])} over {gib(own['resident_bytes'])}"
+
+
+def weights_cell(config: dict[str, Any]) -> str:
+    own = _stage(config, "denoise")
+    if own is None:
+        return "-"
+    return "not logged" if own["weights_resident_bytes"] is None else gib(own["weights_resident_bytes"])
+
+
+def peak_source(config: dict[str, Any], plain: dict[str, Any] | None) -> str:
+    """Which stage the record's end-to-end peak is: the configuration's own stage, or plain's that it borrows.
+
+    >>> plain = {"config": "plain", "stages": {"denoise": {"peak_bytes": 5}, "decode": {"peak_bytes": 12}}}
+    >>> sliced = {"config": "sliced_decode", "stages": {"decode": {"peak_bytes": 6}}, "end_to_end_peak_bytes": 6}
+    >>> peak_source(sliced, plain)
+    'decode'
+    """
+    candidates = {name: s["peak_bytes"] for name, s in config["stages"].items()}
+    if plain is not None and config["config"] != "plain":
+        for name, s in plain["stages"].items():
+            if name not in candidates and any(f"plain {name} stage" in n for n in config.get("notes", [])):
+                candidates[f"plain's {name}"] = s["peak_bytes"]
+    peak = config["end_to_end_peak_bytes"]
+    matches = [name for name, value in candidates.items() if value == peak]
+    if not matches:
+        raise ValueError(f"{config['config']}: end-to-end peak {peak} is none of its stages' peaks {candidates}")
+    return matches[0]
+
+
+def peak_cell(config: dict[str, Any], plain: dict[str, Any] | None) -> str:
+    if config["end_to_end_peak_bytes"] is None:
+        return "-"
+    return f"{gib(config['end_to_end_peak_bytes'])} ({peak_source(config, plain)})"
+
+
+def setup_cell(config: dict[str, Any]) -> str:
+    if config["setup_seconds"] is None:
+        return "not logged"
+    return f"{config['setup_seconds']:.2f}"
+
+
+def label(stem: str, records: Records, model: str, config: dict[str, Any]) -> str:
+    name = LABELS.get(config["config"], config["config"])
+    if config["config"] in ("sliced_decode", "all_three"):
+        name += f", {records.slices(stem, model)} bands"
+    return name
+
+
+def spread(values: list[float]) -> float:
+    """How far the largest value lies above the smallest, in percent.
+
+    >>> round(spread([1.2694, 1.2988, 1.3355, 1.2895]), 1)
+    5.2
+    """
+    return 100.0 * (max(values) / min(values) - 1.0)
+
+
+# --- memory.md ---------------------------------------------------------------------------------------------------
+def memory_intro(records: Records) -> str:
+    gpus = sorted({r["gpu"] for r in records.memory.values() if r.get("gpu")})
+    torches = sorted({r["torch"] for r in records.memory.values() if r.get("torch")})
+    diffusers = sorted({r["diffusers"] for r in records.memory.values() if r.get("diffusers")})
+    unnamed = [stem for stem, r in records.memory.items() if not r.get("gpu")]
+    chunks = sorted({m["spec"]["chunks"] for r in records.memory.values() for m in r["models"].values()})
+    steps = sorted({m["spec"]["steps"] for r in records.memory.values() for m in r["models"].values()})
+    where = f"[`{records.run_dir}/`]({records.run_dir}/)"
+    text = [
+        f"Every figure in this section is generated by `{COMMAND}` from the records in {where}: the JSON each run "
+        "wrote, or for a run that left only its printed lines, a JSON made from that log by "
+        "`python -m benchmarks.records` (the log stays beside it). `tests/test_published_figures.py` fails when "
+        "this page and the records disagree.",
+        "",
+        f"Measured on one {', '.join(gpus)} (torch {', '.join(torches)}; "
+        + (f"diffusers {', '.join(diffusers)}" if diffusers else "these runs did not record diffusers' version")
+        + ") with random weights at the real shapes"
+        + (f"; {', '.join(f'`{s}`' for s in unnamed)} does not name its GPU or torch" if unnamed else "")
+        + ". Each table lists every configuration of every record for its model, in run order. A percentage or "
+        "ratio compares with the plain row of the same record, which ran in the same process. \"Over\" is the "
+        "allocator's peak during the stage minus what was allocated when it started; the end-to-end peak names the "
+        "stage it comes from (a configuration that leaves a stage as plain has it borrows plain's). "
+        f"The denoise stage is {_count(steps, 'step')} (a cond and an uncond transformer call), feature chunking "
+        f"uses {', '.join(map(str, chunks))} chunks.",
+    ]
+    for stem, note in RECORD_NOTES.items():
+        if stem in records.memory:
+            text += ["", f"`{stem}` was {note}."]
+    return "\n".join(text)
+
+
+def _count(values: list[int], noun: str) -> str:
+    return " or ".join(f"{v} {noun}{'' if v == 1 else 's'}" for v in values)
+
+
+def model_table(records: Records, model: str) -> str:
+    spec = records.spec(model)
+    lines = [
+        f"### {spec['name']}, {spec['height']}x{spec['width']}x{spec['frames']}",
+        "",
+        "| record | configuration | denoise s | denoise over | transformer weights on GPU | decode s | decode over "
+        "| end-to-end peak | setup s |",
+        "|---|---|---:|---|---:|---:|---|---|---:|",
+    ]
+    marks: list[str] = []
+    for stem, config, plain in records.rows(model):
+        note = ROW_NOTES.get((stem, config["config"]))
+        mark = ""
+        if note:
+            marks.append(note)
+            mark = " " + "\u2020" * len(marks)
+        lines.append(
+            f"| `{stem}` | {label(stem, records, model, config)}{mark} | {time_cell(config, plain, 'denoise')} | "
+            f"{over_cell(config, 'denoise')} | {weights_cell(config)} | {time_cell(config, plain, 'decode')} | "
+            f"{over_cell(config, 'decode')} | {peak_cell(config, plain)} | {setup_cell(config)} |")
+    if marks:
+        lines.append("")
+        lines.extend(f"- {chr(0x2020) * (i + 1)} {note}." for i, note in enumerate(marks))
+    sentences = _spread_sentences(records, model)
+    if sentences:
+        lines += ["", " ".join(sentences)]
+    return "\n".join(lines)
+
+
+def _overheads(records: Records, model: str, config_name: str, stage: str = "denoise") -> list[tuple[str, float]]:
+    out = []
+    for stem, config, plain in records.rows(model):
+        own, base = _stage(config, stage), _stage(plain, stage)
+        if config["config"] == config_name and own and base and own["seconds"] and base["seconds"]:
+            out.append((stem, percent_change(own["seconds"], base["seconds"])))
+    return out
+
+
+def _spread_sentences(records: Records, model: str) -> list[str]:
+    plains = [c for _, c, _ in records.rows(model) if c["config"] == "plain"]
+    if len(plains) < 2:
+        return []
+    denoise = [c["stages"]["denoise"]["seconds"] for c in plains]
+    decode = [c["stages"]["decode"]["seconds"] for c in plains]
+    noise = spread(denoise)
+    text = [f"Plain's own times differ between the {len(plains)} records: denoise {_range(denoise)} "
+            f"({format_percent(noise)} apart), decode {_range(decode)} ({format_percent(spread(decode))}), so a "
+            "denoise overhead smaller than that is not resolved by one step."]
+    three = _overheads(records, model, "all_three")
+    if len(three) > 1:
+        values = [v for _, v in three]
+        listed = " and ".join(f"{format_percent(v, signed=True)} (`{stem}`)" for stem, v in three)
+        if max(values) - min(values) > noise:
+            text.append(f"The records disagree on what all three strategies add to the denoise stage: {listed}, "
+                        "further apart than plain's own spread. Nothing in the records explains the difference; a "
+                        "rerun with several steps and repeats is needed to say which is typical, and until then "
+                        "both figures stand.")
+        else:
+            text.append(f"All three strategies add {listed} to the denoise stage, within plain's own spread.")
+    return text
+
+
+def _range(values: list[float]) -> str:
+    """The range of some seconds as published.
+
+    >>> _range([1.2694, 1.3355]), _range([7.6872, 7.6909])
+    ('1.27-1.34 s', '7.69 s in each')
+    """
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return f"{low} s in each" if low == high else f"{low}-{high} s"
+
+
+def exactness(records: Records) -> str:
+    exact, differs, missing = [], [], []
+    decode_diffs, tiling = [], []
+    for stem, record in records.memory.items():
+        for model, result in record["models"].items():
+            for c in result["configs"]:
+                if c["config"] == "plain":
+                    continue
+                where = f"{LABELS[c['config']]} at {MODEL_SHORT[model]} (`{stem}`)"
+                if "denoise" in c["stages"]:
+                    value = c["max_abs_diff"].get("denoise")
+                    (missing if value is None else exact if value == 0 else differs).append((where, value, stem))
+                if "decode" in c["stages"] and c["max_abs_diff"].get("decode") is not None:
+                    value = c["max_abs_diff"]["decode"]
+                    if c["config"] == "diffusers_vae_tiling":
+                        tiling.append((f"at {MODEL_SHORT[model]} (`{stem}`)", value))
+                    else:
+                        decode_diffs.append((where, value))
+    fp32 = [r["exactness_fp32"] for r in records.memory.values() if r.get("exactness_fp32")]
+    text = []
+    if exact or differs:
+        compared = sorted({stem for *_, stem in exact + differs}, key=lambda s: (run_number(s), s))
+        sentence = (f"Exactness on the GPU: the denoise output is bit-identical to plain (bf16) in {len(exact)} of "
+                    f"the {len(exact) + len(differs)} configurations whose record compares it ("
+                    + ", ".join(f"`{s}`" for s in compared) + ")")
+        if differs:
+            sentence += "; it differs in " + ", ".join(f"{w} by {v:.2g}" for w, v, _ in differs)
+        text.append(sentence + ".")
+    if missing:
+        text.append("Not compared, because the record holds no comparison: " + ", ".join(w for w, *_ in missing)
+                    + "; their exactness on the GPU awaits a recorded run.")
+    if decode_diffs:
+        sentence = (f"Decoding in bands differs from plain by at most {max(v for _, v in decode_diffs):.2g} "
+                    f"({len(decode_diffs)} comparisons; fp32 VAE with cuDNN's default TF32 convolutions, whose "
+                    "algorithm can change with the band width)")
+        if fp32:
+            sentence += (f", and by {max(r['sliced_decode_fp32'] for r in fp32):.2g} in the strict fp32 check at a "
+                         "small shape with TF32 off, where feature chunking differs by at most "
+                         f"{max(r['chunking_fp32'] for r in fp32):.2g} ({len(fp32)} records)")
+        text.append(sentence + ".")
+    if tiling:
+        text.append("diffusers' VAE tiling differs by " + ", ".join(f"{v:.2g} {w}" for w, v in tiling)
+                    + ": it blends overlapping tiles.")
+    if records.gpu_tests:
+        for name, s in records.gpu_tests.items():
+            text.append(f"The GPU tests (`pytest -m gpu`) on this machine, [`{name}`]({records.run_dir}/{name}): "
+                        f"{s['passed']} passed, {s['failures']} failed, {s['errors']} errors, {s['skipped']} "
+                        "skipped.")
+    else:
+        text.append("No output of the GPU tests (`pytest -m gpu`: swapping exact and leaving everything on the GPU, "
+                    "every strategy inside a whole run matching plain with EasyCache reusing) is recorded with these "
+                    "figures, so this page claims no result for them; to record one, run "
+                    f"`python -m pytest -m gpu --junitxml docs/{records.run_dir}/pytest-gpu.xml` on the machine "
+                    f"and then `{COMMAND}`.")
+    return " ".join(text)
+
+
+def _sliced_entries(records: Records, model: str) -> list[tuple[str, int, float, float]]:
+    """(record, bands, GiB over resident, time / plain decode) of every steady-state sliced decode of ``model``."""
+    out = []
+    for stem, config, plain in records.rows(model):
+        if config["config"] != "sliced_decode" or (stem, "sliced_decode") in ROW_NOTES:
+            continue
+        dec, base = config["stages"]["decode"], plain["stages"]["decode"]
+        out.append((stem, records.slices(stem, model), dec["over_bytes"] / GIB, dec["seconds"] / base["seconds"]))
+    return sorted(out, key=lambda e: -e[1])
+
+
+def _both(memory_ok: list[bool], time_ok: list[bool], what: str) -> str:
+    if any(m and t for m, t in zip(memory_ok, time_ok)):
+        return "yes"
+    if any(memory_ok) and any(time_ok):
+        return f"no: each half is met by a different {what}"
+    if any(memory_ok):
+        return "memory yes, time no"
+    if any(time_ok):
+        return "time yes, memory no"
+    return "no"
+
+
+def targets(records: Records) -> str:
+    from benchmarks.memory import TARGETS
+
+    lines = ["| model | target | measured (record) | met |", "|---|---|---|---|"]
+    for model in MODEL_ORDER:
+        limits = TARGETS.get(model)
+        if not limits or not records.rows(model):
+            continue
+        m = MODEL_SHORT[model]
+        sliced = _sliced_entries(records, model)
+        if sliced:
+            measured = "; ".join(f"{bands} bands: {over:.2f} GiB at {ratio:.2f}x (`{stem}`)"
+                                 for stem, bands, over, ratio in sliced)
+            verdict = _both([e[2] <= limits["decode_over_gib"] for e in sliced],
+                            [e[3] <= limits["decode_time_ratio"] for e in sliced], "band count")
+            lines.append(f"| {m} | decode over resident <= {limits['decode_over_gib']} GiB at <= "
+                         f"{limits['decode_time_ratio']}x plain | {measured} | {verdict} |")
+        if "denoise_over_gib" in limits:
+            for stem, config, plain in records.rows(model):
+                if config["config"] != "chunking":
+                    continue
+                over = config["stages"]["denoise"]["over_bytes"] / GIB
+                extra = percent_change(config["stages"]["denoise"]["seconds"], plain["stages"]["denoise"]["seconds"])
+                verdict = _both([over <= limits["denoise_over_gib"]],
+                                [extra <= 100 * (limits["denoise_time_ratio"] - 1)], "")
+                lines.append(f"| {m} | denoise activations <= {limits['denoise_over_gib']} GiB at <= "
+                             f"{format_percent(100 * (limits['denoise_time_ratio'] - 1))} extra | {over:.2f} GiB at "
+                             f"{format_percent(extra, signed=True)} (`{stem}`) | {verdict} |")
+        if "swap_resident_gib" in limits:
+            lines.extend(_swap_target(records, model, limits))
+        for stem, config, plain in records.rows(model):
+            if config["config"] == "all_three" and config["end_to_end_peak_bytes"] is not None:
+                peak = config["end_to_end_peak_bytes"] / GIB
+                lines.append(f"| {m} | end-to-end peak with all three <= {limits['end_to_end_gib']} GiB | "
+                             f"{peak:.2f} GiB, plain {gib(plain['end_to_end_peak_bytes'])} (`{stem}`) | "
+                             f"{'yes' if peak <= limits['end_to_end_gib'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def _swap_target(records: Records, model: str, limits: dict[str, float]) -> list[str]:
+    """Swapping's weights on the GPU and its time, each from the record that holds it; never one joined figure."""
+    m, lines = MODEL_SHORT[model], []
+    offload = [(stem, c) for stem, c, _ in records.rows(model) if c["config"] == "diffusers_group_offload"
+               and c["stages"].get("denoise", {}).get("weights_resident_bytes") is not None]
+    for stem, config, plain in records.rows(model):
+        if config["config"] != "async_swap":
+            continue
+        den = config["stages"]["denoise"]
+        extra = percent_change(den["seconds"], plain["stages"]["denoise"]["seconds"])
+        time_ok = extra <= 100 * (limits["swap_time_ratio"] - 1)
+        weights = den["weights_resident_bytes"]
+        if weights is not None:
+            measured = f"{gib(weights)} at {format_percent(extra, signed=True)} (`{stem}`)"
+            verdict = _both([weights / GIB <= limits["swap_resident_gib"]], [time_ok], "")
+        else:
+            measured = f"time {format_percent(extra, signed=True)} (`{stem}`); weights on the GPU not recorded there"
+            if offload:
+                o_stem, o = offload[0]
+                measured += (f" (diffusers' group offload, which streams the blocks the same way, one block per "
+                             f"group: {gib(o['stages']['denoise']['weights_resident_bytes'])} in `{o_stem}`)")
+            verdict = f"time {'yes' if time_ok else 'no'}; memory not measured for swapping itself"
+        lines.append(f"| {m} | transformer weights on the GPU during denoise <= {limits['swap_resident_gib']} GiB at "
+                     f"<= {format_percent(100 * (limits['swap_time_ratio'] - 1))} extra | {measured} | {verdict} |")
+    return lines
+
+
+def costs(records: Records) -> str:
+    text = []
+    drops: dict[str, list[str]] = {}
+    for model in MODEL_ORDER:
+        for stem, config, plain in records.rows(model):
+            if config["config"] == "all_three":
+                drops.setdefault(f"{MODEL_SHORT[model]} from {gib(plain['end_to_end_peak_bytes'])} to "
+                                 f"{gib(config['end_to_end_peak_bytes'])}", []).append(f"`{stem}`")
+    if drops:
+        text.append("What this says for choosing settings: all three strategies cut the end-to-end peak, "
+                    + ", ".join(f"{what} ({', '.join(stems)})" for what, stems in drops.items()) + ".")
+    for model in MODEL_ORDER:
+        sliced = _sliced_entries(records, model)
+        if len(sliced) >= 2:
+            (s1, b1, o1, r1), (s2, b2, o2, r2) = sliced[0], sliced[1]
+            text.append(f"Sliced decoding costs time because thinner bands use the GPU less well: at "
+                        f"{MODEL_SHORT[model]}, {b2} bands instead of {b1} cut the decode overhead from "
+                        f"{format_percent(100 * (r1 - 1), signed=True)} to {format_percent(100 * (r2 - 1), signed=True)}"
+                        f" for {o2 - o1:.2f} GiB more (`{s1}`, `{s2}`; `--decode-slices {b2}`, or "
+                        f"`decode_slices={b2}` in `RunSettings`).")
+            break
+    chunk = {model: _overheads(records, model, "chunking") for model in MODEL_ORDER}
+    if all(chunk.values()):
+        text.append("Feature chunking adds " + " and ".join(
+            f"{format_percent(v, signed=True)} at {MODEL_SHORT[model]} (`{stem}`)"
+            for model in MODEL_ORDER for stem, v in chunk[model]) + " to the denoise stage, each from one step.")
+    text.append(_setup_sentences(records))
+    return "\n\n".join(t for t in text if t)
+
+
+def _setup_sentences(records: Records) -> str:
+    """Swapping's setup (pinning a host copy of the transformer) from every record that timed it."""
+    by_model: dict[str, list[tuple[float, str, str]]] = {}  # (seconds, as published, where from) per model
+    for stem, record in records.memory.items():
+        for model, result in record["models"].items():
+            for c in result["configs"]:
+                if c["config"] in ("async_swap", "all_three") and c["setup_seconds"] is not None:
+                    by_model.setdefault(model, []).append((c["setup_seconds"], f"{c['setup_seconds']:.2f}",
+                                                           f"`{stem}` {LABELS[c['config']]}"))
+    reused: list[tuple[str, float, str]] = []
+    released = []
+    for stem, record in records.swap_setup.items():
+        for earlier in record["earlier"]:
+            for s in earlier["apply_seconds"]:
+                by_model.setdefault(earlier["model"], []).append(
+                    (s, f"{s:.1f}", f"run {earlier['run']} as noted in `{record['source']}`"))
+        for model, result in record["models"].items():
+            for run in result["runs"]:
+                if run["reused"]:
+                    reused.append((model, run["apply_seconds"], stem))
+                else:
+                    by_model.setdefault(model, []).append((run["apply_seconds"], f"{run['apply_seconds']:.1f}",
+                                                           f"`{stem}` first run"))
+            if result["released_gib"] is not None:
+                released.append((model, result["released_gib"], stem))
+    if not by_model:
+        return ""
+    parts = []
+    for model in MODEL_ORDER:
+        if model in by_model:
+            values = sorted(by_model[model])
+            sources = sorted({src for *_, src in values})
+            # Each timing as precise as its record: two decimals as the tables print the JSON records, one as
+            # the logs printed it.
+            parts.append(f"{values[0][1]}-{values[-1][1]} s at {MODEL_SHORT[model]} "
+                         f"({len(values)} timings: {'; '.join(sources)})")
+    text = ("Two costs outside the stages. Setting swapping up pins a host copy of the transformer's blocks: "
+            + ", ".join(parts) + ".")
+    if reused:
+        by = {}
+        for model, seconds, stem in reused:
+            by.setdefault((model, stem), []).append(seconds)
+        text += (" That copy is now kept with the pipeline between runs (`lightcache.swap.PinnedWeights`: reused only "
+                 "while every weight on the GPU has the storage, version and checksum it had when the copy was made; "
+                 "`release_pinned_weights(pipe)` frees it), so later runs with swapping set up in "
+                 + ", ".join(f"{'-'.join(sorted({f'{v:.1f}' for v in vs}))} s at {MODEL_SHORT[model]} (`{stem}`, "
+                             f"{len(vs)} runs)" for (model, stem), vs in by.items()) + ".")
+    for model, size, stem in released:
+        text += f" The kept copy holds {size:.2f} GiB of host memory at {MODEL_SHORT[model]} (`{stem}`)."
+    for stem, record in records.host_memory.items():
+        samples = record["samples"]
+        if not samples:
+            continue
+        top = max(s["used_gib"] for s in samples)
+        times = [_seconds(s["time"]) for s in samples]
+        step = statistics.median(b - a for a, b in zip(times, times[1:])) if len(times) > 1 else 0
+        text += (" PyTorch also keeps freed pinned host memory cached, so pinned copies add up within a process: in "
+                 "run 2, before the copy was kept, the host ran out of memory when diffusers' group offloading "
+                 "pinned its own copy after two swapping configurations. Run 3's host-memory log (`free -g` every "
+                 f"{step:.0f} s, `{stem}`) reads at most {top} GiB used of {samples[0]['total_gib']} GiB; in that "
+                 "run only diffusers' group offloading (14B) and all three strategies (1.3B) pin host memory.")
+    return text
+
+
+def _seconds(clock: str) -> int:
+    h, m, s = (int(v) for v in clock.split(":"))
+    return 3600 * h + 60 * m + s
+
+
+def smoke(records: Records) -> str:
+    from benchmarks.memory import table
+
+    if records.smoke is None:
+        return "No smoke record is committed."
+    s = records.smoke
+    checks = s.get("exactness_fp32") or {}
+    return (f"`{s.get('command', 'python -m benchmarks.memory --smoke')}` (torch {s['torch']}, diffusers "
+            f"{s.get('diffusers', 'not recorded')}), recorded in [`memory-smoke.json`](memory-smoke.json):\n\n"
+            + table(s["models"], s["mode"]).strip()
+            + f"\n\nExactness check (fp32): chunking {checks.get('chunking_fp32', float('nan')):.2g}, sliced decoding "
+            f"{checks.get('sliced_decode_fp32', float('nan')):.2g} max abs difference.")
+
+
+# --- README.md ---------------------------------------------------------------------------------------------------
+def readme_h100(records: Records) -> str:
+    gpus = sorted({r["gpu"] for r in records.memory.values() if r.get("gpu")})
+    torches = sorted({r["torch"] for r in records.memory.values() if r.get("torch")})
+    lines = [
+        f"Measured on one {', '.join(gpus)} (torch {', '.join(torches)}) with random weights at the real shapes, "
+        "which do not change time or memory. Each row is one run of `python -m benchmarks.memory` (percentages and "
+        "ratios against the plain run of the same process); [docs/memory.md](docs/memory.md) has every figure of "
+        f"every run and the commands. This paragraph and the table are generated from the records by `{COMMAND}`.",
+        "",
+        "| Wan2.1, 81 frames | record | plain end-to-end peak | with all three strategies | denoise time they add "
+        "| decode time |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for model in MODEL_ORDER:
+        if not records.rows(model):
+            continue
+        spec = records.spec(model)
+        for stem, config, plain in records.rows(model):
+            if config["config"] != "all_three":
+                continue
+            lines.append(f"| {MODEL_SHORT[model]}, {spec['height']}x{spec['width']} | `{stem}` | "
+                         f"{gib(plain['end_to_end_peak_bytes'])} | {gib(config['end_to_end_peak_bytes'])} | "
+                         f"{time_cell(config, plain, 'denoise').split(' ', 1)[1].strip('()')} | "
+                         f"{time_cell(config, plain, 'decode').split(' ', 1)[1].strip('()')} |")
+    lines.append("")
+    text = []
+    for model in MODEL_ORDER:
+        three = _overheads(records, model, "all_three")
+        plains = [c["stages"]["denoise"]["seconds"] for _, c, _ in records.rows(model) if c["config"] == "plain"]
+        values = [v for _, v in three]
+        if len(values) > 1 and max(values) - min(values) > spread(plains):
+            text.append(f"The {MODEL_SHORT[model]} runs disagree on the denoise time the strategies add ("
+                        + " and ".join(format_percent(v, signed=True) for v in values)
+                        + ", one step each), more than plain's own spread between runs "
+                        f"({format_percent(spread(plains))}); until a rerun with repeats settles it, both stand.")
+    o = records.hook_overhead
+    if o:
+        ov, reuse = o["overhead"], o["overhead"]["reuse"]
+        plain = ov["denoise_seconds"]["plain"]
+        noise = spread(plain)
+        text.append(
+            f"EasyCache's own cost at the {o['model'].split('-', 1)[1]} shape "
+            f"([docs/hook-overhead-gpu.md](docs/hook-overhead-gpu.md), {ov['steps']} steps, {ov['repeats']} "
+            f"interleaved repeats): with tau = 0 (never reusing) the denoise stage's time differed from plain's by "
+            f"{format_percent(ov['overhead_pct'], signed=True)}"
+            + (f", inside the {format_percent(noise)} spread of plain's own repeats" if abs(ov["overhead_pct"]) < noise
+               else "")
+            + f", and a reused call took {reuse['reused_ms_median']:.2f} ms against "
+            f"{reuse['computed_ms_median']:.0f} ms for a computed one; not measured at 14B.")
+    for stem, record in records.swap_setup.items():
+        for model, result in record["models"].items():
+            first = [r["apply_seconds"] for r in result["runs"] if not r["reused"]]
+            later = sorted({r["apply_seconds"] for r in result["runs"] if r["reused"]})
+            if first and later:
+                text.append(f"Setting swapping up at {MODEL_SHORT[model]} took {first[0]:.1f} s the first time in a "
+                            f"process and {'-'.join(f'{v:.1f}' for v in later)} s on later runs, which reuse the "
+                            f"pinned copy (`{stem}`).")
+    lines.append(" ".join(text))
+    return "\n".join(lines)
+
+
+def readme_bench(records: Records) -> str:
+    b = records.bench
+    if b is None:
+        return "No benchmark record is committed."
+    tau = b["settings"]["threshold"]
+    point = next(a for a in b["aggregates"] if a["method"] == "easycache" and a["params"].get("threshold") == tau)
+    d = b["targets"]["pareto_dominance"]["denoise"]
+    if d["holds"]:
+        claim = (f"for each of the {d['built_in_points']} built-in settings there is an EasyCache tau at least as "
+                 "fast (denoise) with at least as high PSNR")
+    else:
+        claim = (f"{d['dominated']} of the {d['built_in_points']} built-in settings are matched or beaten by an "
+                 "EasyCache tau on denoise speed and PSNR at once")
+    return (f"[docs/benchmarks.md](docs/benchmarks.md) is the full run on the `{b['preset']}` model (regenerated by "
+            f"the command at its top): EasyCache at tau {tau:g}, the preset's default, runs the denoise stage "
+            f"{point['speedup_denoise']:.2f}x faster at {point['psnr_db']:.2f} dB PSNR against the plain video, and "
+            f"{claim}.")
+
+
+# --- blocks ------------------------------------------------------------------------------------------------------
+BLOCKS: dict[str, Callable[[Records], str]] = {
+    "memory-intro": memory_intro,
+    "memory-14b": lambda r: model_table(r, "14b"),
+    "memory-1.3b": lambda r: model_table(r, "1.3b"),
+    "memory-exactness": exactness,
+    "memory-targets": targets,
+    "memory-costs": costs,
+    "memory-smoke": smoke,
+    "readme-h100": readme_h100,
+    "readme-bench": readme_bench,
+}
+
+
+def render(text: str, records: Records) -> str:
+    """``text`` with the body of every generated block replaced by what its generator makes of ``records``.
+
+    >>> doc = "Intro.\\n<!-- generated: readme-bench (python -m benchmarks.figures) -->\\nold\\n"
+    >>> doc += "<!-- end generated: readme-bench -->\\nOutro."
+    >>> render(doc, Records(memory={})).splitlines()[2]
+    'No benchmark record is committed.'
+    """
+    out, pos = [], 0
+    for start in START.finditer(text):
+        name = start["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"unknown generated block {name!r}")
+        end_marker = f"<!-- end generated: {name} -->"
+        end = text.find(end_marker, start.end())
+        if end < 0:
+            raise ValueError(f"generated block {name!r} has no {end_marker!r}")
+        out.append(text[pos:start.end()] + "\n" + wrap(BLOCKS[name](records).strip()) + "\n")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def wrap(markdown: str, width: int = WIDTH) -> str:
+    """Prose paragraphs and list items filled to ``width`` columns, as the hand-written text around them is;
+    tables, headings and code are left as they are.
+
+    >>> print(wrap("- one two three four", width=12))
+    - one two
+      three four
+    """
+    out = []
+    for paragraph in markdown.split("\n\n"):
+        lines = paragraph.split("\n")
+        if paragraph.startswith(("|", "#", "```", "<!--")):
+            out.append(paragraph)
+        elif all(line.startswith("- ") for line in lines):
+            out.append("\n".join(textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False,
+                                                break_on_hyphens=False) for line in lines))
+        else:
+            out.append(textwrap.fill(" ".join(lines), width, break_long_words=False, break_on_hyphens=False))
+    return "\n\n".join(out)
+
+
+def blocks_in(text: str) -> list[str]:
+    """The names of the generated blocks in ``text``, in order."""
+    return [m["name"] for m in START.finditer(text)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a document is stale")
+    args = parser.parse_args(argv)
+    records = load()
+    stale = []
+    for name in DOCUMENTS:
+        path = ROOT / name
+        text = path.read_text()
+        new = render(text, records)
+        if new != text:
+            stale.append(name)
+            if not args.check:
+                path.write_text(new)
+    if args.check:
+        for name in stale:
+            print(f"{name}: generated blocks differ from the records; run `{COMMAND}`", file=sys.stderr)
+        return 1 if stale else 0
+    print("rewrote " + (", ".join(stale) if stale else "nothing (all up to date)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

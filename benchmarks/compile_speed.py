@@ -16,7 +16,7 @@ Usage::
 
     python -m benchmarks.compile_speed                        # CUDA: Wan2.1-1.3B at 480x832x81, 10 steps
     python -m benchmarks.compile_speed --model 14b --steps 6  # Wan2.1-14B at 720x1280x81
-    python -m benchmarks.compile_speed --smoke                # CPU, tiny shapes (inductor needs a C++ compiler)
+    python -m benchmarks.compile_speed --smoke --threads 1    # CPU, tiny shapes (inductor needs a C++ compiler)
 
 A GPU run writes ``docs/compile-gpu.json`` and ``.md``; ``--smoke`` writes ``compile-smoke.*`` into ``--out``
 (default: a new temporary directory), so it never replaces GPU figures. Smoke figures are CPU figures at toy shapes.
@@ -151,10 +151,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=0.1, help="EasyCache tau (default 0.1)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); on a shared CPU one "
+                        "thread keeps eager and compiled code from spinning against the other processes")
     parser.add_argument("--out", help="directory for compile-<mode>.json/.md")
     args = parser.parse_args(argv)
     if args.steps < 2 or not 0 <= args.warmup < args.steps or args.repeats < 1:
         parser.error("need --steps >= 2, 0 <= --warmup < --steps and --repeats >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("need --threads >= 1")
+        torch.set_num_threads(args.threads)
 
     if args.smoke:
         mode, device, spec, preset = "smoke", torch.device("cpu"), SMOKE, load_preset("tiny")

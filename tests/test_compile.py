@@ -464,3 +464,20 @@ def test_a_run_without_a_compiler_is_refused_before_it_starts(monkeypatch):
     with pytest.raises(LightcacheError, match="needs a C.. compiler"):
         next(events)  # refused before RunStarted: nothing ran, nothing attached
     assert getattr(pipe, "_lightcache_acceleration", None) is None
+
+
+def test_the_benchmark_table_reads_its_record():
+    from benchmarks.compile_speed import markdown
+
+    side = dict(call_ms_median=10.0, reused_ms_median=0.1, denoise_median=2.0, denoise_seconds=[2.0],
+                cpu_median=1.5, cpu_seconds=[1.5], computed_calls=8)
+    config = dict(eager=side, compiled=dict(side, call_ms_median=5.0, frames_compiled_in_timed_runs=0),
+                  warmup=dict(warmup_call_seconds=30.0, calls_compiling=1, compile_seconds=29.5, frames_compiled=1),
+                  call_speedup=2.0, decisions_match=True)
+    result = dict(mode="gpu", model="Wan2.1-1.3B", height=480, width=832, frames=81, steps=10, repeats=3,
+                  device="GPU", configs={"easycache": config, "all": dict(config, decisions_match=False)})
+    text = markdown(result)
+    assert "| easycache | 10.00 ms | 5.00 ms | 2.00x | 2.00 s / 2.00 s | 1.50 s / 1.50 s | 30.0 s (1 call) " \
+           "| 29.5 s, 1 graph(s) | 0 | yes |" in text
+    assert "| all |" in text and text.count("| no |") == 1
+    assert "CPU run" not in text and "CPU run" in markdown(dict(result, mode="smoke"))

@@ -5,10 +5,13 @@ The pipeline stays the user's own: after :func:`apply_lightcache` a run is ``pip
 innermost first, on each denoiser the pipeline's family adapter names (both experts of Wan2.2 A14B):
 
 1. feature chunking (it replaces the innermost forward of the model and its blocks);
-2. EasyCache (one shared state over all denoisers);
-3. the run observer's trace hook (stages, one record per denoiser call, stop requests);
-4. asynchronous swapping (diffusers' group offloading sits outermost: its stream prefetching removes one of its
-   own hooks after the first forward, which would unlink any hook registered above it).
+2. torch.compile of the repeated blocks (a hook on each block that calls the compiled forward beneath it, so the
+   graph holds the block's arithmetic, chunked or not, and nothing registered later; see :mod:`lightcache.compile`);
+3. EasyCache (one shared state over all denoisers);
+4. the run observer's trace hook (stages, one record per denoiser call, stop requests);
+5. asynchronous swapping (diffusers' group offloading sits outermost: its stream prefetching removes one of its
+   own hooks after the first forward, which would unlink any hook registered above it; outside the compiled
+   graphs it moves the weights in plain Python, and the graphs read them wherever they are).
 
 Sliced decoding replaces ``vae.decode`` for the length of the acceleration with an exact band-by-band decode that
 returns the video on the host, so the pipeline's own postprocessing runs unchanged.
@@ -37,6 +40,7 @@ import torch
 
 from .calls import CallLocator
 from .chunk import apply_feature_chunking, remove_feature_chunking
+from .compile import CUDA_GRAPH_MODES, CompileConfig, CompiledBlocks, apply_compile, remove_compile
 from .easycache import EasyCacheConfig, EasyCacheHook, apply_easycache, remove_easycache
 from .errors import LightcacheError
 from .events import Event, StepRecord
@@ -59,6 +63,8 @@ class AccelerationConfig:
         sliced_decode: decode in bands (exact) instead of the VAE's whole-frame decode.
         decode_slices: bands for sliced decoding (None: the decoder's default).
         device: where swapping moves things to (default: the pipeline's execution device).
+        compile: True (or a :class:`~lightcache.compile.CompileConfig`) to torch.compile every denoiser's
+            repeated blocks. The first calls of a run at a new size compile (tens of seconds); the trace marks them.
     """
 
     easycache: EasyCacheConfig | None = None
@@ -67,10 +73,26 @@ class AccelerationConfig:
     sliced_decode: bool = False
     decode_slices: int | None = None
     device: str | torch.device | None = None
+    compile: bool | CompileConfig = False
 
     def __post_init__(self):
         if self.decode_slices is not None and not self.sliced_decode:
             raise LightcacheError("decode_slices is the band count of sliced decoding; turn sliced_decode on too.")
+        if not isinstance(self.compile, (bool, CompileConfig)):
+            raise LightcacheError(f"compile must be True, False or a CompileConfig, got {self.compile!r}.")
+        if self.async_swap and self.compile_config is not None and self.compile_config.mode in CUDA_GRAPH_MODES:
+            raise LightcacheError(
+                f"compile mode '{self.compile_config.mode}' records CUDA graphs, which replay fixed weight addresses; "
+                "asynchronous swapping moves the weights on every call. Use mode None or "
+                "'max-autotune-no-cudagraphs' with swapping."
+            )
+
+    @property
+    def compile_config(self) -> CompileConfig | None:
+        """The compile settings in force, or None when compile is off."""
+        if isinstance(self.compile, CompileConfig):
+            return self.compile
+        return CompileConfig() if self.compile else None
 
 
 class Acceleration:
@@ -84,6 +106,7 @@ class Acceleration:
         self.easycache: EasyCacheHook | None = None
         self.swap: AsyncSwap | None = None
         self.chunked: list[torch.nn.Module] = []
+        self.compiled: CompiledBlocks | None = None
         self.sliced_vae = None
         self._last_records: list[StepRecord] = []
 
@@ -106,6 +129,8 @@ class Acceleration:
                 self._last_records = list(self.easycache.records)
             remove_easycache(*self.adapter.denoisers(self.pipe).values())
             self.easycache = None
+            remove_compile(*self.adapter.denoisers(self.pipe).values())  # a no-op where nothing is compiled
+            self.compiled = None
             for module in self.chunked:
                 remove_feature_chunking(module)
             self.chunked = []
@@ -167,6 +192,10 @@ def apply_lightcache(
             for module in denoisers.values():
                 apply_feature_chunking(module, config.chunk_ffn)
                 acc.chunked.append(module)
+        if config.compile_config is not None:
+            device = config.device if config.device is not None else pipe._execution_device
+            acc.compiled = apply_compile(denoisers, config.compile_config, device=device,
+                                         blocks_of=adapter.repeated_blocks)
         if config.easycache is not None:
             acc.easycache = apply_easycache(denoisers, config.easycache, locator=locator,
                                             channel_axis=adapter.latent_channel_axis,

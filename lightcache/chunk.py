@@ -49,13 +49,15 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
+from .compile import COMPILE_HOOK
 from .errors import LightcacheError
 
 CHUNK_HOOK = "lightcache_feature_chunking"
 
 # Hooks that never keep a reference to a block's input, so writing the block's output over its input is safe
-# under them (diffusers' group offloading and its execution-order tracer).
-_INPLACE_SAFE_HOOKS = frozenset({CHUNK_HOOK, "group_offloading", "layer_execution_tracker"})
+# under them (lightcache's compile hook, diffusers' group offloading and its execution-order tracer). Under compile
+# the write is a mutation of a graph input, which torch carries out on the caller's tensor when the graph returns.
+_INPLACE_SAFE_HOOKS = frozenset({CHUNK_HOOK, COMPILE_HOOK, "group_offloading", "layer_execution_tracker"})
 
 
 @dataclass

@@ -78,6 +78,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="decode the latents in bands so the VAE's full-resolution activations never exist whole")
     p.add_argument("--decode-slices", dest="decode_slices", type=int, metavar="N",
                    help="bands for --sliced-decode (default: up to 16); fewer decode faster and hold more memory")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks; the first call at a size compiles (marked in "
+                        "trace.json, counted apart in the summary), later calls run the compiled code")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also run the plain pipeline with the same seed; report speed-up, PSNR and SSIM")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -178,7 +181,8 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
     timeline: list[dict[str, Any]] = []
     if compare_baseline:
         # One untimed short run first, so that one-time costs (kernel selection, allocator growth, lazy
-        # imports) land on neither of the two timed runs and the speed-up compares like with like.
+        # imports; with --compile, compiling the blocks) land on neither of the two timed runs and the speed-up
+        # compares like with like.
         warm_up(pipe, settings, preset_name, image=image)
     with _progress(settings, progress, "accelerated" if settings.easycache else "plain") as bar, \
             Mp4Writer(out_dir / "video.mp4", fps=settings.fps) as writer:
@@ -256,7 +260,7 @@ def _settings_overrides(args) -> dict[str, Any]:
         overrides["easycache"] = False
     overrides["chunk_ffn"] = getattr(args, "chunk_ffn", None)
     overrides["decode_slices"] = getattr(args, "decode_slices", None)
-    for flag in ("async_swap", "sliced_decode"):
+    for flag in ("async_swap", "sliced_decode", "compile"):
         if getattr(args, flag, False):
             overrides[flag] = True
     return overrides
@@ -445,6 +449,12 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     stages = ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in summary["stages"].items())
     line = (f"wrote {out}/video.mp4, trace.json, summary.json, timeline.json, timeline.html | {stages} | "
             f"calls computed {summary['calls_computed']}, reused {summary['calls_reused']}")
+    compiled = summary.get("compile") or {}
+    if compiled.get("active"):
+        after = compiled.get("call_ms_after_warmup")
+        line += (f" | torch.compile warm-up {compiled['warmup_call_seconds']:.2f} s in "
+                 f"{compiled['calls_compiling']} call(s), {compiled['compile_seconds']:.2f} s of it compiling"
+                 + (f"; median computed call after it {after:.1f} ms" if after is not None else ""))
     if "speedup" in summary:
         psnr_db = summary["psnr_db"]
         psnr_text = f"{psnr_db:.2f}" if isinstance(psnr_db, float) else psnr_db

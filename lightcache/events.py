@@ -99,6 +99,9 @@ class StepRecord(Event):
         t: seconds since the run started, when the call returned (filled in by the runner).
         denoiser: which of the pipeline's denoisers ran the call (``transformer``, or ``transformer_2`` for the
             low-noise expert of Wan2.2 A14B).
+        compiling: torch.compile compiled code during this call (read from torch's own counters), so ``ms``
+            includes compiling: a warm-up call, not the speed of the compiled model.
+        compile_ms: of ``ms``, the time torch spent compiling (0 when ``compiling`` is False).
     """
 
     step: int
@@ -113,6 +116,8 @@ class StepRecord(Event):
     ms: float = 0.0
     t: float | None = None
     denoiser: str = "transformer"
+    compiling: bool = False
+    compile_ms: float = 0.0
 
 
 @dataclass

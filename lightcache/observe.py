@@ -5,7 +5,7 @@ A run is the pipeline's own ``pipe(...)``, so lightcache learns where the run is
 * a text encoder's forward starts the ``encode`` stage;
 * an image encoder's forward, or ``vae.encode`` (the conditioning image of image-to-video), starts ``encode_image``;
 * a denoiser's forward starts ``denoise``, and every call becomes a :class:`~lightcache.events.StepRecord` (step,
-  branch, which denoiser, computed or reused and why, wall time);
+  branch, which denoiser, computed or reused and why, wall time, and whether torch.compile compiled during it);
 * ``vae.decode`` starts ``decode``.
 
 A stage ends where the next begins (or when the run ends). The same hooks are where a stop request lands: before
@@ -42,6 +42,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from .calls import CallLocator, timestep_value
+from .compile import compile_activity
 from .easycache import EasyCacheState, get_easycache_hook
 from .errors import RunCancelled
 from .events import Event, StageFinished, StageStarted, StepRecord
@@ -200,11 +201,13 @@ class _TraceHook(ModelHook):
         easycache = get_easycache_hook(module)
         # Compared by identity: EasyCache starts a new list when a new run begins.
         before = easycache.records[-1] if easycache is not None and easycache.records else None
+        compiled_before = compile_activity()
         start = time.perf_counter()
         with observer.locator.pin(site):
             output = self.fn_ref.original_forward(*args, **kwargs)
         _sync(module)
         ms = (time.perf_counter() - start) * 1000.0
+        compiled = compile_activity().since(compiled_before)
         if easycache is not None and easycache.records and easycache.records[-1] is not before:
             record = easycache.records[-1]
         else:
@@ -212,6 +215,9 @@ class _TraceHook(ModelHook):
                                 reason="EasyCache off", denoiser=self.name)
         record.ms = ms
         record.t = observer.clock()
+        # From torch's counters, not from the time: a slow call is not necessarily a compiling one.
+        record.compiling = compiled.frames > 0
+        record.compile_ms = compiled.seconds * 1000.0 if record.compiling else 0.0
         observer.on_event(record)
         return output
 

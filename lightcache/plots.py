@@ -2,7 +2,8 @@
 
 * :func:`trace_figure` - the step trace: per denoising step and CFG branch, whether the transformer ran or the
   cached transformation was reused, and below it the accumulated error ``E`` that EasyCache tested against
-  ``tau``. It is cheap enough to rebuild after every step, which is how the app shows it live.
+  ``tau``. It is cheap enough to rebuild after every step, which is how the app shows it live. Calls during which
+  torch.compile compiled are ringed: their time is compile warm-up, not the speed of the compiled model.
 * :func:`timeline_figure` - the memory timeline: every memory series the sampler reported, the encode / denoise /
   decode stages shaded behind them, and every transformer call marked on a strip below, computed or reused.
 
@@ -41,6 +42,7 @@ COLOURS = {
     "reused": "#2f9e44",  # EasyCache returned x_t + delta: this call was (almost) free
     "error": "#862e9c",
     "tau": "#e03131",
+    "compiling": "#f08c00",  # torch.compile compiled during this call: warm-up time, not the model's speed
     "warm-up": "rgba(134, 142, 150, 0.15)",
 }
 STAGE_COLOURS = {
@@ -101,6 +103,7 @@ def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360)
             col=1,
         )
 
+    _add_compiling(fig, records, x="step")
     tested = _tested_error(records)
     fig.add_trace(
         go.Scatter(
@@ -215,6 +218,7 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
             row=2,
             col=1,
         )
+    _add_compiling(fig, records, x="t", row=2)
 
     for stage, (t0, t1, finished) in stages.items():
         t1 = t1 if finished else max(end, t0)
@@ -258,6 +262,30 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
     )
     _grid(fig)
     return fig
+
+
+def _add_compiling(fig: go.Figure, records: list[Mapping[str, Any]], x: str, row: int = 1) -> None:
+    """A ring around each call during which torch.compile compiled (only when there is one, so runs without
+    compile draw exactly what they drew before)."""
+    rows = [r for r in records if r.get("compiling")]
+    if not rows:
+        return
+    where = "step %{x} · %{y}" if x == "step" else "%{x:.2f} s · %{y}"
+    fig.add_trace(
+        go.Scatter(
+            x=[r[x] for r in rows],
+            y=[r["branch"] for r in rows],
+            mode="markers",
+            name="compiling (torch.compile warm-up)",
+            marker=dict(symbol="diamond-open", size=20, color=COLOURS["compiling"],
+                        line=dict(width=2, color=COLOURS["compiling"])),
+            customdata=[[_fmt_ms(r.get("compile_ms")) or "-", _fmt_ms(r.get("ms")) or "-"] for r in rows],
+            hovertemplate=where + "<br>torch.compile compiled during this call: %{customdata[0]} of "
+            "%{customdata[1]}<extra></extra>",
+        ),
+        row=row,
+        col=1,
+    )
 
 
 def _mark_expert_switches(fig: go.Figure, records: list[Mapping[str, Any]]) -> None:

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import queue
+import statistics
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -93,13 +94,13 @@ def run_generation(
         updates.put(event)
 
     worker = None
-    acc = swap = None
+    acc = swap = compiled = None
     frames = None
     try:
         acc = apply_lightcache(pipe, _acceleration_config(settings), on_event=on_event, cancel=stop, clock=clock,
                                adapter=adapter)
-        swap = acc.swap
-        for note in _strategy_notes(settings, swap, slice_plan):
+        swap, compiled = acc.swap, acc.compiled
+        for note in _strategy_notes(settings, swap, slice_plan, compiled):
             yield from order.emit(Note(message=note, t=clock()))
         kwargs = adapter.call_kwargs(call_pipe, settings, image)
         done = object()
@@ -158,6 +159,7 @@ def run_generation(
                               default=None),
         },
         "strategies": _strategies_summary(settings, swap, slice_plan),
+        "compile": compile_summary(settings, compiled, records),
     }
     yield from order.flush()
     yield RunFinished(summary=summary, frames=frames)
@@ -184,6 +186,7 @@ def _acceleration_config(settings) -> AccelerationConfig:
         async_swap=settings.async_swap,
         sliced_decode=settings.sliced_decode,
         decode_slices=settings.decode_slices,
+        compile=bool(getattr(settings, "compile", False)),
     )
 
 
@@ -262,6 +265,14 @@ def _check_prompt_length(pipe, settings) -> None:
 
 def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> dict | None:
     """Refuse memory-strategy settings this model cannot honour before anything runs; the sliced-decode plan."""
+    if getattr(settings, "compile", False):
+        from .compile import check_compiler_available
+
+        check_compiler_available("inductor", pipe._execution_device)
+        for name, module in adapter.denoisers(pipe).items():
+            if not adapter.repeated_blocks(module):
+                raise LightcacheError(f"compile: the {name} ({type(module).__name__}) has no repeated blocks to "
+                                      "compile.")
     if settings.chunk_ffn is not None:
         reason = adapter.chunking_unsupported(pipe)
         if reason:
@@ -278,7 +289,7 @@ def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> d
     return None
 
 
-def _strategy_notes(settings, swap=None, slice_plan=None) -> list[str]:
+def _strategy_notes(settings, swap=None, slice_plan=None, compiled=None) -> list[str]:
     notes = []
     if not settings.easycache:
         notes.append("EasyCache is off: every step runs the transformer.")
@@ -291,7 +302,43 @@ def _strategy_notes(settings, swap=None, slice_plan=None) -> list[str]:
             f"Sliced decoding: {len(slice_plan['cuts']) - 1} bands across the frame's {slice_plan['axis']}; "
             "the video is assembled on the host, never whole on the device."
         )
+    if compiled is not None:
+        blocks = sum(compiled.blocks.values())
+        notes.append(
+            f"torch.compile: {blocks} transformer blocks compiled ({compiled.summary()['backend']}). Calls that "
+            "compiled are marked in the trace; their time is warm-up, not the compiled model's speed."
+        )
     return notes
+
+
+def compile_summary(settings, compiled, records: list[StepRecord]) -> dict[str, Any]:
+    """Whether compile was asked for and acted, and its warm-up: the calls during which torch compiled.
+
+    ``warmup_call_seconds`` is the whole time of those calls (compiling and running); ``compile_seconds`` the part
+    torch reports as compiling. ``call_ms_after_warmup`` is the median computed call without them: the speed of the
+    compiled model.
+
+    >>> from lightcache.events import StepRecord
+    >>> calls = [StepRecord(step=0, timestep=900.0, branch="cond", computed=True, reason="warm-up", ms=9000.0,
+    ...                     compiling=True, compile_ms=8900.0),
+    ...          StepRecord(step=1, timestep=800.0, branch="cond", computed=True, reason="warm-up", ms=50.0)]
+    >>> s = compile_summary(None, None, calls)
+    >>> s["calls_compiling"], s["compile_seconds"], s["call_ms_after_warmup"]
+    (1, 8.9, 50.0)
+    """
+    warm = [r for r in records if r.compiling]
+    after = [r.ms for r in records if r.computed and not r.compiling]
+    summary: dict[str, Any] = {
+        "requested": bool(getattr(settings, "compile", False)),
+        "active": compiled is not None,
+        "calls_compiling": len(warm),
+        "warmup_call_seconds": round(sum(r.ms for r in warm) / 1000.0, 6),
+        "compile_seconds": round(sum(r.compile_ms for r in warm) / 1000.0, 6),
+        "call_ms_after_warmup": statistics.median(after) if after else None,
+    }
+    if compiled is not None:
+        summary.update(compiled.summary())
+    return summary
 
 
 def _strategies_summary(settings, swap, slice_plan) -> dict[str, Any]:

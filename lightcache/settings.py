@@ -64,6 +64,9 @@ class RunSettings:
     # Bands for sliced decoding (None: the decoder's default, up to 16). Fewer bands decode faster and hold more:
     # on an H100 at Wan2.1-14B 720p, 16 bands add 1.26 GiB at 1.20x the plain decode time, 8 add 2.36 GiB at 1.08x.
     decode_slices: int | None = None
+    # torch.compile the denoisers' repeated blocks (see lightcache.compile). The first calls at a new size compile;
+    # the trace and the summary keep that warm-up apart from the speed of the compiled model.
+    compile: bool = False
 
     @classmethod
     def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
@@ -121,6 +124,8 @@ class RunSettings:
         _check_int("max_sequence_length", self.max_sequence_length, 1, 512)
         if self.chunk_ffn is not None:
             _check_int("chunk_ffn", self.chunk_ffn, 1, 1_000_000)
+        if not isinstance(self.compile, bool):
+            raise LightcacheError(f"compile must be true or false, got {self.compile!r}.")
         if self.decode_slices is not None:
             _check_int("decode_slices", self.decode_slices, 1, 256)
             if not self.sliced_decode:

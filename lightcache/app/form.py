@@ -60,12 +60,14 @@ FIELDS: Mapping[str, str] = MappingProxyType({
     "sliced_decode": "Sliced decoding",
     "compare": "Compare with the plain run",
     "image": "Image (first frame)",
+    # Last, so that API clients that pass the parameters by position keep working.
+    "compile": "Compile (torch.compile)",
 })
 
 # RunSettings names some fields differently from the form; its messages start with its own name.
 _SETTING_TO_FIELD = {"threshold": "tau", "chunk_ffn": "feature_chunking"}
 _INT_FIELDS = ("seed", "steps", "frames", "height", "width", "warmup")
-_BOOL_FIELDS = ("easycache", "async_swap", "feature_chunking", "sliced_decode", "compare")
+_BOOL_FIELDS = ("easycache", "async_swap", "feature_chunking", "sliced_decode", "compare", "compile")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Job:
         """The same request with every acceleration off: the reference the comparison is measured against."""
         return dataclasses.replace(
             self.settings, easycache=False, async_swap=False, chunk_ffn=None, sliced_decode=False,
-            decode_slices=None,
+            decode_slices=None, compile=False,
         )
 
 
@@ -110,6 +112,7 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
         "sliced_decode": False,
         "compare": False,
         "image": None,
+        "compile": False,
     }
     for key, value in (overrides or {}).items():
         if key not in values:
@@ -215,6 +218,7 @@ def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | 
             async_swap=flags["async_swap"],
             chunk_ffn=chunk,
             sliced_decode=flags["sliced_decode"],
+            compile=flags["compile"],
             **ints,
         )
     except LightcacheError as exc:

@@ -67,6 +67,8 @@ VIDEO_HEIGHT = 300
 #: The status of a run whose session pressed Stop while it waited in the queue: it never starts.
 WARMING_UP = ("**Warming up…** a short untimed run first, so that one-time costs land on neither of the two "
               "runs being compared.")
+#: Added to it when Compile is on: the warm-up run is where the blocks compile, so the timed run does not.
+COMPILE_WARMING_UP = " With Compile on, this is where the transformer blocks compile (tens of seconds on a CPU)."
 STOPPED_BEFORE_START = "**Stopped** before it started: Stop was pressed while this run waited in the queue."
 
 
@@ -95,7 +97,7 @@ def build_demo(
     with gr.Blocks(title="LightCache + EasyCache", delete_cache=GRADIO_CACHE_SWEEP) as demo:
         session = gr.State(Session())
         gr.Markdown(texts.INTRO)
-        with gr.Accordion("How it works: EasyCache and the three memory strategies", open=False,
+        with gr.Accordion("How it works: EasyCache, the three memory strategies and compile", open=False,
                           elem_id="how-it-works"):
             gr.Markdown(texts.HOW_IT_WORKS)
         with gr.Row(equal_height=False):
@@ -129,6 +131,9 @@ def build_demo(
                                                info="token-wise layers over token slices")
                         sliced = gr.Checkbox(start["sliced_decode"], label=FIELDS["sliced_decode"],
                                              info="decode the latent in slices")
+                    compile_box = gr.Checkbox(start["compile"], label=FIELDS["compile"], elem_id="compile",
+                                              info="compile the transformer blocks: faster calls after a slow "
+                                                   "first one (compiling, ringed in the trace)")
                     with gr.Row():
                         tau = gr.Slider(value=start["tau"], label=FIELDS["tau"],
                                         info="larger: more reuse, faster, less exact", **bounds["tau"])
@@ -158,7 +163,7 @@ def build_demo(
                                                  elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
-                  async_swap, chunking, sliced, compare, image, session]
+                  async_swap, chunking, sliced, compare, image, compile_box, session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
         # Decorated here, while the page is built at import: ZeroGPU registers its GPU functions before launch.
         generation = gpu_generation(pipelines)
@@ -166,11 +171,11 @@ def build_demo(
 
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
-                     warmup, async_swap, feature_chunking, sliced_decode, compare, image=None,
+                     warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, compile=False,
                      session: Session | None = None, request: gr.Request = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
-                                    image)))
+                                    image, compile)))
             yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash),
                                generation=generation, presets=presets, zero_gpu=zero_gpu)
 
@@ -284,7 +289,7 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
            None, comparison)
     for update in updates:
         if update.run == WARM_UP:
-            yield (WARMING_UP,) + (skip(),) * 6
+            yield (WARMING_UP + (COMPILE_WARMING_UP if job.settings.compile else ""),) + (skip(),) * 6
             continue
         events = runs[update.run]
         accelerated = update.run == ACCELERATED

@@ -54,6 +54,15 @@ seams and the result is exact; the decode peak drops.
 What the three do on a real model (H100, Wan2.1-14B at 720x1280, 81 frames): the run's peak goes from 47.5 GiB to
 4.8 GiB, for about 8 % more denoising time and a 1.2x slower decode.
 
+### Compile: the same blocks as faster code, after a slow first call
+
+**Compile (torch.compile)** turns each transformer block into optimised code for this machine and this video
+size. The first call at a size compiles (seconds on a GPU, tens of seconds on a CPU): in the trace it is ringed in
+orange, and the status line counts it as warm-up, apart from the speed-up. Every later call, in this run and in
+the next runs at the same size, runs the compiled code; a new size compiles once more. The result matches the
+uncompiled run up to float rounding, and it combines with EasyCache (a reused step skips the compiled blocks just
+as it skips the plain ones) and with the three memory strategies.
+
 ### Reading the comparison
 
 **Compare with the plain run** generates the same prompt and seed again with every acceleration off and shows

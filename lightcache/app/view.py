@@ -30,12 +30,16 @@ class CallCounts:
     """Transformer calls so far: computed, reused, and the denoise speed-up they imply.
 
     ``estimated_speedup`` is (calls x mean time of a computed call) / (time all calls took): what the denoise
-    stage would have cost had every call run the transformer, over what it did cost.
+    stage would have cost had every call run the transformer, over what it did cost. Calls during which
+    torch.compile compiled are left out of it (their time is warm-up), and counted in ``compiling`` and
+    ``warmup_seconds`` (their whole time) instead.
     """
 
     computed: int
     reused: int
     estimated_speedup: float
+    compiling: int = 0
+    warmup_seconds: float = 0.0
 
     @property
     def total(self) -> int:
@@ -44,12 +48,17 @@ class CallCounts:
 
 def call_counts(records: Iterable[StepRecord]) -> CallCounts:
     records = list(records)
-    computed = [r for r in records if r.computed]
-    spent = sum(r.ms for r in records)
+    n_computed = sum(r.computed for r in records)
+    warm = [r for r in records if r.compiling]
+    counts = dict(computed=n_computed, reused=len(records) - n_computed, compiling=len(warm),
+                  warmup_seconds=sum(r.ms for r in warm) / 1000.0)
+    timed = [r for r in records if not r.compiling]
+    computed = [r for r in timed if r.computed]
+    spent = sum(r.ms for r in timed)
     if not computed or spent <= 0:
-        return CallCounts(len(computed), len(records) - len(computed), 1.0)
+        return CallCounts(estimated_speedup=1.0, **counts)
     mean_computed = sum(r.ms for r in computed) / len(computed)
-    return CallCounts(len(computed), len(records) - len(computed), len(records) * mean_computed / spent)
+    return CallCounts(estimated_speedup=len(timed) * mean_computed / spent, **counts)
 
 
 def status_markdown(events: Sequence[Event], label: str = "", headline: str | None = None) -> str:
@@ -79,6 +88,9 @@ def status_markdown(events: Sequence[Event], label: str = "", headline: str | No
         parts.append(f"est. denoise speed-up **{counts.estimated_speedup:.2f}x**")
     if records and branches > 1:
         parts.append(f"{branches} CFG branches per step")
+    if counts.compiling:
+        parts.append(f"torch.compile warm-up **{counts.warmup_seconds:.1f} s** in {counts.compiling} "
+                     f"call{'s' if counts.compiling > 1 else ''}")
     finished = next((e for e in events if isinstance(e, RunFinished)), None)
     if finished is not None:
         parts.append(f"total **{finished.summary['total_seconds']:.1f} s**")
@@ -110,6 +122,11 @@ def stages_markdown(events: Sequence[Event]) -> str:
                     f"| {rise} |")
     if end is not None:
         rows.append(f"| **total** | **{end.summary['total_seconds']:.2f} s** | | |")
+    counts = call_counts(e for e in events if isinstance(e, StepRecord))
+    if counts.compiling:
+        rows.append(f"\ntorch.compile warm-up: {counts.warmup_seconds:.2f} s of the denoise time went to "
+                    f"{counts.compiling} call{'s' if counts.compiling > 1 else ''} during which torch compiled; "
+                    "the estimated denoise speed-up in the status line leaves them out.")
     notes = notes_markdown(events)
     return "\n".join(rows) + ("\n\n" + notes if notes else "")
 
@@ -129,8 +146,17 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         f"| total time | {c['accelerated_seconds']:.2f} s | {c['plain_seconds']:.2f} s |",
         f"| transformer calls computed | {a_done} / {a_all} | {p_done} / {p_all} |",
     ]
+    if c.get("accelerated_compile_seconds"):
+        lines += [f"| of which torch.compile compiling | {c['accelerated_compile_seconds']:.2f} s | |", "",
+                  f"Without the compiling (torch keeps the compiled code for the next run at this size): speed-up "
+                  f"**{c['speedup_without_compiling']:.2f}x**."]
     noise = c.get("call_time_ratio", math.nan)
-    if not math.isnan(noise):
+    if not math.isnan(noise) and c.get("accelerated_compiled"):
+        # Compiled against eager calls: the ratio is compile's own effect on a call (and noise), not noise alone.
+        lines += ["", f"A transformer call both runs computed took {_signed_percent(noise - 1.0)} in the "
+                      "accelerated run, whose transformer blocks are compiled: that is compile's effect on a call, "
+                      "plus noise."]
+    elif not math.isnan(noise):
         # The same work timed twice: how far apart the two runs' computed calls are is the noise of this reading.
         lines += ["", f"Measurement noise: a transformer call both runs computed took {_signed_percent(noise - 1.0)} "
                       "in the accelerated run; read the speed-up with that margin."]

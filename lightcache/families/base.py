@@ -9,7 +9,8 @@ families is small, and it is all here, as one :class:`FamilyAdapter` subclass pe
   model's own in/out channels) and which extra outputs move with which input (LTX-2's audio);
 * which keyword arguments a run passes to ``pipe(...)`` and which pipeline settings it sets first (flow shift,
   the expert boundary);
-* which feature-chunking and sliced-decoding code fits its blocks and its VAE, or why none does.
+* which feature-chunking and sliced-decoding code fits its blocks and its VAE, or why none does;
+* which blocks torch.compile compiles (the ones the model names in ``_repeated_blocks`` by default).
 
 How a call's step and branch are found is not per family: :mod:`lightcache.calls` reads diffusers' cache context
 where the pipeline gives one and the scheduler otherwise.
@@ -80,6 +81,14 @@ class FamilyAdapter:
     def chunking_unsupported(self, pipe) -> str | None:
         """Why feature chunking cannot run on this pipeline's denoisers, or None when it can."""
         return f"Feature chunking has no implementation for the {self.name or type(pipe).__name__} family yet."
+
+    def repeated_blocks(self, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+        """The blocks of ``denoiser`` that compile compiles: those its class names in ``_repeated_blocks`` (what
+        diffusers' ``compile_repeated_blocks`` uses), else its block list. A family whose models name neither
+        overrides this."""
+        from ..compile import find_repeated_blocks
+
+        return find_repeated_blocks(denoiser)
 
     def sliced_decode_unsupported(self, pipe) -> str | None:
         """Why sliced decoding cannot run on this pipeline's VAE, or None when it can."""

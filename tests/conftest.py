@@ -88,3 +88,67 @@ def strict_fp32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class FakeStream:
+    """Stands in for a CUDA stream on a CPU: logs the events it records and waits for, and its synchronisations."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def record_event(self):
+        event = f"{self.name}#{sum(entry[0] == 'record' for entry in self.log)}"
+        self.log.append(("record", self.name, event))
+        return event
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event))
+
+    def synchronize(self):
+        self.log.append(("synchronize", self.name))
+
+
+class FakeCuda:
+    """``torch.cuda``'s streams as the stores and the swap use them, on a CPU: a compute stream, side streams, the
+    ``torch.cuda.stream`` context and ``record_stream``, all logged in one list (see the ``fake_cuda`` fixture)."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+        self.compute = FakeStream("compute", self.log)
+        self.current = self.compute
+        self.sides: list[FakeStream] = []
+
+    def Stream(self, device=None):  # noqa: N802 - torch.cuda's name
+        stream = FakeStream(f"side{len(self.sides)}", self.log)
+        self.sides.append(stream)
+        return stream
+
+    def current_stream(self, device=None):
+        return self.current
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        previous, self.current = self.current, stream
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def synchronize(self, device=None):
+        self.log.append(("synchronize", "device"))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Replace torch.cuda's streams, ``Tensor.record_stream`` and pinned allocation by logging stand-ins (a CPU has
+    no pinned allocator: ``pin_memory=True`` allocates plain memory here)."""
+    import torch
+
+    fake = FakeCuda()
+    for name in ("Stream", "current_stream", "stream", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    monkeypatch.setattr(torch.Tensor, "record_stream",
+                        lambda tensor, stream: fake.log.append(("record_stream", stream.name)), raising=False)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *args, pin_memory=False, **kwargs: empty(*args, **kwargs))
+    return fake

@@ -1,6 +1,6 @@
 """Issue 10: what a hostile client or a careless user tried against the served app, through its real API.
 
-The app is served in-process on a free loopback port with the launch options ``python app.py`` uses
+The app is served in-process on a loopback port Gradio picks, with the launch options ``python app.py`` uses
 (:func:`lightcache.app.launch.launch_options`) and a recording loader that builds tiny random pipelines, so every test
 can see what the server would have loaded. Each attack goes through gradio_client, Gradio's upload route or the plain
 REST route, and must be refused with a clear message while nothing is loaded, fetched or cached: the loader is
@@ -76,7 +76,8 @@ def app(tmp_path_factory):
     cache = PipelineCache(loader=loader, device="cpu")
     outputs = tmp_path_factory.mktemp("security-outputs")
     demo = build_demo(cache, OutputDirs(outputs), defaults=SMALL)
-    demo.launch(prevent_thread_lock=True, quiet=True, **app_launch.launch_options(_free_port()))
+    # No port: Gradio binds the first free one itself (and moves on if another process takes it first).
+    demo.launch(prevent_thread_lock=True, quiet=True, **app_launch.launch_options(None))
     downloads = tmp_path_factory.mktemp("security-downloads")
     try:
         yield SimpleNamespace(demo=demo, loader=loader, cache=cache, url=demo.local_url, downloads=downloads)
@@ -329,12 +330,6 @@ def _wait_for(condition, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.02)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_pipeline_cache_is_keyed_by_what_is_loaded_not_by_name():

@@ -32,6 +32,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """A test module may limit torch's threads for itself (test_tiny_model.py does); the next module gets the count
+    back, so that no test runs differently for having followed another."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_pipe():
     """A fresh random tiny WanPipeline (seeded, eval mode)."""

@@ -103,6 +103,12 @@ def test_feature_chunking_toggle_sets_a_chunk_count():
     assert parse_request(_raw(feature_chunking=False), device="cpu").settings.chunk_ffn is None
 
 
+def test_sliced_decoding_from_the_form_leaves_the_band_count_to_the_default():
+    # What the default does with it is tested in test_decode.py and test_memory_integration.py.
+    settings = parse_request(_raw(sliced_decode=True), device="cpu").settings
+    assert settings.sliced_decode and settings.decode_slices is None
+
+
 def test_labelled_maps_setting_names_to_form_labels():
     assert labelled("chunk_ffn is 8 but ...").startswith("Feature chunking: ")
     assert labelled("something else") == "something else"

@@ -16,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FLOAT_TOL = 1e-4
 
 
+#: How long a test waits for another thread or a server to reach a state: a guard against hanging, never a timing.
+PATIENCE_S = 120
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on a CPU")
@@ -163,3 +167,34 @@ def fake_cuda(monkeypatch):
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *args, pin_memory=False, **kwargs: empty(*args, **kwargs))
     return fake
+
+
+class CallGate:
+    """A forward pre-hook that holds a transformer's calls after the first few until :meth:`release`, so that a test
+    acts on a run that is surely still going (instead of slowing every call down and hoping it is slow enough)."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._let_through: int | None = None  # None: not holding
+        self._released = threading.Event()
+
+    def hold(self, after_calls: int) -> None:
+        with self._lock:
+            self._released.clear()
+            self._let_through = after_calls
+
+    def release(self) -> None:
+        with self._lock:
+            self._let_through = None
+            self._released.set()
+
+    def __call__(self, module, args) -> None:
+        with self._lock:
+            if self._let_through is None:
+                return
+            if self._let_through > 0:
+                self._let_through -= 1
+                return
+        self._released.wait(PATIENCE_S)

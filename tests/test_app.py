@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import PATIENCE_S, CallGate
 from gradio_client import Client
 
 from lightcache.app import build_demo, jobs, layout, parse_args
@@ -43,8 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(steps=6, warmup=2, frames=5, height=32, width=32, tau=0.2)
 #: Largest 8-bit difference allowed between decoded videos of separately built pipelines (float rounding only).
 VIDEO_LEVELS_TOL = 3
-#: How long a test waits for a thread or the server to reach a state (a guard against hanging, not a timing).
-PATIENCE_S = 120
 
 
 # --- form -------------------------------------------------------------------------------------------------
@@ -430,16 +429,16 @@ def test_slow_steps_redraw_the_trace_every_step_and_the_timeline_every_refresh_p
 class _Loader:
     """Builds tiny random pipelines and remembers them, so tests can inspect what the app ran on.
 
-    ``delay_s`` slows every transformer call down, so that a test can stop a run surely before it ends.
+    ``gate`` can hold the transformer's calls, so that a test can stop a run surely before it ends.
     """
 
     def __init__(self):
         self.pipes = []
-        self.delay_s = 0.0
+        self.gate = CallGate()
 
     def __call__(self, preset, device):
         pipe = build_tiny_pipeline(0)
-        pipe.transformer.register_forward_pre_hook(lambda module, args: time.sleep(self.delay_s))
+        pipe.transformer.register_forward_pre_hook(self.gate)
         self.pipes.append(pipe)
         return pipe
 
@@ -525,18 +524,20 @@ def test_bad_inputs_return_the_specific_error(client, served, changes, message):
 
 def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(client, served):
     demo, loader, out_root = served
+    if not loader.pipes:
+        client.predict(api_name="/generate")  # load the model first: its warm-up run would go through the gate too
     before = set(os.listdir(out_root))
-    loader.delay_s = 0.05  # 200 calls of at least 50 ms: the run cannot end before Stop arrives
+    loader.gate.hold(after_calls=2)  # step 1 (cond and uncond) runs, step 2 waits until Stop has been pressed
     try:
         job = client.submit(steps=100, api_name="/generate")
-        deadline = time.time() + 120
+        deadline = time.monotonic() + PATIENCE_S
         while not any("step 1 /" in u[0] for u in job.outputs()):
-            assert time.time() < deadline and not job.done(), "the run never reached its first step"
+            assert time.monotonic() < deadline and not job.done(), "the run never reached its first step"
             time.sleep(0.05)
         assert "Stopped" in client.predict(api_name="/stop")
-        final = job.result(timeout=60)
     finally:
-        loader.delay_s = 0.0
+        loader.gate.release()
+    final = job.result(timeout=PATIENCE_S)
     assert "Stopped" in final[0]
     assert "step 100 / 100" not in job.outputs()[-2][0]
 

@@ -23,6 +23,7 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
+from conftest import CallGate
 from gradio_client import Client
 
 from lightcache.app import build_demo
@@ -46,13 +47,13 @@ PATIENCE_S = 120
 class RecordingLoader:
     """Builds tiny random pipelines and records every (preset name, model) it is asked to load.
 
-    ``delay_s`` slows each transformer call (so a run is surely still going while a test acts); ``fail`` makes the
-    next loads raise it; ``fail_in_run`` makes the loaded pipeline's transformer raise it.
+    ``gate`` can hold the transformer's calls (so a run is surely still going while a test acts); ``fail`` makes
+    the next loads raise it; ``fail_in_run`` makes the loaded pipeline's transformer raise it.
     """
 
     def __init__(self):
         self.calls: list[tuple[str, str]] = []
-        self.delay_s = 0.0
+        self.gate = CallGate()
         self.fail: Exception | None = None
         self.fail_in_run: Exception | None = None
 
@@ -67,7 +68,7 @@ class RecordingLoader:
     def _before_call(self, module, args):
         if self.fail_in_run is not None:
             raise self.fail_in_run
-        time.sleep(self.delay_s)
+        self.gate(module, args)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +217,7 @@ def test_a_model_that_fails_to_load_shows_no_paths_or_cli_flags(app, client, vic
 # --- Stop, REST, warm-up ---------------------------------------------------------------------------------------------
 def test_stop_while_ones_own_run_waits_in_the_queue_keeps_it_from_starting(app, victim_run):
     first, second = _client(app), _client(app)
-    app.loader.delay_s = 0.05
+    app.loader.gate.hold(after_calls=2)  # the first run's step 1 runs, then it waits until both have pressed Stop
     try:
         running = first.submit(steps=100, warmup=2, api_name="/generate")
         _wait_for(lambda: any("step 1 /" in str(u[0]) for u in running.outputs()), "the first run to start")
@@ -224,9 +225,9 @@ def test_stop_while_ones_own_run_waits_in_the_queue_keeps_it_from_starting(app, 
         _wait_for(lambda: waiting_count(app.demo, second.session_hash) == 1, "the second run to be queued")
         assert second.predict(api_name="/stop") == "**Stopped.** Your run waiting in the queue will not start."
         assert "Stopped" in first.predict(api_name="/stop")
-        result = waiting.result(timeout=PATIENCE_S)
     finally:
-        app.loader.delay_s = 0.0
+        app.loader.gate.release()
+    result = waiting.result(timeout=PATIENCE_S)
     running.result(timeout=PATIENCE_S)
     assert result[0] == STOPPED_BEFORE_START
     assert not any("step" in str(update[0]) for update in waiting.outputs()), "the stopped run computed steps"

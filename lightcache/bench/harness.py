@@ -215,7 +215,8 @@ def run_benchmark(
     if not entries or entries[0].method.name != "plain":
         raise LightcacheError("The benchmark needs the plain method: every figure is relative to it.")
     plain = entries[0]
-    session = _Session(pipe, preset, config, cases, entries, [], log)
+    skipped: list[dict[str, Any]] = []  # methods or settings left out during the run, with why (_Session._drop)
+    session = _Session(pipe, preset, config, cases, entries, skipped, log)
     try:
         _warm_up(pipe, session.settings[(cases[0]["id"], _key(plain))], preset.name)
         for case in cases:

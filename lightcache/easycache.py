@@ -246,6 +246,11 @@ class EasyCacheHook(ModelHook):
 
     @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        # torch.compile must not trace the hook (disabling is recursive). The body is a plain method so that tools
+        # instrumenting undecorated methods only (mutmut, see docs/testing.md) reach it.
+        return self._forward(module, *args, **kwargs)
+
+    def _forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         site = self._run.locator.locate(self.context_receiver._context, timestep)

@@ -102,7 +102,7 @@ class AsyncSwap:
         self.device = device
         self.config = config
         self.adapter = adapter if adapter is not None else adapter_for(pipe)
-        self.active = device.type == "cuda"
+        self.active = _swaps_on(device)
         self.note: str | None = None
         if not self.active:
             self.note = CPU_NOTE if device.type == "cpu" else (
@@ -112,6 +112,10 @@ class AsyncSwap:
         self.group_offload: list[str] = []
         self.reused_pinned_weights: list[str] = []
         self.cache_store: PinnedTensorStore | None = None
+        # What the run did, for the summary, which is read after the swap has been undone.
+        self._offloaded: list[str] = []
+        self._ever_parked: set[str] = set()
+        self._cache_bytes_parked: int | None = None
         self._parked: dict[str, _ParkedModule] = {}
         self._home: dict[str, torch.device] = {}
 
@@ -145,16 +149,18 @@ class AsyncSwap:
             self._park("vae")
 
     def summary(self) -> dict[str, Any]:
-        """Plain data for the run summary: what was swapped, or why nothing was."""
+        """Plain data for the run summary: what was swapped (during the run, and still after removal), or why
+        nothing was."""
+        store = self.cache_store
         return {
             "active": self.active,
             "note": self.note,
-            "transformer_group_offload": bool(self.group_offload),
-            "group_offloaded": list(self.group_offload),
+            "transformer_group_offload": bool(self._offloaded),
+            "group_offloaded": list(self._offloaded),
             "reused_pinned_weights": bool(self.reused_pinned_weights),
-            "parked": sorted(self._parked),
-            "cache_store": self.cache_store is not None,
-            "cache_bytes_parked": self.cache_store.peak_parked_bytes if self.cache_store is not None else 0,
+            "parked": sorted(self._ever_parked),
+            "cache_store": store is not None or self._cache_bytes_parked is not None,
+            "cache_bytes_parked": store.peak_parked_bytes if store is not None else self._cache_bytes_parked or 0,
         }
 
     # --- setup and teardown ----------------------------------------------------------------------------
@@ -196,6 +202,7 @@ class AsyncSwap:
                     num_blocks_per_group=1, use_stream=True, record_stream=self.config.record_stream,
                 )
                 self.group_offload.append(name)
+                self._offloaded.append(name)
         if self.config.cache:
             hook = next((h for h in map(get_easycache_hook, denoisers.values()) if h is not None), None)
             if hook is not None:
@@ -210,6 +217,7 @@ class AsyncSwap:
             for hook in map(get_easycache_hook, denoisers.values()):
                 if hook is not None and hook.state.store is self.cache_store:
                     hook.use_tensor_store(None)
+            self._cache_bytes_parked = self.cache_store.peak_parked_bytes
             self.cache_store.clear()
             self.cache_store = None
         kept = {}
@@ -242,6 +250,7 @@ class AsyncSwap:
         if parked is None:
             parked = self._parked[name] = _ParkedModule(module, self.device)
         parked.park()
+        self._ever_parked.add(name)
 
     def _unpark(self, name: str, device: torch.device) -> None:
         # The pinned copies stay with the swap, so parking the same module again reuses them.
@@ -497,6 +506,12 @@ class _ParkedModule:
         for t, on_device in moved:
             on_device.record_stream(current)
             t.data = on_device
+
+
+def _swaps_on(device: torch.device) -> bool:
+    """Whether swapping acts on ``device``: it moves tensors between a CUDA GPU and pinned host memory. (One place,
+    so that the tests can drive the swap's bookkeeping on a CPU with stand-in streams.)"""
+    return device.type == "cuda"
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

@@ -16,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FLOAT_TOL = 1e-4
 
 
+#: How long a test waits for another thread or a server to reach a state: a guard against hanging, never a timing.
+PATIENCE_S = 120
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on a CPU")
@@ -30,6 +34,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """A test module may limit torch's threads for itself (test_tiny_model.py does); the next module gets the count
+    back, so that no test runs differently for having followed another."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -88,3 +103,98 @@ def strict_fp32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class FakeStream:
+    """Stands in for a CUDA stream on a CPU: logs the events it records and waits for, and its synchronisations."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def record_event(self):
+        event = f"{self.name}#{sum(entry[0] == 'record' for entry in self.log)}"
+        self.log.append(("record", self.name, event))
+        return event
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event))
+
+    def synchronize(self):
+        self.log.append(("synchronize", self.name))
+
+
+class FakeCuda:
+    """``torch.cuda``'s streams as the stores and the swap use them, on a CPU: a compute stream, side streams, the
+    ``torch.cuda.stream`` context and ``record_stream``, all logged in one list (see the ``fake_cuda`` fixture)."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+        self.compute = FakeStream("compute", self.log)
+        self.current = self.compute
+        self.sides: list[FakeStream] = []
+
+    def Stream(self, device=None):  # noqa: N802 - torch.cuda's name
+        stream = FakeStream(f"side{len(self.sides)}", self.log)
+        self.sides.append(stream)
+        return stream
+
+    def current_stream(self, device=None):
+        return self.current
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        previous, self.current = self.current, stream
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def synchronize(self, device=None):
+        self.log.append(("synchronize", "device"))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Replace torch.cuda's streams, ``Tensor.record_stream`` and pinned allocation by logging stand-ins (a CPU has
+    no pinned allocator: ``pin_memory=True`` allocates plain memory here)."""
+    import torch
+
+    fake = FakeCuda()
+    for name in ("Stream", "current_stream", "stream", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    monkeypatch.setattr(torch.Tensor, "record_stream",
+                        lambda tensor, stream: fake.log.append(("record_stream", stream.name)), raising=False)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *args, pin_memory=False, **kwargs: empty(*args, **kwargs))
+    return fake
+
+
+class CallGate:
+    """A forward pre-hook that holds a transformer's calls after the first few until :meth:`release`, so that a test
+    acts on a run that is surely still going (instead of slowing every call down and hoping it is slow enough)."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._let_through: int | None = None  # None: not holding
+        self._released = threading.Event()
+
+    def hold(self, after_calls: int) -> None:
+        with self._lock:
+            self._released.clear()
+            self._let_through = after_calls
+
+    def release(self) -> None:
+        with self._lock:
+            self._let_through = None
+            self._released.set()
+
+    def __call__(self, module, args) -> None:
+        with self._lock:
+            if self._let_through is None:
+                return
+            if self._let_through > 0:
+                self._let_through -= 1
+                return
+        self._released.wait(PATIENCE_S)

@@ -6,6 +6,7 @@ defaults, so that every run takes a second or two on a CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -18,21 +19,24 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import PATIENCE_S, CallGate
 from gradio_client import Client
 
-from lightcache.app import build_demo, layout, parse_args
+from lightcache.app import build_demo, jobs, layout, parse_args
 from lightcache.app.form import FIELDS, initial_values, labelled, parse_request
 from lightcache.app.gpu import estimate_gpu_seconds, job_gpu_seconds
-from lightcache.app.jobs import Session, stream_job
+from lightcache.app.jobs import ACCELERATED, JobUpdate, Session, stream_job
 from lightcache.app.layout import preset_updates
 from lightcache.app.outputs import OutputDirs
 from lightcache.app.pipelines import PipelineCache
 from lightcache.app.view import call_counts
-from lightcache.errors import LightcacheError
-from lightcache.events import StepRecord
+from lightcache.app.waiting import enqueued_at, waiting_count
+from lightcache.errors import LightcacheError, RunCancelled
+from lightcache.events import RunStarted, StageStarted, StepRecord
 from lightcache.tiny import build_tiny_pipeline
 from lightcache.video import read_mp4
 
@@ -96,6 +100,12 @@ def test_numbers_in_any_json_spelling_are_accepted():
 def test_feature_chunking_toggle_sets_a_chunk_count():
     assert parse_request(_raw(feature_chunking=True), device="cpu").settings.chunk_ffn >= 1
     assert parse_request(_raw(feature_chunking=False), device="cpu").settings.chunk_ffn is None
+
+
+def test_sliced_decoding_from_the_form_leaves_the_band_count_to_the_default():
+    # What the default does with it is tested in test_decode.py and test_memory_integration.py.
+    settings = parse_request(_raw(sliced_decode=True), device="cpu").settings
+    assert settings.sliced_decode and settings.decode_slices is None
 
 
 def test_labelled_maps_setting_names_to_form_labels():
@@ -211,20 +221,219 @@ def test_app_py_help_lists_its_flags(capsys):
     assert "--share" in out and "GRADIO_SERVER_PORT" in out
 
 
+# --- the Stop path and the live updates, without a server ------------------------------------------------------
+class _FakePipelines:
+    """A PipelineCache stand-in: lends one object as the pipeline and says when it has been given back."""
+
+    device = "cpu"
+
+    def __init__(self):
+        self.released = threading.Event()
+
+    def holds(self, preset):
+        return True
+
+    @contextlib.contextmanager
+    def use(self, preset):
+        try:
+            yield object()
+        finally:
+            self.released.set()
+
+
+def _small_job():
+    return parse_request(initial_values("tiny", SMALL), device="cpu")
+
+
+def _stage_then_wait(seen):
+    """A stand-in for a run: one update, then it waits for the cancel switch (the runner checks it before every
+    transformer call) and raises what the runner raises when it is set."""
+
+    def run(pipe, job, out_dir, cancel):
+        seen["out_dir"], seen["cancel"] = out_dir, cancel
+        yield JobUpdate(run=ACCELERATED, event=StageStarted(stage="denoise", t=0.0))
+        seen["stopped"] = cancel.wait(PATIENCE_S)
+        if seen["stopped"]:
+            raise RunCancelled("stopped")
+
+    return run
+
+
+def test_closing_a_jobs_update_stream_cancels_the_run(monkeypatch):
+    """Gradio closes the handler's generator when a run is cancelled (Stop's ``cancels=``) or its client goes away;
+    the run on the worker thread must then stop too, and give the pipeline back."""
+    seen = {}
+    monkeypatch.setattr(jobs, "stream_job", _stage_then_wait(seen))
+    pipelines, cancel = _FakePipelines(), threading.Event()
+    updates = jobs.job_updates(pipelines, _small_job(), "unused", cancel)
+    assert next(updates).event.stage == "denoise"
+    assert not cancel.is_set()
+    updates.close()
+    assert cancel.is_set()
+    assert pipelines.released.wait(PATIENCE_S) and seen["stopped"]
+
+
+def test_a_jobs_updates_arrive_in_order_and_its_error_surfaces_in_the_consumer(monkeypatch):
+    def two_updates_then_fail(pipe, job, out_dir, cancel):
+        yield JobUpdate(run=ACCELERATED, video="a.mp4")
+        yield JobUpdate(run="plain", video="b.mp4")
+        raise ValueError("the decoder failed")
+
+    monkeypatch.setattr(jobs, "stream_job", two_updates_then_fail)
+    pipelines, cancel = _FakePipelines(), threading.Event()
+    updates = jobs.job_updates(pipelines, _small_job(), "unused", cancel)
+    assert [next(updates).video, next(updates).video] == ["a.mp4", "b.mp4"]
+    with pytest.raises(ValueError, match="the decoder failed"):
+        next(updates)
+    assert pipelines.released.is_set()
+
+    monkeypatch.setattr(jobs, "stream_job", lambda *args: iter([JobUpdate(run=ACCELERATED, video="c.mp4")]))
+    assert [u.video for u in jobs.job_updates(_FakePipelines(), _small_job(), "unused", threading.Event())] == [
+        "c.mp4"]
+
+
+def test_closing_the_handler_mid_run_stops_the_run_and_removes_its_output(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(jobs, "stream_job", _stage_then_wait(seen))
+    pipelines = _FakePipelines()
+    handler = layout.run_job(pipelines, OutputDirs(tmp_path), initial_values("tiny", SMALL), Session())
+    assert next(handler)[0] == "**Starting…**"
+    assert "denoise" in next(handler)[0]
+    assert os.path.isdir(seen["out_dir"])
+    handler.close()  # what Gradio does to a cancelled event's generator
+    assert seen["cancel"].is_set()
+    assert pipelines.released.wait(PATIENCE_S) and seen["stopped"]
+    assert not os.path.exists(seen["out_dir"])
+
+
+def test_stop_ends_the_sessions_running_job_and_says_so(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(jobs, "stream_job", _stage_then_wait(seen))
+    session = Session()
+    handler = layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), session)
+    next(handler), next(handler)
+    note = layout.stop_job(session, waiting=0)
+    assert note.startswith("**Stopped.** The run ends at its next transformer call") and "waiting" not in note
+    rest = list(handler)
+    assert rest[-1][0].startswith("**Stopped.** The pipeline was released") and seen["stopped"]
+    assert not os.path.exists(seen["out_dir"])
+    assert layout.stop_job(session) == "Nothing is running."
+
+
+def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
+    session = Session()
+    assert layout.stop_job(session, waiting=1) == "**Stopped.** Your run waiting in the queue will not start."
+    cancel = session.start()
+    note = layout.stop_job(session, waiting=2)
+    assert cancel.is_set() and note.endswith(" Your waiting run will not start.")
+    # A run that entered the queue before Stop (or at the same instant) does not start; a later one does.
+    monkeypatch.setattr(time, "monotonic", lambda: 100.0)
+    fresh = Session()
+    assert not fresh.stopped_since(99.0)
+    fresh.stop()
+    assert fresh.stopped_since(99.0) and fresh.stopped_since(100.0)
+    assert not fresh.stopped_since(100.5) and not fresh.stopped_since(None)
+    assert list(layout.run_job(_FakePipelines(), None, {}, fresh, enqueued_at=100.0))[0][0] == \
+        layout.STOPPED_BEFORE_START
+
+
+def test_a_new_job_stops_the_sessions_previous_one():
+    session = Session()
+    first = session.start()
+    second = session.start()
+    assert first.is_set() and not second.is_set()
+
+
+def test_the_stop_button_cancels_the_run_event(tmp_path):
+    """Stop reaches a running job two ways: the ``/stop`` handler flips its switch, and Gradio's ``cancels=`` closes
+    the run's generator (which the job turns into the same switch). Only a browser triggers the second, so check
+    that it is wired: some event of the Stop button cancels the ``generate`` event."""
+    demo = build_demo(PipelineCache(loader=lambda preset, device: None, device="cpu"), OutputDirs(tmp_path),
+                      defaults=SMALL)
+    config = demo.config
+    stop_button = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "stop")
+    generate = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+    on_stop = [d for d in config["dependencies"] if [stop_button, "click"] in [list(t) for t in d["targets"]]]
+    assert any(d.get("api_name") == "stop" for d in on_stop)
+    assert any(generate in d.get("cancels", []) for d in on_stop)
+
+
+def test_gradios_queue_is_read_for_the_asking_session_only():
+    def event(session, api_name="generate", t=None):
+        return SimpleNamespace(session_hash=session, fn=SimpleNamespace(api_name=api_name), enqueue_time=t)
+
+    blocks = SimpleNamespace(_queue=SimpleNamespace(
+        active_jobs=[None, [event("b", t=1.0)], [event("a", "stop", t=2.0), event("a", t=3.0)]],
+        event_queue_per_concurrency_id={"generate": SimpleNamespace(queue=[event("a"), event("b"), event("a")]),
+                                        "other": SimpleNamespace(queue=[event("a", "stop")])},
+    ))
+    assert (enqueued_at(blocks, "a"), enqueued_at(blocks, "b"), enqueued_at(blocks, "c")) == (3.0, 1.0, None)
+    assert enqueued_at(blocks, None) is None and enqueued_at(blocks, "a", api_name="stop") == 2.0
+    assert (waiting_count(blocks, "a"), waiting_count(blocks, "b"), waiting_count(blocks, None)) == (2, 1, 0)
+    assert waiting_count(blocks, "a", api_name="stop") == 1
+
+
+def _run_updates(job, branches=("cond", "uncond")):
+    """A run's start and one step record per call, as a job hands them to the page."""
+    started = JobUpdate(run=ACCELERATED, event=RunStarted(preset="tiny", settings=job.settings.to_dict(),
+                                                          device="cpu"))
+    return [started] + [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b,
+                                                                    computed=True, reason="warm-up", ms=1.0))
+                        for s in range(job.settings.steps) for b in branches]
+
+
+class _Clock:
+    """Seconds that move only when the test says: each call record handed over advances it by ``per_update``."""
+
+    def __init__(self, updates, per_update):
+        self.now, self._updates, self._per_update = 0.0, updates, per_update
+
+    def __call__(self):
+        return self.now
+
+    def updates(self):
+        for update in self._updates:
+            if isinstance(update.event, StepRecord):
+                self.now += self._per_update
+            yield update
+
+
+def test_fast_steps_redraw_the_trace_at_most_every_refresh_period_and_the_last_step_always():
+    job = _small_job()
+    steps = job.settings.steps
+    # 1/16 s per call, two calls per step: 1/8 s per step, so 0.25 s (the refresh period) passes every other step.
+    clock = _Clock(_run_updates(job), per_update=1 / 16)
+    shown = [out[0] for out in layout._present(job, clock.updates(), loading=False, device="cpu", clock=clock)
+             if _is_value(out[1])]
+    assert layout.TRACE_REFRESH_S == 0.25 and steps == 6
+    assert [s[s.index("step "):].split(" ·")[0] for s in shown[1:-1]] == [
+        "step 1 / 6", "step 3 / 6", "step 5 / 6", "step 6 / 6"]
+
+
+def test_slow_steps_redraw_the_trace_every_step_and_the_timeline_every_refresh_period():
+    job = _small_job()
+    clock = _Clock(_run_updates(job), per_update=0.75)  # 1.5 s per step
+    outputs = list(layout._present(job, clock.updates(), loading=False, device="cpu", clock=clock))
+    traced = [out for out in outputs[1:-1] if _is_value(out[1])]
+    assert len(traced) == job.settings.steps
+    # The timeline (2 s refresh) rides on the steps at 3.0, 6.0 and 9.0 s: more than 2 s after the last one.
+    assert [_is_value(out[3]) for out in traced] == [False, True, False, True, False, True]
+
+
 # --- the served app -------------------------------------------------------------------------------------
 class _Loader:
     """Builds tiny random pipelines and remembers them, so tests can inspect what the app ran on.
 
-    ``delay_s`` slows every transformer call down, so that a test can stop a run surely before it ends.
+    ``gate`` can hold the transformer's calls, so that a test can stop a run surely before it ends.
     """
 
     def __init__(self):
         self.pipes = []
-        self.delay_s = 0.0
+        self.gate = CallGate()
 
     def __call__(self, preset, device):
         pipe = build_tiny_pipeline(0)
-        pipe.transformer.register_forward_pre_hook(lambda module, args: time.sleep(self.delay_s))
+        pipe.transformer.register_forward_pre_hook(self.gate)
         self.pipes.append(pipe)
         return pipe
 
@@ -234,7 +443,8 @@ def served(tmp_path_factory):
     loader = _Loader()
     out_root = tmp_path_factory.mktemp("app-outputs")
     demo = build_demo(PipelineCache(loader=loader, device="cpu"), OutputDirs(out_root), defaults=SMALL)
-    demo.launch(prevent_thread_lock=True, quiet=True, server_port=_free_port())
+    # No port given: Gradio binds the first free one itself (and moves on if another process takes it first).
+    demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         yield demo, loader, out_root
     finally:
@@ -276,15 +486,6 @@ def test_default_run_streams_every_step_then_video_and_timeline(client, monkeypa
     assert "| decode |" in stages and plain_video is None and "Tick **Compare" in comparison
 
 
-def test_fast_steps_redraw_the_trace_less_often_and_the_last_step_always_shows(client):
-    job = client.submit(api_name="/generate")
-    final = job.result(timeout=120)
-    trace_updates = [u for u in job.outputs()[:-1] if _is_value(u[1]) and _plot(u[1])["data"][0]["x"]]
-    assert 1 <= len(trace_updates) < SMALL["steps"], "a tiny random model's steps take milliseconds"
-    assert f"step {SMALL['steps']} / {SMALL['steps']}" in trace_updates[-1][0]
-    assert final[0].startswith("**Done.**")
-
-
 def test_compare_shows_plain_video_speedup_psnr_ssim(client):
     args = dict(initial_values("tiny", SMALL), compare=True)
     job = client.submit(*args.values(), api_name="/generate")
@@ -318,18 +519,20 @@ def test_bad_inputs_return_the_specific_error(client, served, changes, message):
 
 def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(client, served):
     demo, loader, out_root = served
+    if not loader.pipes:
+        client.predict(api_name="/generate")  # load the model first: its warm-up run would go through the gate too
     before = set(os.listdir(out_root))
-    loader.delay_s = 0.05  # 200 calls of at least 50 ms: the run cannot end before Stop arrives
+    loader.gate.hold(after_calls=2)  # step 1 (cond and uncond) runs, step 2 waits until Stop has been pressed
     try:
         job = client.submit(steps=100, api_name="/generate")
-        deadline = time.time() + 120
+        deadline = time.monotonic() + PATIENCE_S
         while not any("step 1 /" in u[0] for u in job.outputs()):
-            assert time.time() < deadline and not job.done(), "the run never reached its first step"
+            assert time.monotonic() < deadline and not job.done(), "the run never reached its first step"
             time.sleep(0.05)
         assert "Stopped" in client.predict(api_name="/stop")
-        final = job.result(timeout=60)
     finally:
-        loader.delay_s = 0.0
+        loader.gate.release()
+    final = job.result(timeout=PATIENCE_S)
     assert "Stopped" in final[0]
     assert "step 100 / 100" not in job.outputs()[-2][0]
 
@@ -363,26 +566,36 @@ def test_two_clients_are_queued_both_finish_and_see_only_their_own_run(served):
 
 
 def test_python_app_py_serves_the_page_on_the_gradio_port():
-    port = _free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
-               GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120  # generous: this checks that it serves, the benchmark times it
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    page = response.read().decode()
-                break
-            except OSError:
-                assert time.time() < deadline, "python app.py did not serve the page"
-                time.sleep(0.2)
-        assert "LightCache + EasyCache" in page
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    # The test chooses the port (that is what it checks); another process may take it between the choice and the
+    # app binding it, and the app then ends with its one-line "in use" error: choose again.
+    for attempt in range(5):
+        port = _free_port()
+        env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+                   GRADIO_ANALYTICS_ENABLED="False")
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            page = _wait_for_page(proc, port)
+        finally:
+            proc.terminate()
+            output = proc.communicate(timeout=30)[0]
+        if page is not None or f"port {port} is already in use" not in output:
+            break
+    assert page is not None, output
+    assert "LightCache + EasyCache" in page
+
+
+def _wait_for_page(proc, port: int) -> str | None:
+    """The page ``proc`` serves on ``port``, or None when it exits first."""
+    deadline = time.monotonic() + PATIENCE_S  # generous: this checks that it serves, the benchmark times it
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            assert time.monotonic() < deadline, "python app.py did not serve the page"
+            time.sleep(0.2)
+    return None
 
 
 def _client(url: str, downloads: Path) -> Client:

@@ -136,9 +136,7 @@ def test_every_method_changes_the_block_calls_it_claims_to(tiny_pipe, name, para
 
 def test_the_benchmark_reports_the_skips_it_measured(bench_results):
     records = _by_method(bench_results)
-    expected = {"plain", "easycache", "fbc", "magcache", "taylorseer", "seacache", "pab"}
-    if M.memory_strategies_wired() is None:  # the runner applies the memory strategies: their method runs too
-        expected.add("easycache+memory")
+    expected = {"plain", "easycache", "fbc", "magcache", "taylorseer", "seacache", "pab", "easycache+memory"}
     assert set(records) == expected
     for name, record in records.items():
         check = record["skip_check"]
@@ -313,15 +311,9 @@ def test_magcache_calibration_is_read_from_diffusers_report(tiny_pipe):
     assert np.array_equal(finished.frames, plain.frames)  # calibration computes everything
 
 
-def test_memory_strategies_method_runs_or_says_why_not(tiny_pipe):
+def test_memory_strategies_method_runs(tiny_pipe):
     results = run_benchmark(tiny_pipe, load_preset("tiny"), _config(
         methods=("easycache+memory",), sweeps={"easycache+memory": ({"threshold": 5.0, "chunk_ffn": 2},)}))
-    reason = M.memory_strategies_wired()
-    ran = {r["method"] for r in results["records"]}
-    if reason is None:
-        assert "easycache+memory" in ran
-        record = next(r for r in results["records"] if r["method"] == "easycache+memory")
-        assert record["skip_check"]["holds"] and record["calls_reused"] > 0
-    else:
-        assert ran == {"plain"}
-        assert results["skipped"] == [{"method": "easycache+memory", "setting": "", "reason": reason}]
+    assert {r["method"] for r in results["records"]} == {"plain", "easycache+memory"} and results["skipped"] == []
+    record = next(r for r in results["records"] if r["method"] == "easycache+memory")
+    assert record["skip_check"]["holds"] and record["calls_reused"] > 0

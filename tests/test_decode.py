@@ -80,12 +80,6 @@ def test_many_bands_down_to_one_column_stay_exact(tiny_pipe):
     assert (sliced_decode(vae, z, num_slices=12, axis="width") - plain).abs().max().item() <= TOL
 
 
-def test_default_band_count_is_valid(tiny_pipe):
-    plan = plan_slices(tiny_pipe.vae, 32, 32)
-    assert len(plan["cuts"]) - 1 >= 1
-    assert plan["axis"] == "width"
-
-
 def test_too_many_slices_names_the_limit(tiny_pipe):
     with pytest.raises(LightcacheError, match=r"use between 1 and \d+ slices"):
         plan_slices(tiny_pipe.vae, 8, 16, num_slices=500)
@@ -252,3 +246,102 @@ def test_wan22_sliced_decode_holds_less_than_the_plain_decode(wan22_vae):
     with LiveBytesMeter() as sliced:
         sliced_decode(wan22_vae, z, num_slices=6)
     assert sliced.peak < 0.6 * plain.peak
+
+
+# --- the default band count and the store between bands --------------------------------------------------------
+@pytest.mark.parametrize("latent_width, bands", [(8, 1), (32, 2), (64, 4), (200, 12)])
+def test_the_default_is_one_band_per_64_decoded_pixels(tiny_pipe, latent_width, bands):
+    """The app never sets a band count, so the default is what it runs: about one band per 64 decoded pixels along
+    the longer side (the tiny VAE decodes 4 pixels per latent column)."""
+    plan = plan_slices(tiny_pipe.vae, 8, latent_width)
+    assert plan["axis"] == "width" and len(plan["cuts"]) - 1 == bands
+    tall = plan_slices(tiny_pipe.vae, latent_width, 8)
+    assert tall["axis"] == ("height" if latent_width > 8 else "width") and len(tall["cuts"]) - 1 == bands
+
+
+def test_the_default_band_count_stops_at_16(wan22_vae):
+    # The Wan2.2 VAE decodes 16 pixels per latent column: 32 columns are 512 pixels (8 bands), 200 would be 50.
+    assert len(plan_slices(wan22_vae, 4, 32)["cuts"]) - 1 == 8
+    assert len(plan_slices(wan22_vae, 4, 200)["cuts"]) - 1 == 16
+
+
+class _OwnershipCheckingStore:
+    """A host store that checks, for every tensor put aside during a decode, that what it keeps is a copy holding
+    exactly that tensor's bytes: a view would keep the whole activation it was cut from alive (a band's input, a
+    whole frame's mid-block output) and share memory that later kernels overwrite on a GPU."""
+
+    def __init__(self, vae):
+        from lightcache.decode import _HostStore
+
+        self.store = _HostStore(next(vae.parameters()).device)
+        self.puts = 0
+
+    def put(self, key, tensor):
+        self.store.put(key, tensor)
+        kept = self.store.items[key]
+        assert torch.equal(kept, tensor)
+        assert kept.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr(), key
+        assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size(), key
+        self.puts += 1
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("vae_name", ["wan21", "wan22"])
+def test_what_waits_between_bands_is_copied_not_viewed(tiny_pipe, wan22_vae, vae_name):
+    from lightcache.decode import decode_into
+
+    vae, shape = (tiny_pipe.vae, (1, 4, 2, 8, 24)) if vae_name == "wan21" else (wan22_vae, (1, 48, 2, 4, 10))
+    z = _latents(shape, seed=11)
+    plan = plan_slices(vae, shape[-2], shape[-1], num_slices=3)
+    store = _OwnershipCheckingStore(vae)
+    bands, _ = decode_into(vae, z, plan, store, postprocess=False)
+    assert store.puts > 3 * shape[2]  # mid outputs and carries, per band and latent frame
+    video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
+    assert (video - _plain(vae, z)).abs().max().item() <= TOL
+
+
+def _cuda_path_store(vae=None):
+    """The store between bands on its CUDA path, with the CPU standing in for the device (streams: ``fake_cuda``)."""
+    from lightcache.decode import _HostStore
+
+    store = _HostStore(torch.device("cpu"))
+    store.cuda, store.stream = True, torch.cuda.Stream()
+    return store
+
+
+def test_the_host_store_orders_its_copies_on_the_streams(fake_cuda):
+    """A copy to the host starts only once the compute stream has produced the tensor, and the compute stream waits
+    for a copy back before using it (without either wait a GPU reads or overwrites memory mid-copy)."""
+    store = _cuda_path_store()
+    x = torch.randn(2, 8)
+    store.put("a", x.narrow(1, 0, 4))
+    assert fake_cuda.log == [("record", "compute", "compute#0"), ("wait", "side0", "compute#0"),
+                             ("record_stream", "side0")]
+    host = store.items["a"]
+    fake_cuda.log.clear()
+    store.prefetch(["a", "missing"])
+    store.prefetch(["a"])  # already on its way: not copied twice
+    back = store.get("a")
+    assert fake_cuda.log == [("record", "side0", "side0#0"), ("wait", "compute", "side0#0"),
+                             ("record_stream", "compute")]
+    assert torch.equal(back, x[:, :4])
+    store.put("a", torch.ones(2, 4))  # the same key and shape again: the host buffer is reused
+    assert store.items["a"] is host and torch.equal(host, torch.ones(2, 4))
+    store.put("a", torch.ones(3, 4))
+    assert store.items["a"] is not host
+
+
+def test_the_decode_on_the_streams_waits_for_every_tensor_it_fetches(tiny_pipe, fake_cuda):
+    from lightcache.decode import decode_into
+
+    vae = tiny_pipe.vae
+    z = _latents((1, 4, 2, 8, 24), seed=12)
+    bands, _ = decode_into(vae, z, plan_slices(vae, 8, 24, num_slices=3), _cuda_path_store(), postprocess=False)
+    fetched = [event for kind, stream, *event in fake_cuda.log if kind == "record" and stream == "side0"]
+    waited = [event for kind, stream, *event in fake_cuda.log if kind == "wait" and stream == "compute"]
+    assert fetched and sorted(waited) == sorted(fetched)
+    assert ("synchronize", "device") in fake_cuda.log
+    video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
+    assert (video - _plain(vae, z)).abs().max().item() <= TOL

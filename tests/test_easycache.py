@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -239,3 +240,86 @@ def test_bad_thresholds_are_rejected(tau):
 def test_bad_warmup_is_rejected():
     with pytest.raises(ValueError, match="warm-up"):
         EasyCacheConfig(warmup_steps=-1)
+
+
+# --- boundaries of the rules ------------------------------------------------------------------------------------
+def test_with_tau_zero_an_input_that_did_not_move_is_still_computed():
+    """Reuse needs ``E < tau`` strictly: at tau 0 an estimate of exactly 0 (the input did not change) computes."""
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=0.0, warmup_steps=2))
+    gen = torch.Generator().manual_seed(1)
+    x0, x1 = (torch.randn(1, 4, 2, 4, 4, generator=gen) for _ in range(2))
+    steps = 5
+    for step, x in enumerate([x0, x1, x1, x1, x1]):
+        _call(model, x, step, "cond", steps)
+    assert hook.records[1].k is not None  # k is known from step 2 on, so steps 2 and 3 are decided by E
+    assert [r.eps for r in hook.records[2:4]] == [0.0, 0.0]
+    assert [(r.computed, r.reason) for r in hook.records[2:4]] == [(True, "E >= tau")] * 2
+
+
+def test_the_error_accumulates_over_reused_steps_and_resets_once_it_reaches_tau():
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1.0, warmup_steps=2))
+    gen = torch.Generator().manual_seed(2)
+    x0, x1 = (torch.randn(1, 4, 2, 4, 4, generator=gen) for _ in range(2))
+    steps = 8
+    _call(model, x0, 0, "cond", steps)
+    _call(model, x1, 1, "cond", steps)
+    # The input moves by the same amount every step, sized so that each estimate is about 0.3: E = 0.3, 0.6 and
+    # 0.9 reuse, 1.2 reaches tau and computes.
+    move = 0.3 * hook.state.v_last.abs().mean().item() / hook.state.k
+    x = x1
+    for step in range(2, 6):
+        x = x + move
+        _call(model, x, step, "cond", steps)
+    records = hook.records[2:]
+    assert all(math.isclose(r.eps, 0.3, rel_tol=1e-3) for r in records)
+    assert [r.computed for r in records] == [False, False, False, True]
+    running = 0.0
+    for r in records[:3]:
+        running += r.eps
+        assert r.error == pytest.approx(running, rel=1e-12) and r.reason == "E < tau"
+    assert records[3].reason == "E >= tau" and records[3].error == 0.0
+
+
+class _ConditionedTransformer(torch.nn.Module):
+    """An image-to-video-like denoiser: 4 latent channels out, 2 condition channels appended to its input."""
+
+    def __init__(self, channel_axis=1):
+        super().__init__()
+        self.config = SimpleNamespace(out_channels=4)
+        self.axis = channel_axis
+
+    def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, attention_kwargs=None,
+                return_dict=True):
+        latent, condition = hidden_states.split([4, hidden_states.shape[self.axis] - 4], dim=self.axis)
+        out = torch.tanh(latent * 1.7) + 0.1 * condition.mean(self.axis, keepdim=True)
+        return (out,) if not return_dict else type("Out", (), {"sample": out})()
+
+
+@pytest.mark.parametrize("channel_axis", [1, 2])
+def test_only_the_noisy_latent_counts_when_condition_channels_are_appended(channel_axis):
+    """x_t is the latent the model denoises: the decision and the reused output use its channels, never the
+    condition channels concatenated after it (Wan I2V), whichever axis holds the channels."""
+    model = _ConditionedTransformer(channel_axis)
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2), channel_axis=channel_axis)
+    gen = torch.Generator().manual_seed(3)
+    shape = [1, 4, 3, 4, 4] if channel_axis == 1 else [1, 3, 4, 4, 4]
+    cond_shape = list(shape)
+    cond_shape[channel_axis] = 2
+    condition = torch.randn(cond_shape, generator=gen)
+    steps = 5
+    latents = [torch.randn(shape, generator=gen) for _ in range(steps)]
+    outputs = []
+    for step, latent in enumerate(latents):
+        # The condition channels change wildly from step to step; only the latent's change may count.
+        x = torch.cat([latent, condition * (step + 1) * 100], dim=channel_axis)
+        outputs.append(_call(model, x, step, "cond", steps))
+    cond = hook.records
+    assert [r.computed for r in cond] == [True, True, False, False, True]
+    mean_abs = lambda t: t.abs().mean().item()  # noqa: E731
+    k = mean_abs(outputs[1] - outputs[0]) / mean_abs(latents[1] - latents[0])
+    assert math.isclose(cond[2].eps, k * mean_abs(latents[2] - latents[1]) / mean_abs(outputs[1]), rel_tol=1e-5)
+    delta = outputs[1] - latents[1]
+    assert outputs[2].shape == latents[2].shape
+    assert torch.equal(outputs[2], latents[2] + delta) and torch.equal(outputs[3], latents[3] + delta)

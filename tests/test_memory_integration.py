@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import strict_fp32, tiny_settings
+from conftest import FLOAT_TOL, strict_fp32, tiny_settings
 
 from lightcache.errors import LightcacheError, RunCancelled
 from lightcache.events import (
@@ -51,7 +51,9 @@ def _no_hooks(pipe) -> bool:
     "strategy, tol",
     [({"chunk_ffn": 3}, CHUNK_TOL), ({"sliced_decode": True}, DECODE_TOL), ({"async_swap": True}, 0.0),
      ({"chunk_ffn": 4, "sliced_decode": True, "async_swap": True}, DECODE_TOL)],
-    ids=["chunking", "sliced-decode", "async-swap", "all-three"],
+    # On a CPU swapping is a no-op (it says so in its note): those two cases check that asking for it changes
+    # nothing. Its mechanics are tested in test_swap.py on a stand-in device, its transfers on a GPU.
+    ids=["chunking", "sliced-decode", "async-swap-no-op-on-cpu", "chunking-and-sliced-decode-swap-no-op-on-cpu"],
 )
 def test_each_strategy_matches_the_plain_run(tiny_pipe, strategy, tol, easycache):
     plain_events, plain = _run(tiny_pipe, easycache=easycache, threshold=0.3)
@@ -61,6 +63,9 @@ def test_each_strategy_matches_the_plain_run(tiny_pipe, strategy, tol, easycache
     assert _decisions(events) == _decisions(plain_events)
     if easycache:
         assert any(not computed for _, _, computed in _decisions(events))
+    if strategy.get("async_swap"):
+        swap = finished.summary["strategies"]["async_swap"]
+        assert not swap["active"] and swap["note"] == CPU_NOTE
     assert _no_hooks(tiny_pipe)
 
 
@@ -84,7 +89,10 @@ def test_each_strategy_matches_the_plain_run_on_cuda(strategy):
     assert finished.summary["device"].startswith("cuda")
     assert np.abs(finished.frames - plain.frames).max() <= DECODE_TOL
     assert _decisions(events) == _decisions(plain_events) and any(not c for _, _, c in _decisions(events))
-    assert np.array_equal(again.frames, plain.frames) and _decisions(again_events) == _decisions(plain_events)
+    # The same plain run again, now with other memory free: cuDNN may pick another convolution algorithm (see
+    # strict_fp32), so the frames agree to rounding, not to the bit.
+    assert np.abs(again.frames - plain.frames).max() <= FLOAT_TOL
+    assert _decisions(again_events) == _decisions(plain_events)
     assert _no_hooks(pipe)
     for name in ("transformer", "vae", "text_encoder"):
         assert all(p.device.type == "cuda" for p in getattr(pipe, name).parameters())
@@ -194,6 +202,14 @@ def test_the_band_count_reaches_the_decoder_and_stays_exact(tiny_pipe):
         _, finished = _run(tiny_pipe, steps=3, sliced_decode=True, decode_slices=bands)
         assert finished.summary["strategies"]["sliced_decode"]["num_slices"] == bands
         assert np.abs(finished.frames - plain.frames).max() <= DECODE_TOL
+
+
+def test_the_default_band_count_cuts_a_wide_frame_into_several_bands(tiny_pipe):
+    """The app never sets a band count: the default must slice (here 128 decoded pixels: two bands), exactly."""
+    _, plain = _run(tiny_pipe, steps=2, width=128)
+    _, finished = _run(tiny_pipe, steps=2, width=128, sliced_decode=True)
+    assert finished.summary["strategies"]["sliced_decode"]["num_slices"] == 2
+    assert np.abs(finished.frames - plain.frames).max() <= DECODE_TOL
 
 
 def test_band_counts_are_validated():
@@ -323,7 +339,8 @@ def test_hook_overhead_benchmark_smoke_runs_end_to_end(tmp_path, capsys):
     assert main(["--smoke", "--steps", "4", "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "hook-overhead-smoke.json").read_text())
     overhead = result["overhead"]
-    assert overhead["reuse"]["reused_calls_per_run"] > 0 and overhead["reuse"]["ratio_pct"] < 100
+    # Times are not compared here: on a shared CPU a reused call may take as long as a computed one.
+    assert overhead["reuse"]["reused_calls_per_run"] > 0 and overhead["reuse"]["ratio_pct"] > 0
     assert overhead["plain_denoise_median"] > 0 and overhead["tau0_denoise_median"] > 0
     markdown = (tmp_path / "hook-overhead-smoke.md").read_text()
     assert "not a measurement" in markdown and "reused call / computed call" in markdown

@@ -135,8 +135,7 @@ def test_unknown_objects_are_refused():
 
 def test_timeline_of_a_sampled_run_draws_its_series(events):
     samples = [e for e in events if isinstance(e, MemorySample)]
-    if not samples:
-        pytest.skip("this runner emits no memory samples")
+    assert samples, "the run emitted no memory samples: the sampler is broken"  # every run samples, at least per stage
     fig = timeline_figure(events)
     series = [t for t in fig.data if not t.name.startswith("call ")]
     assert series and sum(len(t.x) for t in series) == sum(len(s.values) for s in samples)

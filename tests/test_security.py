@@ -1,6 +1,6 @@
 """Issue 10: what a hostile client or a careless user tried against the served app, through its real API.
 
-The app is served in-process on a free loopback port with the launch options ``python app.py`` uses
+The app is served in-process on a loopback port Gradio picks, with the launch options ``python app.py`` uses
 (:func:`lightcache.app.launch.launch_options`) and a recording loader that builds tiny random pipelines, so every test
 can see what the server would have loaded. Each attack goes through gradio_client, Gradio's upload route or the plain
 REST route, and must be refused with a clear message while nothing is loaded, fetched or cached: the loader is
@@ -23,6 +23,7 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
+from conftest import CallGate
 from gradio_client import Client
 
 from lightcache.app import build_demo
@@ -46,13 +47,13 @@ PATIENCE_S = 120
 class RecordingLoader:
     """Builds tiny random pipelines and records every (preset name, model) it is asked to load.
 
-    ``delay_s`` slows each transformer call (so a run is surely still going while a test acts); ``fail`` makes the
-    next loads raise it; ``fail_in_run`` makes the loaded pipeline's transformer raise it.
+    ``gate`` can hold the transformer's calls (so a run is surely still going while a test acts); ``fail`` makes
+    the next loads raise it; ``fail_in_run`` makes the loaded pipeline's transformer raise it.
     """
 
     def __init__(self):
         self.calls: list[tuple[str, str]] = []
-        self.delay_s = 0.0
+        self.gate = CallGate()
         self.fail: Exception | None = None
         self.fail_in_run: Exception | None = None
 
@@ -67,7 +68,7 @@ class RecordingLoader:
     def _before_call(self, module, args):
         if self.fail_in_run is not None:
             raise self.fail_in_run
-        time.sleep(self.delay_s)
+        self.gate(module, args)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def app(tmp_path_factory):
     cache = PipelineCache(loader=loader, device="cpu")
     outputs = tmp_path_factory.mktemp("security-outputs")
     demo = build_demo(cache, OutputDirs(outputs), defaults=SMALL)
-    demo.launch(prevent_thread_lock=True, quiet=True, **app_launch.launch_options(_free_port()))
+    # No port: Gradio binds the first free one itself (and moves on if another process takes it first).
+    demo.launch(prevent_thread_lock=True, quiet=True, **app_launch.launch_options(None))
     downloads = tmp_path_factory.mktemp("security-downloads")
     try:
         yield SimpleNamespace(demo=demo, loader=loader, cache=cache, url=demo.local_url, downloads=downloads)
@@ -215,7 +217,7 @@ def test_a_model_that_fails_to_load_shows_no_paths_or_cli_flags(app, client, vic
 # --- Stop, REST, warm-up ---------------------------------------------------------------------------------------------
 def test_stop_while_ones_own_run_waits_in_the_queue_keeps_it_from_starting(app, victim_run):
     first, second = _client(app), _client(app)
-    app.loader.delay_s = 0.05
+    app.loader.gate.hold(after_calls=2)  # the first run's step 1 runs, then it waits until both have pressed Stop
     try:
         running = first.submit(steps=100, warmup=2, api_name="/generate")
         _wait_for(lambda: any("step 1 /" in str(u[0]) for u in running.outputs()), "the first run to start")
@@ -223,9 +225,9 @@ def test_stop_while_ones_own_run_waits_in_the_queue_keeps_it_from_starting(app, 
         _wait_for(lambda: waiting_count(app.demo, second.session_hash) == 1, "the second run to be queued")
         assert second.predict(api_name="/stop") == "**Stopped.** Your run waiting in the queue will not start."
         assert "Stopped" in first.predict(api_name="/stop")
-        result = waiting.result(timeout=PATIENCE_S)
     finally:
-        app.loader.delay_s = 0.0
+        app.loader.gate.release()
+    result = waiting.result(timeout=PATIENCE_S)
     running.result(timeout=PATIENCE_S)
     assert result[0] == STOPPED_BEFORE_START
     assert not any("step" in str(update[0]) for update in waiting.outputs()), "the stopped run computed steps"
@@ -329,12 +331,6 @@ def _wait_for(condition, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.02)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_pipeline_cache_is_keyed_by_what_is_loaded_not_by_name():

@@ -1,14 +1,21 @@
-"""Asynchronous swapping: a plain no-op on the CPU, a tensor store that keeps EasyCache exact, hook order."""
+"""Asynchronous swapping: a plain no-op on the CPU, its mechanics on a stand-in device, the stores' stream order,
+a tensor store that keeps EasyCache exact, hook order."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import strict_fp32
+from conftest import strict_fp32, tiny_settings
 from diffusers.hooks import HookRegistry, ModelHook
 
-from lightcache.easycache import EasyCacheConfig, TensorStore, apply_easycache, remove_easycache
+from lightcache.easycache import (
+    EasyCacheConfig,
+    TensorStore,
+    apply_easycache,
+    get_easycache_hook,
+    remove_easycache,
+)
 from lightcache.errors import LightcacheError
 from lightcache.swap import (
     CPU_NOTE,
@@ -165,6 +172,114 @@ def test_strict_fp32_restores_the_tf32_switches_even_after_an_error():
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
+# --- the mechanics, with the CPU standing in for the GPU ---------------------------------------------------------
+def test_which_modules_each_stage_needs():
+    from lightcache.swap import AsyncSwap
+    from lightcache.tiny import build_tiny_pipeline
+
+    swap = AsyncSwap(build_tiny_pipeline(seed=0), torch.device("cpu"), AsyncSwapConfig())
+    needs = {stage: swap.stage_modules(stage) for stage in ("encode", "encode_image", "denoise", "decode", "other")}
+    assert needs == {"encode": {"text_encoder"}, "encode_image": {"vae"}, "denoise": set(), "decode": {"vae"},
+                     "other": set()}
+    assert swap._swappable() == ["text_encoder", "vae"]
+    only_vae = AsyncSwap(swap.pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False))
+    assert only_vae.stage_modules("encode") == set() and only_vae._swappable() == ["vae"]
+    nothing = AsyncSwap(swap.pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False, vae=False))
+    assert nothing.stage_modules("decode") == set() and nothing._swappable() == []
+
+
+def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypatch):
+    """Everything swapping does around a run, with the CPU standing in for the GPU (stand-in streams, plain memory
+    for pinned): each stage gets exactly the modules it needs and the others are parked, the transformer streams
+    under block-level group offloading, EasyCache's tensors live in the swap's store, and afterwards everything is
+    back: no hooks, the default store, the same video and decisions as without swapping. Only the bytes moved
+    between the memories are not tested here (tests marked ``gpu``)."""
+    import lightcache.swap as swap_module
+    from lightcache.runner import run_generation, run_to_completion
+
+    plain_records = []
+    collect = lambda into: lambda e: into.append(e) if type(e).__name__ == "StepRecord" else None  # noqa: E731
+    settings = tiny_settings(threshold=0.3)
+    plain = run_to_completion(run_generation(tiny_pipe, settings), collect(plain_records))
+
+    monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
+    offload_requests = []
+    enable = tiny_pipe.transformer.enable_group_offload
+
+    def cpu_group_offload(**kwargs):
+        offload_requests.append(kwargs)
+        enable(**dict(kwargs, use_stream=False, record_stream=False))  # diffusers streams only to a GPU
+
+    monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", cpu_group_offload)
+    names = {id(getattr(tiny_pipe, n)): n for n in ("text_encoder", "vae", "transformer")}
+    where = {}
+    for action in ("park", "unpark"):
+        def moved(parked, *args, _action=action, _real=getattr(swap_module._ParkedModule, action)):
+            where[names[id(parked.module)]] = "host" if _action == "park" else "device"
+            return _real(parked, *args)
+
+        monkeypatch.setattr(swap_module._ParkedModule, action, moved)
+    seen = {}
+    enter_stage = swap_module.AsyncSwap.enter_stage
+
+    def enter_and_look(swap, stage):
+        enter_stage(swap, stage)
+        hook = get_easycache_hook(tiny_pipe.transformer)
+        seen[stage] = (dict(where), _hooks(tiny_pipe.transformer), type(hook.state.store).__name__)
+
+    monkeypatch.setattr(swap_module.AsyncSwap, "enter_stage", enter_and_look)
+    records = []
+    swapped = run_to_completion(run_generation(tiny_pipe, tiny_settings(threshold=0.3, async_swap=True)),
+                                collect(records))
+
+    assert [(s, w) for s, (w, _, _) in seen.items()] == [
+        ("encode", {"vae": "host"}),  # the VAE is parked from the start; the text encoder is in use
+        ("denoise", {"vae": "host", "text_encoder": "host"}),
+        ("decode", {"vae": "device", "text_encoder": "host"}),
+    ]
+    assert where == {"vae": "device", "text_encoder": "device"}  # and everything comes back at the end
+    hooks = seen["denoise"][1]
+    assert "group_offloading" in hooks and hooks.index("lightcache_easycache") < hooks.index("group_offloading")
+    assert seen["denoise"][2] == "PinnedTensorStore"
+    assert offload_requests == [dict(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                     offload_type="block_level", num_blocks_per_group=1, use_stream=True,
+                                     record_stream=True)]
+    summary = swapped.summary["strategies"]["async_swap"]
+    assert summary["active"] and summary["note"] is None and summary["group_offloaded"] == ["transformer"]
+    assert summary["parked"] == ["text_encoder", "vae"] and summary["cache_store"]
+    assert summary["cache_bytes_parked"] > 0
+    assert all(not _hooks(m) for m in tiny_pipe.transformer.modules())
+    assert get_easycache_hook(tiny_pipe.transformer) is None
+    assert np.array_equal(swapped.frames, plain.frames)
+    assert [(r.step, r.branch, r.computed) for r in records] == [(r.step, r.branch, r.computed) for r in plain_records]
+    assert any(not r.computed for r in records)
+
+
+def test_the_pinned_store_orders_its_copies_on_the_streams(fake_cuda):
+    """The store's CUDA path on stand-in streams: a copy to the host waits for the compute stream to produce the
+    tensor, and the compute stream waits for a copy back before it reads it."""
+    store = PinnedTensorStore("cpu")
+    store.cuda, store.stream = True, torch.cuda.Stream()  # its CUDA path, with the CPU standing in for the device
+    x = torch.randn(3, 4)
+    store.put("x_prev", x)
+    assert fake_cuda.log == [("record", "compute", "compute#0"), ("wait", "side0", "compute#0"),
+                             ("record_stream", "side0")]
+    host = store._host["x_prev"]
+    assert torch.equal(host, x) and host.data_ptr() != x.data_ptr()
+    fake_cuda.log.clear()
+    store.prefetch(["x_prev", "missing"])
+    store.prefetch(["x_prev"])  # already on its way
+    fetched = store.get("x_prev")
+    assert fake_cuda.log == [("record", "side0", "side0#0"), ("wait", "compute", "side0#0"),
+                             ("record_stream", "compute")]
+    assert torch.equal(fetched, x) and store.get("x_prev") is fetched and len(fake_cuda.log) == 3
+    store.release()
+    store.put("x_prev", torch.zeros(3, 4))  # same shape and dtype: the host buffer is reused
+    assert store._host["x_prev"] is host
+    store.put("x_prev", torch.zeros(3, 4, dtype=torch.float64))
+    assert store._host["x_prev"] is not host and store.peak_parked_bytes == 3 * 4 * 8
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_swapping_on_cuda_is_exact_and_puts_everything_back():
@@ -229,3 +344,24 @@ def test_swapping_on_cuda_lowers_the_resident_weights():
     torch.cuda.synchronize()
     assert swapped < full
     assert torch.cuda.memory_allocated() == full
+
+
+@pytest.mark.gpu
+def test_a_parked_module_waits_in_pinned_host_memory_and_comes_back_unchanged():
+    from lightcache.swap import _ParkedModule
+
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).to("cuda")
+    before = {name: t.detach().clone() for name, t in module.state_dict().items()}
+    parked = _ParkedModule(module, torch.device("cuda", torch.cuda.current_device()))
+    parked.park()
+    torch.cuda.synchronize()
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in module.parameters())
+    hosts = [p.data_ptr() for p in module.parameters()]
+    parked.unpark(parked.device)
+    torch.cuda.synchronize()
+    assert all(p.device.type == "cuda" for p in module.parameters())
+    assert all(torch.equal(module.state_dict()[name], t) for name, t in before.items())
+    parked.park()  # parking again copies into the same pinned buffers
+    torch.cuda.synchronize()
+    assert [p.data_ptr() for p in module.parameters()] == hosts
+    assert all(torch.equal(module.state_dict()[name].cuda(), t) for name, t in before.items())

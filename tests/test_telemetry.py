@@ -15,13 +15,15 @@ from lightcache.events import MemorySample
 from lightcache.telemetry import LiveBytesMeter, MemorySampler
 
 THREAD_NAME = "lightcache-memory-sampler"
+#: How long a test waits for the sampler thread (a guard against hanging, not a timing).
+PATIENCE_S = 30
 
 
 def sampler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == THREAD_NAME and t.is_alive()]
 
 
-def wait_for_no_sampler_threads(timeout: float = 3.0) -> bool:
+def wait_for_no_sampler_threads(timeout: float = PATIENCE_S) -> bool:
     deadline = time.monotonic() + timeout
     while sampler_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -51,11 +53,26 @@ def test_a_sampler_dropped_without_stop_ends_its_thread():
     assert wait_for_no_sampler_threads()
 
 
+class CountingClock:
+    """A clock for the sampler that counts its readings and says when ``enough`` of them have been taken."""
+
+    def __init__(self, enough: int):
+        self.readings, self.enough = 0, enough
+        self.reached = threading.Event()
+
+    def __call__(self) -> float:
+        self.readings += 1
+        if self.readings >= self.enough:
+            self.reached.set()
+        return time.perf_counter()
+
+
 def test_readings_are_plain_events_in_time_order():
-    with MemorySampler(period_s=0.02) as sampler:
-        time.sleep(0.15)
+    clock = CountingClock(enough=3)  # the one at start and two from the thread
+    with MemorySampler(period_s=0.02, clock=clock) as sampler:
+        assert clock.reached.wait(PATIENCE_S), "the sampler thread took no readings"
     samples = sampler.drain()
-    assert len(samples) >= 4  # one at start, several from the thread, one at stop
+    assert len(samples) >= 4  # one at start, at least two from the thread, one at stop
     assert all(isinstance(s, MemorySample) and s.values["rss"] > 0 for s in samples)
     assert "cuda_allocated" not in samples[0].values  # a CPU sampler reads no CUDA series
     assert [s.t for s in samples] == sorted(s.t for s in samples)
@@ -65,8 +82,9 @@ def test_readings_are_plain_events_in_time_order():
 
 def test_readings_use_the_given_clock():
     ticks = iter(range(1000))
-    with MemorySampler(period_s=0.02, clock=lambda: float(next(ticks))) as sampler:
-        time.sleep(0.05)
+    with MemorySampler(period_s=1.0, clock=lambda: float(next(ticks))) as sampler:
+        pass
+    # Readings at start and at stop (stop does not wait out a period): the clock's first two ticks.
     assert [s.t for s in sampler.drain()][:2] == [0.0, 1.0]
 
 

@@ -63,11 +63,12 @@ def check_server_port() -> int:
         raise SystemExit(2) from None
 
 
-def launch_options(port: int, share: bool = False) -> dict[str, Any]:
+def launch_options(port: int | None, share: bool = False) -> dict[str, Any]:
     """The keyword arguments of ``demo.launch`` (the tests serve the app with the same ones).
 
-    The port is explicit, uploads are capped at :data:`MAX_UPLOAD_BYTES`, and plain REST calls get the form's
-    defaults for the parameters they leave out (:mod:`.rest`).
+    The port is explicit (None: Gradio takes the first free one from 7860 on, as the tests do), uploads are capped
+    at :data:`MAX_UPLOAD_BYTES`, and plain REST calls get the form's defaults for the parameters they leave out
+    (:mod:`.rest`).
     """
     from starlette.middleware import Middleware
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -264,9 +265,10 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
             outputs.discard(out_dir)
 
 
-def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
+def _present(job, updates, loading: bool, device: str, clock: Callable[[], float] = time.monotonic) -> Iterator[tuple]:
     """Turn a job's updates into output values: the trace as steps come in (at most every ``TRACE_REFRESH_S``),
-    the timeline and stage table at stage boundaries, everything in full at the end.
+    the timeline and stage table at stage boundaries, everything in full at the end. ``clock`` (seconds) paces the
+    redraws; the tests pass their own.
 
     Both runs of a comparison are shown live the same way (the plain run's trace fills the chart while it runs),
     so the browser's redrawing costs the two timed runs alike and the speed-up compares like with like.
@@ -275,8 +277,8 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
     videos: dict[str, str | None] = {ACCELERATED: None, PLAIN: None}
     comparison = "" if job.compare else texts.COMPARE_HINT
     calls_per_step = 2 if job.settings.guidance_scale > 1.0 else 1
-    last_timeline = time.monotonic()
-    last_trace = 0.0
+    last_timeline = clock()
+    last_trace = -math.inf  # the first step always shows
     skip = gr.skip
     # On a CPU the browser shares the cores with the runs: playing the first video and redrawing the memory timeline
     # take cycles from the very runs being timed against each other. With a comparison both come at the end there,
@@ -309,16 +311,17 @@ def _present(job, updates, loading: bool, device: str) -> Iterator[tuple]:
             if calls % calls_per_step:
                 continue  # one update per step, once all its CFG branches are in
             last_step = event.step == job.settings.steps - 1
-            if not last_step and time.monotonic() - last_trace < TRACE_REFRESH_S:
+            now = clock()
+            if not last_step and now - last_trace < TRACE_REFRESH_S:
                 continue
-            last_trace = time.monotonic()
+            last_trace = now
             timeline = skip()
-            if accelerated and not quiet and time.monotonic() - last_timeline > TIMELINE_REFRESH_S:
-                timeline, last_timeline = timeline_figure(events), time.monotonic()
+            if accelerated and not quiet and now - last_timeline > TIMELINE_REFRESH_S:
+                timeline, last_timeline = timeline_figure(events), now
             yield (_status(runs), trace_figure(events), skip(), timeline, skip(), skip(), skip())
         elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
             if accelerated and not quiet:
-                last_timeline = time.monotonic()
+                last_timeline = clock()
                 yield (_status(runs), skip(), skip(), timeline_figure(events), view.stages_markdown(events),
                        skip(), skip())
             else:

@@ -211,10 +211,11 @@ def run_benchmark(
     started = time.perf_counter()
     prompts, seeds = config.resolved_prompts(preset.name), config.resolved_seeds()
     cases = [{"id": f"p{i}-s{seed}", "prompt": p, "seed": seed} for i, p in enumerate(prompts) for seed in seeds]
-    entries, skipped = _entries(config)
+    entries = _entries(config)
     if not entries or entries[0].method.name != "plain":
         raise LightcacheError("The benchmark needs the plain method: every figure is relative to it.")
     plain = entries[0]
+    skipped: list[dict[str, Any]] = []  # methods or settings left out during the run, with why (_Session._drop)
     session = _Session(pipe, preset, config, cases, entries, skipped, log)
     try:
         _warm_up(pipe, session.settings[(cases[0]["id"], _key(plain))], preset.name)
@@ -570,22 +571,17 @@ def _denoise_only(pipe, settings: RunSettings, preset_name: str) -> tuple[float,
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-def _entries(config: BenchConfig) -> tuple[list[_Entry], list[dict[str, Any]]]:
+def _entries(config: BenchConfig) -> list[_Entry]:
     names = list(config.methods or M.METHODS)
     if "plain" not in names:
         names.insert(0, "plain")
     names.sort(key=lambda n: list(M.METHODS).index(n))
-    entries, skipped = [], []
+    entries = []
     for name in names:
         method = M.get_method(name)
-        if name == "easycache+memory":
-            reason = M.memory_strategies_wired()
-            if reason:
-                skipped.append({"method": name, "setting": "", "reason": reason})
-                continue
         for params in config.sweep(name):
             entries.append(_Entry(method, params, method.describe(params)))
-    return entries, skipped
+    return entries
 
 
 def _settings(preset, config: BenchConfig, case: dict[str, Any], entry: _Entry) -> RunSettings:

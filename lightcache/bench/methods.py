@@ -187,24 +187,6 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def memory_strategies_wired() -> str | None:
-    """None when the runner applies the three memory strategies, else a sentence saying why the method is skipped.
-
-    The settings fields exist before the runner honours them; running the method then would silently measure plain
-    EasyCache under a misleading name. The runner is taken to honour a field when its source uses it.
-    """
-    import inspect
-
-    from .. import runner
-
-    source = inspect.getsource(runner)
-    missing = [name for name in ("async_swap", "chunk_ffn", "sliced_decode") if name not in source]
-    if missing:
-        return (f"the runner does not apply {', '.join(missing)} yet, so 'EasyCache + memory strategies' would "
-                "measure plain EasyCache; skipped")
-    return None
-
-
 # --- MagCache calibration ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def capture_magcache_calibration():

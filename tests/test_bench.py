@@ -253,11 +253,12 @@ def test_cli_writes_results_table_chart_and_page(tiny_model_dir, tmp_path, capsy
 
     out, doc = tmp_path / "bench", tmp_path / "docs" / "benchmarks.md"
     code = main(["bench", "--preset", "tiny", "--model", str(tiny_model_dir), "--quick", "--methods",
-                 "easycache,fbc", "--prompt", "a red circle moving right", "--steps", "6", "--frames", "5", "--height", "32", "--width", "32",
+                 "easycache,fbc", "--prompt", "a red circle moving right", "--steps", "14", "--frames", "5", "--height", "32", "--width", "32",
                  "--overhead-size", "5x32x32", "--out", str(out), "--doc", str(doc), "--quiet"])
     assert code == 0
     results = read_results(out / "results.json")
     assert {r["method"] for r in results["records"]} == {"plain", "easycache", "fbc"}
+    # 14 steps: past the tiny preset's 10 warm-up steps, so the reusing tau reuses.
     assert results["overhead"]["reuse"]["reused_calls_per_run"] > 0
     assert "| method |" in (out / "table.md").read_text()
     assert "plotly" in (out / "speed_vs_psnr.html").read_text().lower()

@@ -114,7 +114,7 @@ def _run(args, command: str) -> dict[str, Any]:
     # Validate the whole request before the model loads (it takes time on a GPU preset).
     from .harness import _entries, _settings
 
-    entries, _ = _entries(config)
+    entries = _entries(config)
     for prompt in config.resolved_prompts(preset.name):
         for entry in entries:
             _settings(preset, config, {"prompt": prompt, "seed": config.resolved_seeds()[0]}, entry)

@@ -132,10 +132,12 @@ class FakeCuda:
         self.compute = FakeStream("compute", self.log)
         self.current = self.compute
         self.sides: list[FakeStream] = []
+        self.side_devices: list = []  # the device each side stream was made for
 
     def Stream(self, device=None):  # noqa: N802 - torch.cuda's name
         stream = FakeStream(f"side{len(self.sides)}", self.log)
         self.sides.append(stream)
+        self.side_devices.append(device)
         return stream
 
     def current_stream(self, device=None):

@@ -20,14 +20,22 @@ FLOAT_TOL = 1e-4
 PATIENCE_S = 120
 
 
+#: Fixtures that serve the app on a local port (tests/test_app.py, tests/test_security.py).
+SERVER_FIXTURES = frozenset({"served", "app"})
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on a CPU")
+    config.addinivalue_line("markers", "server: serves the app on a local port (set on the tests that use it)")
 
 
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker("server")
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -132,10 +140,12 @@ class FakeCuda:
         self.compute = FakeStream("compute", self.log)
         self.current = self.compute
         self.sides: list[FakeStream] = []
+        self.side_devices: list = []  # the device each side stream was made for
 
     def Stream(self, device=None):  # noqa: N802 - torch.cuda's name
         stream = FakeStream(f"side{len(self.sides)}", self.log)
         self.sides.append(stream)
+        self.side_devices.append(device)
         return stream
 
     def current_stream(self, device=None):

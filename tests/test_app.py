@@ -192,6 +192,7 @@ def test_session_copies_are_independent_and_stop_only_their_own_run():
     assert not a.stop()  # nothing left to stop
     again = pickle.loads(pickle.dumps(a))
     assert not again.stop()
+    assert not pickle.loads(pickle.dumps(a)).stopped_since(1.0)  # a copy carries no Stop along either
 
 
 def test_gpu_estimate_grows_with_work():

@@ -50,8 +50,7 @@ def test_counting_without_a_scheduler_restarts_when_the_timestep_rises_or_on_res
     loc = CallLocator(num_inference_steps=4)
     steps = [loc.locate(None, torch.tensor([t])).step for t in (999.0, 700.0, 400.0)]
     assert steps == [0, 1, 2]
-    assert loc.locate(None, torch.tensor([999.0])).step == 0
-    loc.locate(None, torch.tensor([500.0]))
+    assert [loc.locate(None, torch.tensor([t])).step for t in (999.0, 500.0, 200.0)] == [0, 1, 2]  # a new run
     loc.reset()
     assert loc.locate(None, torch.tensor([100.0])).step == 0
     # Followers with a name stay on the deciding call's step.
@@ -70,3 +69,14 @@ def test_per_token_timesteps_read_as_the_steps_timestep():
     # Wan2.2 TI2V with an image: the first frame's tokens carry 0, the others the step's timestep.
     assert timestep_value(torch.tensor([[0.0, 0.0, 812.0, 812.0]])) == 812.0
     assert timestep_value(None) != timestep_value(None)  # NaN
+
+
+def test_a_repeated_timestep_is_the_next_step_not_a_new_run():
+    # Some schedulers (second-order ones, and some flow schedules near the end) give two steps the same timestep.
+    loc = CallLocator()
+    assert [loc.locate(None, torch.tensor([t])).step for t in (999.0, 999.0, 500.0, 500.0)] == [0, 1, 2, 3]
+
+
+def test_a_scheduler_without_a_step_index_is_at_step_0():
+    loc = CallLocator(scheduler=SimpleNamespace(timesteps=torch.arange(4)))
+    assert loc.locate(CacheContext("cond"), None) == CallSite(0, "cond", 4, True)

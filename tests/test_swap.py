@@ -188,6 +188,22 @@ def test_which_modules_each_stage_needs():
     assert nothing.stage_modules("decode") == set() and nothing._swappable() == []
 
 
+def _track_moves(pipe, monkeypatch):
+    """Record where each parked module is (``"host"`` or ``"device"``) and which parking place moved it."""
+    import lightcache.swap as swap_module
+
+    names = {id(getattr(pipe, n)): n for n in ("text_encoder", "vae", "transformer")}
+    where, movers = {}, {}
+    for action in ("park", "unpark"):
+        def moved(parked, *args, _action=action, _real=getattr(swap_module._ParkedModule, action)):
+            where[names[id(parked.module)]] = "host" if _action == "park" else "device"
+            movers.setdefault(names[id(parked.module)], set()).add(id(parked))
+            return _real(parked, *args)
+
+        monkeypatch.setattr(swap_module._ParkedModule, action, moved)
+    return where, movers
+
+
 def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypatch):
     """Everything swapping does around a run, with the CPU standing in for the GPU (stand-in streams, plain memory
     for pinned): each stage gets exactly the modules it needs and the others are parked, the transformer streams
@@ -211,14 +227,7 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
         enable(**dict(kwargs, use_stream=False, record_stream=False))  # diffusers streams only to a GPU
 
     monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", cpu_group_offload)
-    names = {id(getattr(tiny_pipe, n)): n for n in ("text_encoder", "vae", "transformer")}
-    where = {}
-    for action in ("park", "unpark"):
-        def moved(parked, *args, _action=action, _real=getattr(swap_module._ParkedModule, action)):
-            where[names[id(parked.module)]] = "host" if _action == "park" else "device"
-            return _real(parked, *args)
-
-        monkeypatch.setattr(swap_module._ParkedModule, action, moved)
+    where, movers = _track_moves(tiny_pipe, monkeypatch)
     seen = {}
     enter_stage = swap_module.AsyncSwap.enter_stage
 
@@ -238,6 +247,9 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
         ("decode", {"vae": "device", "text_encoder": "host"}),
     ]
     assert where == {"vae": "device", "text_encoder": "device"}  # and everything comes back at the end
+    # One parking place per module, kept for the run (its host buffers are reused), on the swap's device.
+    assert {name: len(ids) for name, ids in movers.items()} == {"vae": 1, "text_encoder": 1}
+    assert fake_cuda.side_devices == [torch.device("cpu")] * 2
     hooks = seen["denoise"][1]
     assert "group_offloading" in hooks and hooks.index("lightcache_easycache") < hooks.index("group_offloading")
     assert seen["denoise"][2] == "PinnedTensorStore"
@@ -253,6 +265,25 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
     assert np.array_equal(swapped.frames, plain.frames)
     assert [(r.step, r.branch, r.computed) for r in records] == [(r.step, r.branch, r.computed) for r in plain_records]
     assert any(not r.computed for r in records)
+
+
+def test_the_stage_hooks_of_the_benchmark_move_what_each_stage_needs(tiny_pipe, fake_cuda, monkeypatch):
+    """``after_encode``, ``before_decode`` and ``after_decode`` (what benchmarks/memory.py calls around its own
+    stages) on the stand-in device: encoders parked for the denoise, the VAE in for the decode and out after it."""
+    import lightcache.swap as swap_module
+
+    monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
+    monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", lambda **kwargs: None)
+    where, _ = _track_moves(tiny_pipe, monkeypatch)
+    swap = apply_async_swap(tiny_pipe, device="cpu", config=AsyncSwapConfig(cache=False))
+    states = []
+    for stage_hook in (swap.after_encode, swap.before_decode, swap.after_decode):
+        stage_hook()
+        states.append(dict(where))
+    remove_async_swap(tiny_pipe)
+    assert states == [{"vae": "host", "text_encoder": "host"}, {"vae": "device", "text_encoder": "host"},
+                      {"vae": "host", "text_encoder": "host"}]
+    assert where == {"vae": "device", "text_encoder": "device"}
 
 
 def test_the_pinned_store_orders_its_copies_on_the_streams(fake_cuda):
@@ -278,6 +309,13 @@ def test_the_pinned_store_orders_its_copies_on_the_streams(fake_cuda):
     assert store._host["x_prev"] is host
     store.put("x_prev", torch.zeros(3, 4, dtype=torch.float64))
     assert store._host["x_prev"] is not host and store.peak_parked_bytes == 3 * 4 * 8
+    store.put("v_last", torch.zeros(2, 4))
+    store.prefetch(["x_prev"])  # on its way ...
+    store.get("v_last")  # ... and fetched: both count as on the device
+    assert store.on_device_bytes() == 3 * 4 * 8 + 2 * 4 * 4
+    store.discard("x_prev")
+    store.discard("never-stored")
+    assert store.names() == ["v_last"] and store.on_device_bytes() == 2 * 4 * 4
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------

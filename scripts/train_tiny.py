@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,17 +41,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_tiny_refine, the second half
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training and train_tiny_refine
 
 from lightcache import shapes  # noqa: E402
+from tiny_training import cosine_lr, decode_unclamped, log, to_tensor  # noqa: E402
 
 # Words the tokenizer knows, in a fixed order so the token ids (and so the frozen encoder's
 # embeddings) are the same on every run.
 WORDS = shapes.VOCABULARY
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def build_tokenizer():
@@ -135,19 +130,6 @@ def build_scheduler(flow_shift: float):
     )
 
 
-def to_tensor(clips: np.ndarray) -> torch.Tensor:
-    """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [-1, 1], as the Wan VAE expects."""
-    x = torch.from_numpy(clips).float().div_(127.5).sub_(1.0)
-    return x.permute(0, 4, 1, 2, 3).contiguous()
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-
-
 # ---------------------------------------------------------------------------------------------- VAE
 
 
@@ -170,23 +152,6 @@ def vae_batch(rng: np.random.Generator, args, frames: int, crop: int, gray: floa
             )
         )
     return np.stack(out)
-
-
-def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
-    """``AutoencoderKLWan._decode`` without its final clamp to [-1, 1].
-
-    Training through the clamp fails: the decoder learns to push the black background below -1 (free,
-    since the clamp hides it), the whole output drifts there, and object pixels below -1 get no
-    gradient, so objects are never learned. The loss must see the raw output.
-    """
-    vae.clear_cache()
-    x = vae.post_quant_conv(z)
-    outs = []
-    for i in range(x.shape[2]):
-        vae._conv_idx = [0]
-        outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0))
-    vae.clear_cache()
-    return torch.cat(outs, 2)
 
 
 def train_vae(vae, args, phase: int) -> list[float]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -36,37 +35,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training, shared by both halves
 
 from lightcache import shapes  # noqa: E402
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def to_tensor(clips: np.ndarray) -> torch.Tensor:
-    """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [-1, 1], as the Wan VAE expects."""
-    return torch.from_numpy(clips).float().div_(127.5).sub_(1.0).permute(0, 4, 1, 2, 3).contiguous()
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
-    """``AutoencoderKLWan._decode`` frame by frame with its causal cache, without the final clamp to [-1, 1]
-    (through the clamp, pixels pushed past -1 get no gradient and the background drifts there)."""
-    vae.clear_cache()
-    x = vae.post_quant_conv(z)
-    outs = []
-    for i in range(x.shape[2]):
-        vae._conv_idx = [0]
-        outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0))
-    vae.clear_cache()
-    return torch.cat(outs, 2)
+from tiny_training import cosine_lr, decode_unclamped, log, to_tensor  # noqa: E402
 
 
 class Checkpoint:

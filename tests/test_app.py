@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
 import pytest
 from conftest import PATIENCE_S, CallGate
@@ -224,20 +225,23 @@ def test_app_py_help_lists_its_flags(capsys):
 
 # --- the Stop path and the live updates, without a server ------------------------------------------------------
 class _FakePipelines:
-    """A PipelineCache stand-in: lends one object as the pipeline and says when it has been given back."""
+    """A PipelineCache stand-in: lends one object as the pipeline, records for which preset, and says when it has
+    been given back."""
 
-    device = "cpu"
-
-    def __init__(self):
+    def __init__(self, device="cpu", loaded="tiny"):
+        self.device, self.loaded = device, loaded
+        self.pipe = object()
+        self.lent_for = []
         self.released = threading.Event()
 
     def holds(self, preset):
-        return True
+        return preset.name == self.loaded
 
     @contextlib.contextmanager
     def use(self, preset):
+        self.lent_for.append(preset.name)
         try:
-            yield object()
+            yield self.pipe
         finally:
             self.released.set()
 
@@ -275,18 +279,25 @@ def test_closing_a_jobs_update_stream_cancels_the_run(monkeypatch):
 
 
 def test_a_jobs_updates_arrive_in_order_and_its_error_surfaces_in_the_consumer(monkeypatch):
+    seen = {}
+
     def two_updates_then_fail(pipe, job, out_dir, cancel):
+        worker = threading.current_thread()
+        # A worker of its own, named for thread dumps, that never keeps the server process alive at exit.
+        seen.update(pipe=pipe, job=job, out_dir=out_dir, cancel=cancel, name=worker.name, daemon=worker.daemon)
         yield JobUpdate(run=ACCELERATED, video="a.mp4")
         yield JobUpdate(run="plain", video="b.mp4")
         raise ValueError("the decoder failed")
 
     monkeypatch.setattr(jobs, "stream_job", two_updates_then_fail)
-    pipelines, cancel = _FakePipelines(), threading.Event()
-    updates = jobs.job_updates(pipelines, _small_job(), "unused", cancel)
+    pipelines, cancel, job = _FakePipelines(), threading.Event(), _small_job()
+    updates = jobs.job_updates(pipelines, job, "out", cancel)
     assert [next(updates).video, next(updates).video] == ["a.mp4", "b.mp4"]
     with pytest.raises(ValueError, match="the decoder failed"):
         next(updates)
-    assert pipelines.released.is_set()
+    assert pipelines.released.is_set() and pipelines.lent_for == ["tiny"]
+    assert seen == dict(pipe=pipelines.pipe, job=job, out_dir="out", cancel=cancel, name="lightcache-job",
+                        daemon=True)
 
     monkeypatch.setattr(jobs, "stream_job", lambda *args: iter([JobUpdate(run=ACCELERATED, video="c.mp4")]))
     assert [u.video for u in jobs.job_updates(_FakePipelines(), _small_job(), "unused", threading.Event())] == [
@@ -316,7 +327,8 @@ def test_stop_ends_the_sessions_running_job_and_says_so(monkeypatch, tmp_path):
     note = layout.stop_job(session, waiting=0)
     assert note.startswith("**Stopped.** The run ends at its next transformer call") and "waiting" not in note
     rest = list(handler)
-    assert rest[-1][0].startswith("**Stopped.** The pipeline was released") and seen["stopped"]
+    assert rest[-1] == ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
+    assert seen["stopped"]
     assert not os.path.exists(seen["out_dir"])
     assert layout.stop_job(session) == "Nothing is running."
 
@@ -324,9 +336,12 @@ def test_stop_ends_the_sessions_running_job_and_says_so(monkeypatch, tmp_path):
 def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
     session = Session()
     assert layout.stop_job(session, waiting=1) == "**Stopped.** Your run waiting in the queue will not start."
+    running = ("**Stopped.** The run ends at its next transformer call; its hooks are removed and its memory "
+               "released before the next run starts.")
     cancel = session.start()
-    note = layout.stop_job(session, waiting=2)
-    assert cancel.is_set() and note.endswith(" Your waiting run will not start.")
+    assert layout.stop_job(session, waiting=2) == running + " Your waiting run will not start." and cancel.is_set()
+    session.start()
+    assert layout.stop_job(session, waiting=0) == running
     # A run that entered the queue before Stop (or at the same instant) does not start; a later one does.
     monkeypatch.setattr(time, "monotonic", lambda: 100.0)
     fresh = Session()
@@ -334,8 +349,74 @@ def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
     fresh.stop()
     assert fresh.stopped_since(99.0) and fresh.stopped_since(100.0)
     assert not fresh.stopped_since(100.5) and not fresh.stopped_since(None)
-    assert list(layout.run_job(_FakePipelines(), None, {}, fresh, enqueued_at=100.0))[0][0] == \
-        layout.STOPPED_BEFORE_START
+    assert list(layout.run_job(_FakePipelines(), None, {}, fresh, enqueued_at=100.0)) == [
+        (layout.STOPPED_BEFORE_START,) + (gr.skip(),) * 6]
+
+
+def test_a_finished_job_keeps_its_output_and_says_what_it_loaded(monkeypatch, tmp_path):
+    seen = {}
+
+    def finishes(pipe, job, out_dir, cancel):
+        seen["out_dir"] = out_dir
+        yield JobUpdate(run=ACCELERATED, video=os.path.join(out_dir, "accelerated.mp4"))
+
+    monkeypatch.setattr(jobs, "stream_job", finishes)
+    outputs = list(layout.run_job(_FakePipelines(loaded=None), OutputDirs(tmp_path), initial_values("tiny", SMALL),
+                                  Session()))
+    assert outputs[0][0] == "**Loading the model…**"  # a preset that is not loaded yet says so first
+    assert outputs[-1][0].startswith("**Done.**") and outputs[-1][2].endswith("accelerated.mp4")
+    assert os.path.isdir(seen["out_dir"])
+
+
+def test_a_gpu_preset_runs_where_the_pipelines_are_on_cuda(monkeypatch, tmp_path):
+    monkeypatch.setattr(jobs, "stream_job", lambda *args: iter(()))
+    raw = dict(initial_values("tiny", SMALL), preset="wan2.1-t2v-1.3b", height=480, width=832, frames=81)
+    outputs = list(layout.run_job(_FakePipelines(device="cuda"), OutputDirs(tmp_path), raw, Session()))
+    assert outputs[-1][0].startswith("**Done.**")
+
+
+def test_errors_reach_the_page_as_one_sentence(monkeypatch, tmp_path, caplog):
+    with pytest.raises(gr.Error) as refused:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), dict(initial_values("tiny", SMALL), prompt=""),
+                            Session()))
+    assert refused.value.message == "Prompt: prompt must not be empty." and refused.value.print_exception is False
+
+    def fails(error):
+        def run(pipe, job, out_dir, cancel):
+            raise error
+            yield
+
+        return run
+
+    monkeypatch.setattr(jobs, "stream_job", fails(LightcacheError("chunk_ffn is 9 but only 8 tokens")))
+    with pytest.raises(gr.Error) as known:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), Session()))
+    assert known.value.message == "Feature chunking: chunk_ffn is 9 but only 8 tokens"
+    assert known.value.print_exception is False
+
+    monkeypatch.setattr(jobs, "stream_job", fails(OSError("/srv/secret/blob is gone")))
+    with caplog.at_level("ERROR", logger="lightcache.app.layout"), pytest.raises(gr.Error) as unknown:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), Session()))
+    assert unknown.value.message == "The run failed (OSError); the server's log has the details."
+    assert [(r.getMessage(), r.exc_info[0]) for r in caplog.records] == [("generation failed", OSError)]
+    assert os.listdir(tmp_path) == []  # no run left an output directory behind
+
+
+def test_a_comparison_on_a_cpu_shows_the_video_only_at_the_end(monkeypatch, tmp_path):
+    """On a CPU the page must not play the first video while the second run is being timed."""
+
+    def two_runs(pipe, job, out_dir, cancel):
+        yield JobUpdate(run=ACCELERATED, event=StageStarted(stage="decode", t=0.0))
+        yield JobUpdate(run=ACCELERATED, video="a.mp4")
+        yield JobUpdate(run="plain", event=StageStarted(stage="denoise", t=1.0))
+        yield JobUpdate(run="plain", video="p.mp4")
+
+    monkeypatch.setattr(jobs, "stream_job", two_runs)
+    raw = dict(initial_values("tiny", SMALL), compare=True)
+    outputs = list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), raw, Session()))
+    assert all(not _is_value(out[2]) or out[2] is None for out in outputs[:-1])
+    assert all(not _is_value(out[3]) or out[3] is None for out in outputs[:-1])  # nor redraw the timeline
+    assert outputs[-1][2] == "a.mp4" and outputs[-1][5] == "p.mp4"
 
 
 def test_a_new_job_stops_the_sessions_previous_one():
@@ -372,6 +453,14 @@ def test_gradios_queue_is_read_for_the_asking_session_only():
     assert enqueued_at(blocks, None) is None and enqueued_at(blocks, "a", api_name="stop") == 2.0
     assert (waiting_count(blocks, "a"), waiting_count(blocks, "b"), waiting_count(blocks, None)) == (2, 1, 0)
     assert waiting_count(blocks, "a", api_name="stop") == 1
+    # Should Gradio's internals change, the answer is "unknown", never an error.
+    for changed in (object(), SimpleNamespace(_queue=object()),
+                    SimpleNamespace(_queue=SimpleNamespace(active_jobs=[[object()]],
+                                                           event_queue_per_concurrency_id={"g": object()}))):
+        assert (enqueued_at(changed, "a"), waiting_count(changed, "a")) == (None, 0)
+    no_time = SimpleNamespace(_queue=SimpleNamespace(active_jobs=[[SimpleNamespace(
+        session_hash="a", fn=SimpleNamespace(api_name="generate"))]]))
+    assert enqueued_at(no_time, "a") is None
 
 
 def _run_updates(job, branches=("cond", "uncond")):

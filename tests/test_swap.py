@@ -220,11 +220,11 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
 
     monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
     offload_requests = []
-    enable = tiny_pipe.transformer.enable_group_offload
+    offload = _offload_on_the_cpu(tiny_pipe.transformer)
 
     def cpu_group_offload(**kwargs):
         offload_requests.append(kwargs)
-        enable(**dict(kwargs, use_stream=False, record_stream=False))  # diffusers streams only to a GPU
+        offload(**kwargs)
 
     monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", cpu_group_offload)
     where, movers = _track_moves(tiny_pipe, monkeypatch)
@@ -235,12 +235,16 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
         enter_stage(swap, stage)
         hook = get_easycache_hook(tiny_pipe.transformer)
         seen[stage] = (dict(where), _hooks(tiny_pipe.transformer), type(hook.state.store).__name__)
+        seen[f"summary at {stage}"] = swap.summary()
 
     monkeypatch.setattr(swap_module.AsyncSwap, "enter_stage", enter_and_look)
     records = []
     swapped = run_to_completion(run_generation(tiny_pipe, tiny_settings(threshold=0.3, async_swap=True)),
                                 collect(records))
 
+    during = seen.pop("summary at decode")
+    assert during["cache_store"] and during["cache_bytes_parked"] > 0 and during["parked"] == ["text_encoder", "vae"]
+    seen = {stage: look for stage, look in seen.items() if not stage.startswith("summary")}
     assert [(s, w) for s, (w, _, _) in seen.items()] == [
         ("encode", {"vae": "host"}),  # the VAE is parked from the start; the text encoder is in use
         ("denoise", {"vae": "host", "text_encoder": "host"}),
@@ -256,8 +260,9 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
     assert offload_requests == [dict(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
                                      offload_type="block_level", num_blocks_per_group=1, use_stream=True,
                                      record_stream=True)]
-    summary = swapped.summary["strategies"]["async_swap"]
+    summary = swapped.summary["strategies"]["async_swap"]  # read after the swap was undone
     assert summary["active"] and summary["note"] is None and summary["group_offloaded"] == ["transformer"]
+    assert summary["transformer_group_offload"] and not summary["reused_pinned_weights"]
     assert summary["parked"] == ["text_encoder", "vae"] and summary["cache_store"]
     assert summary["cache_bytes_parked"] > 0
     assert all(not _hooks(m) for m in tiny_pipe.transformer.modules())
@@ -276,6 +281,7 @@ def test_the_stage_hooks_of_the_benchmark_move_what_each_stage_needs(tiny_pipe, 
     monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", lambda **kwargs: None)
     where, _ = _track_moves(tiny_pipe, monkeypatch)
     swap = apply_async_swap(tiny_pipe, device="cpu", config=AsyncSwapConfig(cache=False))
+    assert where == {"vae": "host"}  # parked from the start: the encode stage does not use it
     states = []
     for stage_hook in (swap.after_encode, swap.before_decode, swap.after_decode):
         stage_hook()
@@ -284,6 +290,62 @@ def test_the_stage_hooks_of_the_benchmark_move_what_each_stage_needs(tiny_pipe, 
     assert states == [{"vae": "host", "text_encoder": "host"}, {"vae": "device", "text_encoder": "host"},
                       {"vae": "host", "text_encoder": "host"}]
     assert where == {"vae": "device", "text_encoder": "device"}
+
+
+def _offload_on_the_cpu(module):
+    """Group offloading as swapping asks for it, between CPU memories (diffusers streams only to a GPU)."""
+    enable = module.enable_group_offload
+    return lambda **kwargs: enable(**dict(kwargs, use_stream=False, record_stream=False))
+
+
+def test_a_denoiser_already_under_group_offloading_is_left_as_it_was(fake_cuda, monkeypatch):
+    import lightcache.swap as swap_module
+    from lightcache.tiny_variants import build_tiny_variant
+
+    monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
+    pipe = build_tiny_variant("wan2.2-t2v-a14b")  # two experts
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
+                                          num_blocks_per_group=1)
+    monkeypatch.setattr(pipe.transformer_2, "enable_group_offload", _offload_on_the_cpu(pipe.transformer_2))
+    swap = apply_async_swap(pipe, device="cpu")
+    assert swap.note == "The transformer already had group offloading; it was left as it was."
+    assert swap.group_offload == ["transformer_2"]  # the other expert still gets it
+    remove_async_swap(pipe)
+    assert "group_offloading" in _hooks(pipe.transformer) and not _hooks(pipe.transformer_2)
+
+
+def test_the_kept_weight_copy_is_reused_only_while_it_matches(tiny_pipe, fake_cuda, monkeypatch):
+    """The transformer's pinned copy kept from the previous run (made on a GPU; built by hand here): used when the
+    weights are the ones it was made from, dropped otherwise, and taken by the run either way."""
+    import lightcache.swap as swap_module
+    from lightcache.swap import PinnedWeights
+
+    monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
+    transformer = tiny_pipe.transformer
+    monkeypatch.setattr(transformer, "enable_group_offload", _offload_on_the_cpu(transformer))
+
+    def kept_copy():
+        kept = PinnedWeights({n: t.detach().clone() for n, t in (*transformer.named_parameters(),
+                                                                  *transformer.named_buffers())})
+        kept.stamp(transformer)
+        return kept
+
+    kept = kept_copy()
+    setattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE, {"transformer": kept})
+    swap = apply_async_swap(tiny_pipe, device="cpu")
+    assert swap.reused_pinned_weights == ["transformer"] and swap.summary()["reused_pinned_weights"]
+    assert all(p.data_ptr() == kept.host[n].data_ptr() for n, p in transformer.named_parameters())
+    assert getattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE) is None  # taken by this run
+    remove_async_swap(tiny_pipe)
+
+    stale = kept_copy()
+    with torch.no_grad():
+        transformer.proj_out.weight.mul_(0.5)  # as a LoRA merged in place would
+    setattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE, {"transformer": stale})
+    swap = apply_async_swap(tiny_pipe, device="cpu")
+    assert swap.reused_pinned_weights == [] and not swap.summary()["reused_pinned_weights"]
+    assert getattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE) is None
+    remove_async_swap(tiny_pipe)
 
 
 def test_the_pinned_store_orders_its_copies_on_the_streams(fake_cuda):
@@ -316,6 +378,8 @@ def test_the_pinned_store_orders_its_copies_on_the_streams(fake_cuda):
     store.discard("x_prev")
     store.discard("never-stored")
     assert store.names() == ["v_last"] and store.on_device_bytes() == 2 * 4 * 4
+    store.discard("v_last")  # fetched: its device copy goes too
+    assert store.get("v_last") is None and store.on_device_bytes() == 0
 
 
 # --- on a GPU ------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from lightcache.bench.report import format_percent, percent_change
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RUN_DIR = DOCS / "gpu-runs" / "2026-11-22-h100"
-DOCUMENTS = ("README.md", "docs/memory.md", "lightcache/data/tiny-wan/MODEL_CARD.md")
+DOCUMENTS = ("README.md", "docs/memory.md", "docs/testing.md", "lightcache/data/tiny-wan/MODEL_CARD.md")
 TINY = ROOT / "lightcache" / "data" / "tiny-wan"
 COMMAND = "python -m benchmarks.figures"
 GIB = 2**30
@@ -88,6 +88,7 @@ class Records:
     smoke: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None
     tiny: dict[str, Any] = field(default_factory=dict)  # the shipped tiny model's records, by file stem
+    mutation: dict[str, Any] = field(default_factory=dict)  # docs/testing/*.json: the mutation runs and reasons
     run_dir: str = "gpu-runs/2026-11-22-h100"
 
     def rows(self, model: str) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
@@ -140,7 +141,8 @@ def load(root: Path = ROOT, run_dir: Path = RUN_DIR) -> Records:
             if path.stem in TINY_RECORDS}
     if (tiny_dir / "training_log.txt").is_file():
         tiny["training_log"] = {"text": (tiny_dir / "training_log.txt").read_text()}
-    return Records(tiny=tiny, memory=memory, swap_setup=swap, host_memory=host, gpu_tests=tests,
+    mutation = {path.stem: json.loads(path.read_text()) for path in sorted((docs / "testing").glob("mutation*.json"))}
+    return Records(tiny=tiny, mutation=mutation, memory=memory, swap_setup=swap, host_memory=host, gpu_tests=tests,
                    hook_overhead=optional(docs / "hook-overhead-gpu.json"), smoke=optional(docs / "memory-smoke.json"),
                    bench=optional(docs / "benchmarks" / "results.json"),
                    run_dir=run_dir.relative_to(docs).as_posix() if run_dir.is_relative_to(docs) else str(run_dir))
@@ -758,7 +760,16 @@ def tiny_cost(records: Records) -> str:
         f"stage is {m['plain']['denoise_seconds']:.2f} s ({_share(s['denoise_share'])}) and the VAE decode "
         f"{m['plain']['decode_seconds']:.2f} s ({_share(s['decode_share'])}). With EasyCache at tau "
         f"{st['threshold']:g} the run takes {m['easycache']['total_seconds']:.2f} s: {s['speedup']:.2f}x end to end "
-        f"against {s['denoise_speedup']:.2f}x on the denoise stage.")
+        f"against {s['denoise_speedup']:.2f}x on the denoise stage." + _load_sentence(c))
+
+
+def _load_sentence(record: dict[str, Any]) -> str:
+    """What the machine was doing meanwhile, where the record says (its 1-minute load average)."""
+    load = record.get("load_average")
+    if load is None:
+        return " The record does not say how busy the machine was."
+    return (f" The {record.get('cpus', '?')}-core machine's 1-minute load average was {load['before']:.2f} before "
+            f"the runs and {load['after']:.2f} after.")
 
 
 def _log_phases(text: str) -> dict[str, tuple[int, float]]:
@@ -800,6 +811,100 @@ def tiny_training(records: Records) -> str:
     return "\n".join(lines)
 
 
+# --- mutation testing (docs/testing.md) --------------------------------------------------------------------------
+MUTATION_MODULES = ("lightcache.easycache", "lightcache.calls", "lightcache.decode", "lightcache.swap",
+                    "lightcache.app.jobs", "lightcache.app.waiting", "lightcache.app.layout")
+ALIVE = ("survived", "no tests")
+
+
+def module_of(mutant: str) -> str:
+    """The module a mutant was made in.
+
+    >>> module_of("lightcache.app.jobs.x_portable__mutmut_3")
+    'lightcache.app.jobs'
+    """
+    return next(m for m in sorted(MUTATION_MODULES, key=len, reverse=True) if mutant.startswith(m + "."))
+
+
+def reason_for(mutant: str, reasons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first entry of ``mutation-reasons.json`` whose patterns match ``mutant``."""
+    import fnmatch
+
+    return next((r for r in reasons if any(fnmatch.fnmatchcase(mutant, p) for p in r["mutants"])), None)
+
+
+def _mutation_counts(results: dict[str, str | None]) -> dict[str, int]:
+    counts = {"mutants": len(results)}
+    for status in ("killed", "timeout", "survived", "no tests"):
+        counts[status] = sum(s == status for s in results.values())
+    counts["other"] = counts["mutants"] - sum(counts[s] for s in ("killed", "timeout", "survived", "no tests"))
+    return counts
+
+
+def _score(c: dict[str, int]) -> str:
+    return f"{100 * (c['killed'] + c['timeout']) / c['mutants']:.1f} %" if c["mutants"] else "-"
+
+
+def mutation_score(records: Records) -> str:
+    run = records.mutation.get("mutation")
+    if run is None:
+        return "No mutation run is recorded."
+    results, reasons = run["results"], records.mutation.get("mutation-reasons", {}).get("reasons", [])
+    total = _mutation_counts(results)
+    lines = [
+        f"The run of {run['date']} on commit `{run['commit'][:7]}` ({run['tool']}, `{run['command']}`; every mutant's "
+        f"outcome is in [`testing/mutation.json`](testing/mutation.json)"
+        + ("" if run["complete"] else "; the run did not finish, so this is not a score") + "): "
+        f"{total['mutants']} mutants of {len(run['function_hashes'])} functions, {total['killed']} killed and "
+        f"{total['timeout']} timed out (a mutant that makes the tests hang is caught too): a score of "
+        f"{_score(total)}. {total['survived']} survived and {total['no tests']} were reached by no test of the "
+        f"mutation run; each of them is listed below with why it is harmless or where it is caught.",
+        "",
+        "| module | mutants | killed | timed out | survived | no tests | score |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for module in MUTATION_MODULES:
+        c = _mutation_counts({k: v for k, v in results.items() if module_of(k) == module})
+        if c["mutants"]:
+            lines.append(f"| `{module}` | {c['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
+                         f"{c['no tests']} | {_score(c)} |")
+    lines.append(f"| all | {total['mutants']} | {total['killed']} | {total['timeout']} | {total['survived']} | "
+                 f"{total['no tests']} | {_score(total)} |")
+    before = records.mutation.get("mutation-before")
+    if before is not None:
+        lines += ["", _mutation_before(before, run)]
+    alive = sorted(k for k, v in results.items() if v in ALIVE)
+    if alive:
+        lines += ["", "#### The mutants left alive, and why", ""]
+        by_reason: dict[str, list[str]] = {}
+        for name in alive:
+            reason = reason_for(name, reasons)
+            by_reason.setdefault(reason["why"] if reason else "NO REASON GIVEN", []).append(name)
+        for why, names in by_reason.items():
+            functions = sorted({n.rsplit("__mutmut_", 1)[0] for n in names})
+            lines.append(f"- {why} ({len(names)}: " + ", ".join(
+                f"`{f}` {', '.join(n.rsplit('__mutmut_', 1)[1] for n in names if n.startswith(f + '__mutmut_'))}"
+                for f in functions) + ")")
+    return "\n".join(lines)
+
+
+def _mutation_before(before: dict[str, Any], run: dict[str, Any]) -> str:
+    decided = {k: v for k, v in before["results"].items() if v is not None}
+    b = _mutation_counts(decided)
+    same = {k: v for k, v in decided.items()
+            if before["function_hashes"].get(k.rsplit("__mutmut_", 1)[0])
+            == run["function_hashes"].get(k.rsplit("__mutmut_", 1)[0]) and k in run["results"]}
+    now = _mutation_counts({k: run["results"][k] for k in same})
+    then = _mutation_counts(same)
+    return (
+        f"Before the tests were strengthened, a run on commit `{before['commit'][:7]}` ({before['command']}; "
+        f"[`testing/mutation-before.json`](testing/mutation-before.json)) decided {b['mutants']} of its "
+        f"{len(before['results'])} mutants: {b['killed']} killed, {b['timeout']} timed out, {b['survived']} "
+        f"survived, {b['no tests']} reached by no test. {len(same)} of those mutants are of functions whose source "
+        f"is unchanged since, so they are the same mutants in both runs: then {then['killed'] + then['timeout']} "
+        f"were caught ({_score(then)}), now {now['killed'] + now['timeout']} ({_score(now)}).")
+
+
 # --- blocks ------------------------------------------------------------------------------------------------------
 BLOCKS: dict[str, Callable[[Records], str]] = {
     "memory-intro": memory_intro,
@@ -814,6 +919,7 @@ BLOCKS: dict[str, Callable[[Records], str]] = {
     "tiny-rates": tiny_rates,
     "tiny-cost": tiny_cost,
     "tiny-training": tiny_training,
+    "mutation-score": mutation_score,
 }
 
 

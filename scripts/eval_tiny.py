@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -74,6 +75,8 @@ def cost(pipe, runs: int) -> dict:
     from lightcache.settings import RunSettings
 
     preset = load_shipped_preset("tiny")
+    # The 1-minute load average before and after: a figure taken while other work shared the cores says so.
+    load_before = round(os.getloadavg()[0], 2)
     configs = {"plain": RunSettings.from_preset(preset, easycache=False), "easycache": RunSettings.from_preset(preset)}
     warm_up(pipe, configs["plain"], preset.name)
     out: dict[str, list] = {name: [] for name in configs}
@@ -98,7 +101,8 @@ def cost(pipe, runs: int) -> dict:
         "speedup": med["plain"]["total_seconds"] / med["easycache"]["total_seconds"],
         "denoise_speedup": med["plain"]["denoise_seconds"] / med["easycache"]["denoise_seconds"],
     }
-    return {"settings": configs["plain"].to_dict(), "threads": torch.get_num_threads(), "runs": out,
+    return {"settings": configs["plain"].to_dict(), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)}, "runs": out,
             "medians": med, "summary": summary}
 
 

@@ -15,6 +15,8 @@ from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from lightcache.easycache import (
     EASYCACHE_HOOK,
     EasyCacheConfig,
+    EasyCacheState,
+    TensorStore,
     apply_easycache,
     get_easycache_hook,
     remove_easycache,
@@ -323,3 +325,196 @@ def test_only_the_noisy_latent_counts_when_condition_channels_are_appended(chann
     delta = outputs[1] - latents[1]
     assert outputs[2].shape == latents[2].shape
     assert torch.equal(outputs[2], latents[2] + delta) and torch.equal(outputs[3], latents[3] + delta)
+
+
+class _TwoOutputTransformer(torch.nn.Module):
+    """An audio-video denoiser like LTX-2's: a second output that moves with a second input, and a third with none."""
+
+    def forward(self, hidden_states, audio_hidden_states=None, timestep=None, return_dict=True):
+        video = torch.tanh(hidden_states * 1.7)
+        audio = torch.sin(audio_hidden_states * 2.0) + 0.5
+        gate = video.mean().reshape(1) * 3.0  # an extra output with no input to move with
+        return (video, audio, gate) if not return_dict else type("Out", (), {"to_tuple": lambda s: (video, audio,
+                                                                                                   gate)})()
+
+
+@pytest.mark.parametrize("return_dict", [False, True])
+def test_extra_outputs_are_reused_with_their_own_transformation(return_dict):
+    """Output 1 moves with the input named in ``extra_inputs`` (its delta added to the new input); output 2 has no
+    such input and is returned as last computed. A reused call returns every output, in order."""
+    model, plain = _TwoOutputTransformer(), _TwoOutputTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2),
+                           extra_inputs={1: "audio_hidden_states"})
+    gen = torch.Generator().manual_seed(4)
+    steps = 5
+    computed = {}
+    for step in range(steps):
+        x, audio = torch.randn(1, 4, 2, 4, 4, generator=gen), torch.randn(1, 8, 3, generator=gen)
+        _set_cache_context(model, CacheContext("cond", step_index=step, num_inference_steps=steps))
+        try:
+            out = model(hidden_states=x, audio_hidden_states=audio, timestep=torch.tensor([1000.0 - step]),
+                        return_dict=return_dict)
+        finally:
+            _set_cache_context(model, None)
+        out = tuple(out) if isinstance(out, tuple) else out.to_tuple()
+        assert len(out) == 3
+        if step in (0, 1, steps - 1):
+            expected = plain(hidden_states=x, audio_hidden_states=audio, return_dict=False)
+            assert all(torch.equal(a, b) for a, b in zip(out, expected))
+            computed = {"video": out[0] - x, "audio": out[1] - audio, "gate": out[2]}
+        else:
+            assert torch.equal(out[0], x + computed["video"])
+            assert torch.equal(out[1], audio + computed["audio"])  # its own delta, on its own new input
+            assert torch.equal(out[2], computed["gate"])  # no input to move with: kept as it was
+    assert [r.computed for r in hook.records] == [True, True, False, False, True]
+
+
+def test_an_extra_input_of_another_shape_is_not_used_to_move_its_output():
+    """A keyword input that does not have the output's shape cannot carry its delta: the output is kept as is."""
+    model = _TwoOutputTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2),
+                           extra_inputs={1: "audio_hidden_states", 2: "hidden_states"})
+    outs = []
+    for step, scale in enumerate([1.0, 2.0, 3.0]):
+        x, audio = torch.full((1, 4, 2, 4, 4), scale), torch.full((1, 8, 3), scale)
+        _set_cache_context(model, CacheContext("cond", step_index=step, num_inference_steps=4))
+        try:
+            outs.append(model(hidden_states=x, audio_hidden_states=audio, timestep=torch.tensor([1.0]),
+                              return_dict=False))
+        finally:
+            _set_cache_context(model, None)
+    assert [r.computed for r in hook.records] == [True, True, False]
+    assert torch.equal(outs[2][1], torch.full((1, 8, 3), 3.0) + (outs[1][1] - torch.full((1, 8, 3), 2.0)))
+    assert torch.equal(outs[2][2], outs[1][2])  # output 2's named input has another shape: not moved
+    assert len(hook.state.deltas) == 3 and set(hook.state.store.names()) >= {"delta/cond/1", "delta/cond/2"}
+
+
+def test_the_state_keeps_its_tensors_in_its_store_under_their_names():
+    """The state's tensors are the store's entries (a store swapped in sees them all); None removes one."""
+    state = EasyCacheState()
+    x, delta = torch.ones(2), torch.zeros(3)
+    state.x_prev, state.v_last = x, delta
+    assert state.store.get("x_prev") is x and state.x_prev is x and state.store.get("v_last") is delta
+    assert state.x_last is None
+    state.x_prev = None
+    assert state.x_prev is None and state.store.names() == ["v_last"]
+    state.store.discard("never-stored")  # discarding what is not there is fine
+    state.deltas["cond"] = x
+    assert "cond" in state.deltas and "uncond" not in state.deltas and len(state.deltas) == 1
+    assert state.deltas["cond"] is x and state.store.get("delta/cond") is x
+    with pytest.raises(KeyError) as missing:
+        state.deltas["uncond"]
+    assert missing.value.args == ("uncond",)
+    state.reset()
+    assert state.store.names() == [] and len(state.deltas) == 0 and state.v_last is None
+
+
+def test_a_denoiser_called_positionally_without_a_cache_context():
+    """``transformer(latent, timestep, ...)`` with no cache context: the input and timestep are read from the
+    positional arguments, passed on unchanged, and a timestep that goes up again starts a new run."""
+    model, plain = _FakeTransformer(), _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    gen = torch.Generator().manual_seed(5)
+    delta = None
+    for call, t in enumerate([999.0, 900.0, 800.0, 700.0, 999.0]):
+        x, timestep = torch.randn(1, 4, 2, 4, 4, generator=gen), torch.tensor([t])
+        out = model(x, timestep, None, None, False)[0]
+        if call in (0, 1, 4):
+            assert torch.equal(out, plain(x, timestep, None, None, False)[0])
+            delta = out - x
+        else:
+            assert torch.equal(out, x + delta)
+    assert [(r.step, r.timestep, r.computed) for r in hook.records] == [(0, 999.0, True)]  # the new run's trace
+    assert hook.state.step == 0
+
+
+def test_a_deciding_call_that_does_not_advance_the_step_starts_a_new_run():
+    """A deciding call for the step that was already decided (the pipeline called again from that step) must not
+    reuse anything of the run before: state and trace start afresh."""
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=0))
+    gen = torch.Generator().manual_seed(6)
+    for step in (0, 1, 2, 2):
+        _call(model, torch.randn(1, 4, 2, 4, 4, generator=gen), step, "cond", 8)
+    assert [(r.step, r.computed, r.reason) for r in hook.records] == [(2, True, "no k yet")]
+
+
+def test_the_other_branches_follow_the_deciding_call_and_say_why():
+    """A branch that does not decide computes when the deciding call computed, or when it has no delta of its own
+    yet; its record has no estimate (eps) of its own."""
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    gen = torch.Generator().manual_seed(7)
+    for step, branches in enumerate([("cond", "uncond"), ("cond",), ("cond", "uncond"), ("cond", "uncond")]):
+        for branch in branches:
+            _call(model, torch.randn(1, 4, 2, 4, 4, generator=gen), step, branch, 8)
+    uncond = [(r.step, r.computed, r.reason, r.eps) for r in hook.records if r.branch == "uncond"]
+    assert uncond == [(0, True, "follows cond", None), (2, False, "follows cond", None),
+                      (3, False, "follows cond", None)]
+    fresh = _FakeTransformer()
+    hook = apply_easycache(fresh, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    for step, branches in enumerate([("cond",), ("cond",), ("cond", "uncond")]):
+        for branch in branches:
+            _call(fresh, torch.randn(1, 4, 2, 4, 4, generator=gen), step, branch, 8)
+    assert [(r.computed, r.reason) for r in hook.records if r.branch == "uncond"] == [
+        (True, "no cached delta for branch")]
+
+
+def test_a_branch_before_its_deciding_call_is_refused_with_the_rule():
+    model = _FakeTransformer()
+    apply_easycache(model, EasyCacheConfig(threshold=0.1, warmup_steps=1))
+    _call(model, torch.randn(1, 4, 2, 4, 4), 0, "cond", 4)
+    with pytest.raises(RuntimeError) as refused:
+        _call(model, torch.randn(1, 4, 2, 4, 4), 1, "uncond", 4)
+    assert str(refused.value) == ("EasyCache saw a 'uncond' call for step 1 before the deciding call of that step; "
+                                  "the conditional branch must be called first.")
+
+
+class _RecordingStore(TensorStore):
+    def __init__(self):
+        super().__init__()
+        self.prefetched = []
+
+    def prefetch(self, names) -> None:
+        self.prefetched.append(tuple(names))
+
+
+def test_each_call_asks_its_store_for_the_tensors_its_decision_reads():
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=1))
+    store = _RecordingStore()
+    hook.use_tensor_store(store)
+    _call(model, torch.randn(1, 4, 2, 4, 4), 0, "cond", 4)
+    _call(model, torch.randn(1, 4, 2, 4, 4), 0, "uncond", 4)
+    assert store.prefetched == [("x_prev", "v_last", "delta/cond"), ("delta/uncond",)]
+
+
+def test_a_reused_call_answers_in_the_form_it_was_asked_and_in_the_inputs_dtype():
+    """return_dict=True gets an output object with ``sample``; a delta kept in another dtype is added in that dtype
+    and the sum returned in the input's."""
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    gen = torch.Generator().manual_seed(8)
+    xs = [torch.randn(1, 4, 2, 4, 4, generator=gen) for _ in range(3)]
+    for step in (0, 1):
+        _call(model, xs[step], step, "cond", 5)
+    delta = hook.state.deltas["cond"].to(torch.bfloat16)
+    hook.state.deltas["cond"] = delta
+    _set_cache_context(model, CacheContext("cond", step_index=2, num_inference_steps=5))
+    try:
+        out = model(hidden_states=xs[2], timestep=torch.tensor([980.0]), return_dict=True)
+    finally:
+        _set_cache_context(model, None)
+    assert not hook.records[-1].computed
+    assert out.sample.dtype == torch.float32
+    assert torch.equal(out.sample, (xs[2].to(torch.bfloat16) + delta).float())
+
+
+def test_remove_easycache_skips_what_has_no_hook_and_resets_the_rest():
+    bare, with_registry, cached = _FakeTransformer(), _FakeTransformer(), _FakeTransformer()
+    HookRegistry.check_if_exists_or_initialize(with_registry)  # a registry, but no EasyCache in it
+    hook = apply_easycache(cached, EasyCacheConfig(threshold=1e9, warmup_steps=1))
+    _call(cached, torch.randn(1, 4, 2, 4, 4), 0, "cond", 4)
+    assert hook.state.store.names()
+    remove_easycache(None, bare, with_registry, cached)
+    assert get_easycache_hook(cached) is None and hook.state.store.names() == []

@@ -316,6 +316,19 @@ def test_blocks_need_their_end_marker_and_a_known_name():
                        figures.Records(memory={}))
 
 
+# --- the mutation record (docs/testing.md) ------------------------------------------------------------------------
+def test_the_score_counts_timeouts_as_caught_and_lists_survivors_by_reason():
+    run = {"date": "d", "commit": "0" * 40, "tool": "mutmut", "command": "c", "complete": True,
+           "function_hashes": {"lightcache.calls.x_f": "h"},
+           "results": {"lightcache.calls.x_f__mutmut_1": "killed", "lightcache.calls.x_f__mutmut_2": "timeout",
+                       "lightcache.calls.x_f__mutmut_3": "survived", "lightcache.calls.x_f__mutmut_4": "killed"}}
+    reasons = {"reasons": [{"mutants": ["lightcache.calls.x_f__mutmut_3"], "why": "Equivalent."}]}
+    text = figures.mutation_score(figures.Records(memory={}, mutation={"mutation": run, "mutation-reasons": reasons}))
+    assert "| `lightcache.calls` | 4 | 2 | 1 | 1 | 0 | 75.0 % |" in text
+    assert "- Equivalent. (1: `lightcache.calls.x_f` 3)" in text
+    assert "NO REASON" not in text
+
+
 @pytest.mark.parametrize("module", [figures, records], ids=["figures", "records"])
 def test_doctests(module):
     # benchmarks/ is outside pytest's doctest collection (its GPU modules are not collected), so run them here.

@@ -42,6 +42,13 @@ BUGS = [
     Bug("easycache-condition-channels-kept", "lightcache/easycache.py",
         "if n is None or hidden_states.shape[self.channel_axis] == n:", "if True:",
         ("tests/test_easycache.py::test_only_the_noisy_latent_counts_when_condition_channels_are_appended",)),
+    # The state's tensor properties are made when the module is imported, before mutmut chooses a mutant, so its
+    # mutants of them can never be active; these two are planted here instead.
+    Bug("easycache-state-reads-another-name", "lightcache/easycache.py", "return state.store.get(name)",
+        "return state.store.get(None)",
+        ("tests/test_easycache.py::test_the_state_keeps_its_tensors_in_its_store_under_their_names",)),
+    Bug("easycache-state-never-forgets", "lightcache/easycache.py", "state.store.discard(name)", "pass",
+        ("tests/test_easycache.py::test_the_state_keeps_its_tensors_in_its_store_under_their_names",)),
     Bug("no-context-step-stuck-at-0", "lightcache/calls.py", "return max(self._counted_step, 0)", "return 0",
         ("tests/test_calls.py::test_counting_without_a_scheduler_restarts_when_the_timestep_rises_or_on_reset",)),
     Bug("default-band-count-1", "lightcache/decode.py",

@@ -37,7 +37,7 @@ from lightcache.app.pipelines import PipelineCache
 from lightcache.app.view import call_counts
 from lightcache.app.waiting import enqueued_at, waiting_count
 from lightcache.errors import LightcacheError, RunCancelled
-from lightcache.events import RunStarted, StageStarted, StepRecord
+from lightcache.events import FramesDecoded, RunFinished, RunStarted, StageStarted, StepRecord
 from lightcache.tiny import build_tiny_pipeline
 from lightcache.video import read_mp4
 
@@ -732,3 +732,45 @@ def test_every_example_drew_what_it_asks_in_the_model_evaluation():
     for prompt, seed, _ in texts.EXAMPLES:
         row = rows[(prompt, seed)]
         assert row["colour_every_frame"] and row["shape_recognised"] and row["follows_prompt"], row
+
+
+# --- the job's own run (no server) ------------------------------------------------------------------------------
+def test_a_compared_job_warms_up_then_streams_each_run_into_its_file_and_compares_them(tiny_pipe, tmp_path):
+    job = parse_request(dict(initial_values("tiny", SMALL), compare=True), device="cpu")
+    updates = list(stream_job(tiny_pipe, job, str(tmp_path), threading.Event()))
+    assert updates[0] == JobUpdate(run=jobs.WARM_UP)
+    videos = [u for u in updates if u.video is not None]
+    assert [(u.run, u.video) for u in videos] == [(ACCELERATED, str(tmp_path / "accelerated.mp4")),
+                                                  (jobs.PLAIN, str(tmp_path / "plain.mp4"))]
+    first_video, second_video = updates.index(videos[0]), updates.index(videos[1])
+    assert {u.run for u in updates[1:first_video]} == {ACCELERATED}  # each run's events, then its video
+    assert {u.run for u in updates[first_video + 1:second_video]} == {jobs.PLAIN}
+    for video in videos:
+        assert read_mp4(video.video).shape[0] == SMALL["frames"]
+    calls = {run: sum(isinstance(u.event, StepRecord) for u in updates if u.run == run)
+             for run in (ACCELERATED, jobs.PLAIN)}
+    assert calls == {ACCELERATED: 2 * SMALL["steps"], jobs.PLAIN: 2 * SMALL["steps"]}
+    last = updates[-1]
+    assert (last.run, last.event, last.video) == (jobs.PLAIN, None, None)
+    assert last.comparison["plain_calls"] == (2 * SMALL["steps"], 2 * SMALL["steps"])
+    assert 0 < last.comparison["accelerated_calls"][0] < 2 * SMALL["steps"]  # EasyCache reused some calls
+
+
+def test_a_single_job_has_no_warm_up_and_no_comparison(tiny_pipe, tmp_path):
+    updates = list(stream_job(tiny_pipe, _small_job(), str(tmp_path)))
+    assert updates[0].run == ACCELERATED and isinstance(updates[0].event, RunStarted)
+    assert [u.video for u in updates if u.video] == [str(tmp_path / "accelerated.mp4")]
+    assert updates[-1].video and all(u.comparison is None for u in updates)
+    assert sorted(os.listdir(tmp_path)) == ["accelerated.mp4"]
+
+
+def test_what_crosses_to_the_page_leaves_the_frames_behind():
+    frames = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    assert jobs.portable(JobUpdate(run=ACCELERATED, event=FramesDecoded(first=0, t=1.0, frames=frames))) is None
+    finished = RunFinished(summary={"total_seconds": 1.5}, frames=frames)
+    light = jobs.portable(JobUpdate(run=jobs.PLAIN, event=finished))
+    assert light == JobUpdate(run=jobs.PLAIN, event=RunFinished(summary={"total_seconds": 1.5}, frames=None))
+    assert finished.frames is frames  # the worker's own event is not changed
+    for kept in (JobUpdate(run=ACCELERATED, video="a.mp4"), JobUpdate(run=ACCELERATED, event=finished.__class__(
+            summary={}, frames=None)), JobUpdate(run=jobs.PLAIN, comparison={"speedup": 2.0})):
+        assert jobs.portable(kept) is kept

@@ -1,11 +1,13 @@
 """How denoiser calls are located: every pattern diffusers' video pipelines use, without a pipeline."""
 
+import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 from diffusers.hooks.hooks import CacheContext
 
-from lightcache.calls import CallLocator, CallSite, timestep_value
+from lightcache.calls import NO_CONTEXT_BRANCH, CallLocator, CallSite, timestep_value
 
 
 def _scheduler(step_index, n=10):
@@ -80,3 +82,29 @@ def test_a_repeated_timestep_is_the_next_step_not_a_new_run():
 def test_a_scheduler_without_a_step_index_is_at_step_0():
     loc = CallLocator(scheduler=SimpleNamespace(timesteps=torch.arange(4)))
     assert loc.locate(CacheContext("cond"), None) == CallSite(0, "cond", 4, True)
+
+
+def test_a_named_context_without_a_step_or_scheduler_counts_its_deciding_calls():
+    """A branch name but no step index and no scheduler: the deciding branch's calls are counted (a rising timestep
+    starts again); the other branches take the step of the last deciding call and do not advance it."""
+    loc = CallLocator()
+    cond, uncond = CacheContext("cond"), CacheContext("uncond")
+    sites = [loc.locate(ctx, torch.tensor([t])) for ctx, t in
+             ((cond, 999.0), (uncond, 999.0), (cond, 900.0), (uncond, 900.0), (cond, 999.0), (uncond, 999.0))]
+    assert [(s.step, s.branch, s.decides) for s in sites] == [
+        (0, "cond", True), (0, "uncond", False), (1, "cond", True), (1, "uncond", False), (0, "cond", True),
+        (0, "uncond", False)]
+
+
+def test_without_any_context_every_call_decides_and_knows_the_step_count():
+    loc = CallLocator(num_inference_steps=6)
+    site = loc.locate(None, 999.0)
+    assert site == CallSite(0, NO_CONTEXT_BRANCH, 6, True)
+    assert loc.locate(None, 900.0) == CallSite(1, NO_CONTEXT_BRANCH, 6, True)
+
+
+@pytest.mark.parametrize("timestep, expected", [(None, math.nan), (torch.tensor([]), math.nan), (5, 5.0),
+                                                (torch.tensor(7.5), 7.5), ("not a number", math.nan)])
+def test_a_timestep_reads_as_one_float_or_nan(timestep, expected):
+    value = timestep_value(timestep)
+    assert math.isnan(value) if math.isnan(expected) else value == expected

@@ -21,6 +21,7 @@ from lightcache.easycache import (
     get_easycache_hook,
     remove_easycache,
 )
+from lightcache.calls import CallSite
 from lightcache.runner import run_generation, run_to_completion
 
 
@@ -518,3 +519,82 @@ def test_remove_easycache_skips_what_has_no_hook_and_resets_the_rest():
     assert hook.state.store.names()
     remove_easycache(None, bare, with_registry, cached)
     assert get_easycache_hook(cached) is None and hook.state.store.names() == []
+
+
+def test_config_bounds_are_inclusive_where_the_rules_allow():
+    assert EasyCacheConfig(threshold=math.inf).threshold == math.inf
+    assert EasyCacheConfig(warmup_steps=0).warmup_steps == 0  # no warm-up at all is allowed
+    assert EasyCacheConfig(num_inference_steps=1).num_inference_steps == 1
+    with pytest.raises(ValueError) as refused:
+        EasyCacheConfig(num_inference_steps=0)
+    assert str(refused.value) == "num_inference_steps must be >= 1, got 0."
+
+
+def test_a_fresh_state_is_the_start_of_a_run():
+    state = EasyCacheState()
+    assert (state.step, state.compute_current, state.error, state.k) == (-1, True, 0.0, None)
+    state.step, state.compute_current, state.error, state.k = 4, False, 0.7, 1.3
+    state.reset()
+    assert (state.step, state.compute_current, state.error, state.k) == (-1, True, 0.0, None)
+
+
+def test_every_forced_computation_starts_the_error_afresh():
+    """Warm-up, "no k yet" and the last step each compute and set E back to 0, like E >= tau does."""
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=1))
+    assert hook.records == []
+    gen = torch.Generator().manual_seed(9)
+    for step in range(4):
+        hook.state.error = 0.5  # as if errors had been accumulating
+        _call(model, torch.randn(1, 4, 2, 4, 4, generator=gen), step, "cond", 4)
+    assert [(r.reason, r.error) for r in hook.records] == [
+        ("warm-up", 0.0), ("no k yet", 0.0), ("E < tau", hook.records[2].eps + 0.5), ("last step", 0.0)]
+
+
+def test_records_name_the_denoiser_that_made_the_call():
+    first, second = _FakeTransformer(), _FakeTransformer()
+    hook = apply_easycache([first, None, second], EasyCacheConfig(threshold=0.0))
+    _call(first, torch.randn(1, 4, 2, 4, 4), 0, "cond", 4)
+    _call(second, torch.randn(1, 4, 2, 4, 4), 1, "cond", 4)
+    assert [r.denoiser for r in hook.records] == ["transformer", "transformer_2"]
+    remove_easycache(first, second)
+    single = apply_easycache(first, EasyCacheConfig(threshold=0.0))
+    _call(first, torch.randn(1, 4, 2, 4, 4), 0, "cond", 4)
+    assert [r.denoiser for r in single.records] == ["transformer"]
+    remove_easycache(first)
+    named = apply_easycache({"transformer_2": second, "transformer": None}, EasyCacheConfig(threshold=0.0))
+    _call(second, torch.randn(1, 4, 2, 4, 4), 0, "cond", 4)
+    assert [r.denoiser for r in named.records] == ["transformer_2"] and get_easycache_hook(first) is None
+
+
+def test_a_denoiser_whose_config_has_no_channel_count_uses_its_whole_input():
+    model = _FakeTransformer()
+    model.config = SimpleNamespace()
+    assert apply_easycache(model, EasyCacheConfig()).latent_channels is None
+
+
+def test_the_locator_given_is_the_one_asked():
+    class _Fixed:
+        def __init__(self):
+            self.asked = 0
+
+        def locate(self, context, timestep):
+            self.asked += 1
+            return CallSite(0, "cond", 3, True)
+
+        def reset(self):
+            pass
+
+    model, locator = _FakeTransformer(), _Fixed()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=0.0), locator=locator)
+    model(hidden_states=torch.randn(1, 4, 2, 4, 4), timestep=torch.tensor([10.0]), return_dict=False)
+    assert locator.asked == 1 and [(r.step, r.branch) for r in hook.records] == [(0, "cond")]
+
+
+def test_stacking_on_a_diffusers_cache_names_the_way_out():
+    model = _FakeTransformer()
+    model._cache_config = SimpleNamespace()
+    with pytest.raises(ValueError) as refused:
+        apply_easycache(model, EasyCacheConfig())
+    assert str(refused.value) == ("transformer already has diffusers' SimpleNamespace enabled; disable it "
+                                  "(transformer.disable_cache()) before applying EasyCache.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -38,6 +39,7 @@ from lightcache.app.view import call_counts
 from lightcache.app.waiting import enqueued_at, waiting_count
 from lightcache.errors import LightcacheError, RunCancelled
 from lightcache.events import FramesDecoded, RunFinished, RunStarted, StageStarted, StepRecord
+from lightcache.plots import trace_figure
 from lightcache.tiny import build_tiny_pipeline
 from lightcache.video import read_mp4
 
@@ -774,3 +776,59 @@ def test_what_crosses_to_the_page_leaves_the_frames_behind():
     for kept in (JobUpdate(run=ACCELERATED, video="a.mp4"), JobUpdate(run=ACCELERATED, event=finished.__class__(
             summary={}, frames=None)), JobUpdate(run=jobs.PLAIN, comparison={"speedup": 2.0})):
         assert jobs.portable(kept) is kept
+
+
+def _skips(n):
+    return (gr.skip(),) * n
+
+
+def test_every_update_becomes_seven_outputs_in_their_places(monkeypatch):
+    """A compared job on a GPU (nothing held back): the planned trace first, the warm-up notice, one trace redraw per
+    step once both branches are in, the first video and its timeline as soon as it exists, the plain run as status
+    lines, and everything in full at the end."""
+    from lightcache.app import texts, view
+
+    monkeypatch.setattr(view, "comparison_markdown", lambda c: f"compared: {c['speedup']}x")
+    job = parse_request(dict(initial_values("tiny", SMALL), compare=True), device="cpu")
+    steps = job.settings.steps
+    started = RunStarted(preset="tiny", settings=job.settings.to_dict(), device="cuda")
+    updates = [JobUpdate(run=jobs.WARM_UP), JobUpdate(run=ACCELERATED, event=started),
+               JobUpdate(run=ACCELERATED, event=StageStarted(stage="denoise", t=0.0))]
+    updates += [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b, computed=True,
+                                                            reason="warm-up", ms=1.0))
+                for s in range(steps) for b in ("cond", "uncond")]
+    updates += [JobUpdate(run=ACCELERATED, video="a.mp4"),
+                JobUpdate(run=jobs.PLAIN, event=StageStarted(stage="denoise", t=5.0)),
+                JobUpdate(run=jobs.PLAIN, video="p.mp4"), JobUpdate(run=jobs.PLAIN, comparison={"speedup": 2.5})]
+    clock = _Clock(updates, per_update=0.5)  # one step a second: every step redraws the trace
+    outs = list(layout._present(job, clock.updates(), loading=True, device="cuda", clock=clock))
+    assert all(len(out) == 7 for out in outs)
+    assert outs[0] == ("**Loading the model…**", trace_figure([started]), None, None, "", None, "")
+    assert outs[1] == (layout.WARMING_UP,) + _skips(6)
+    # The run's start is in the planned trace already; the denoise stage beginning redraws timeline and stages.
+    assert _is_value(outs[2][3]) and _is_value(outs[2][4]) and (outs[2][1], outs[2][2]) == _skips(2)
+    traces = [out for out in outs if _is_value(out[1]) and out is not outs[0] and out is not outs[-1]]
+    assert len(traces) == steps
+    # The timeline redraws with a trace once more than TIMELINE_REFRESH_S (2 s) passed since it was last drawn (at
+    # the stage's start, t = 0): steps end at t = 1, 2, ..., 6, so it redraws at t = 3 and t = 6.
+    assert layout.TIMELINE_REFRESH_S == 2.0 and steps == 6
+    assert [i + 1 for i, out in enumerate(traces) if _is_value(out[3])] == [3, 6]
+    video = next(out for out in outs if out[2] == "a.mp4")
+    assert video[1] == gr.skip() and _is_value(video[3]) and _is_value(video[4]) and video[5:] == _skips(2)
+    plain = outs[outs.index(video) + 1]
+    assert plain[1:] == _skips(6) and "Plain run for comparison" in plain[0]
+    assert outs[-2] is plain  # the plain run's video and the comparison wait for the end
+    final = outs[-1]
+    assert final[0].startswith("**Done.**") and not any(out[0].startswith("**Done.**") for out in outs[:-1])
+    assert final[2] == "a.mp4" and final[5] == "p.mp4" and final[6] == "compared: 2.5x"
+
+    # A preset without classifier-free guidance (one call per step; the form has no guidance field).
+    single = _small_job()
+    single = dataclasses.replace(single, settings=dataclasses.replace(single.settings, guidance_scale=1.0))
+    calls = [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch="cond",
+                                                         computed=True, reason="warm-up", ms=1.0))
+             for s in range(single.settings.steps)]
+    clock = _Clock(calls, per_update=1.0)
+    outs = list(layout._present(single, clock.updates(), loading=False, device="cpu", clock=clock))
+    assert outs[0][0] == "**Starting…**" and outs[0][6] == texts.COMPARE_HINT
+    assert sum(_is_value(out[1]) for out in outs[1:-1]) == single.settings.steps  # one call per step, each shown

@@ -345,3 +345,71 @@ def test_the_decode_on_the_streams_waits_for_every_tensor_it_fetches(tiny_pipe, 
     assert ("synchronize", "device") in fake_cuda.log
     video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
     assert (video - _plain(vae, z)).abs().max().item() <= TOL
+
+
+class _PrefetchCheckingStore:
+    """A host store that checks the decode's fetch-ahead protocol: each frame of a band first announces (prefetch)
+    exactly the tensors it then reads, and nothing that was never put aside. On a GPU a tensor read without being
+    announced is copied back synchronously, stalling the compute stream."""
+
+    def __init__(self, vae):
+        from lightcache.decode import _HostStore
+
+        self.store = _HostStore(next(vae.parameters()).device)
+        self.announced: set = set()
+        self.reads = 0
+
+    def prefetch(self, keys):
+        keys = set(keys)
+        assert keys <= set(self.store.items), sorted(keys - set(self.store.items))
+        assert not self.announced, f"announced but never read: {sorted(self.announced)}"
+        self.announced = keys
+
+    def get(self, key):
+        assert key in self.announced, key
+        self.announced.discard(key)
+        self.reads += 1
+        return self.store.get(key)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("vae_name", ["wan21", "wan22"])
+def test_each_frame_of_a_band_fetches_ahead_exactly_what_it_reads(tiny_pipe, wan22_vae, vae_name):
+    from lightcache.decode import decode_into
+
+    vae, shape = (tiny_pipe.vae, (1, 4, 2, 8, 24)) if vae_name == "wan21" else (wan22_vae, (1, 48, 2, 4, 10))
+    z = _latents(shape, seed=13)
+    store = _PrefetchCheckingStore(vae)
+    bands, _ = decode_into(vae, z, plan_slices(vae, shape[-2], shape[-1], num_slices=3), store, postprocess=False)
+    assert store.reads > 3 * shape[2] and not store.announced
+    video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
+    assert (video - _plain(vae, z)).abs().max().item() <= TOL
+
+
+def test_latents_in_another_dtype_decode_in_the_vaes(tiny_pipe):
+    """The pipeline may hand over float64 (or bfloat16) latents: they are cast to the VAE's dtype first, as
+    ``vae.decode`` expects."""
+    from lightcache.decode import _HostStore, decode_into
+
+    vae = tiny_pipe.vae
+    z = _latents((1, 4, 2, 8, 16), seed=14)
+    plan = plan_slices(vae, 8, 16, num_slices=2)
+    bands32, _ = decode_into(vae, z, plan, _HostStore(torch.device("cpu")))
+    bands64, _ = decode_into(vae, z.double(), plan, _HostStore(torch.device("cpu")))
+    assert all(b.dtype == torch.float32 for b in bands64)
+    assert all(torch.equal(a, b) for a, b in zip(bands32, bands64))
+
+
+def test_the_decode_postprocesses_to_0_1_unless_told_not_to(tiny_pipe):
+    from lightcache.decode import _HostStore, decode_into
+
+    vae = tiny_pipe.vae
+    z = _latents((1, 4, 2, 8, 16), seed=15)
+    plan = plan_slices(vae, 8, 16, num_slices=2)
+    default, _ = decode_into(vae, z, plan, _HostStore(torch.device("cpu")))
+    raw, _ = decode_into(vae, z, plan, _HostStore(torch.device("cpu")), postprocess=False)
+    for shown, values in zip(default, raw):
+        assert torch.allclose(shown, (values * 0.5 + 0.5).clamp(0, 1))
+    assert min(b.min().item() for b in raw) < 0  # the raw decode spans [-1, 1]; the default is the 0-1 video

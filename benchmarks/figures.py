@@ -870,9 +870,10 @@ def mutation_score(records: Records) -> str:
                          f"{c['no tests']} | {_score(c)} |")
     lines.append(f"| all | {total['mutants']} | {total['killed']} | {total['timeout']} | {total['survived']} | "
                  f"{total['no tests']} | {_score(total)} |")
-    before = records.mutation.get("mutation-before")
-    if before is not None:
-        lines += ["", _mutation_before(before, run)]
+    earlier = [(stem, r) for stem, r in records.mutation.items() if stem not in ("mutation", "mutation-reasons")]
+    if earlier:
+        lines += ["", "Earlier runs, compared on the mutants they share with this one (same function source):", ""]
+        lines += [_mutation_before(stem, r, run) for stem, r in sorted(earlier)]
     alive = sorted(k for k, v in results.items() if v in ALIVE)
     if alive:
         lines += ["", "#### The mutants left alive, and why", ""]
@@ -888,7 +889,7 @@ def mutation_score(records: Records) -> str:
     return "\n".join(lines)
 
 
-def _mutation_before(before: dict[str, Any], run: dict[str, Any]) -> str:
+def _mutation_before(stem: str, before: dict[str, Any], run: dict[str, Any]) -> str:
     decided = {k: v for k, v in before["results"].items() if v is not None}
     b = _mutation_counts(decided)
     same = {k: v for k, v in decided.items()
@@ -896,13 +897,13 @@ def _mutation_before(before: dict[str, Any], run: dict[str, Any]) -> str:
             == run["function_hashes"].get(k.rsplit("__mutmut_", 1)[0]) and k in run["results"]}
     now = _mutation_counts({k: run["results"][k] for k in same})
     then = _mutation_counts(same)
+    extent = ("all" if len(decided) == len(before["results"]) else "the first") + f" {b['mutants']}"
     return (
-        f"Before the tests were strengthened, a run on commit `{before['commit'][:7]}` ({before['command']}; "
-        f"[`testing/mutation-before.json`](testing/mutation-before.json)) decided {b['mutants']} of its "
-        f"{len(before['results'])} mutants: {b['killed']} killed, {b['timeout']} timed out, {b['survived']} "
-        f"survived, {b['no tests']} reached by no test. {len(same)} of those mutants are of functions whose source "
-        f"is unchanged since, so they are the same mutants in both runs: then {then['killed'] + then['timeout']} "
-        f"were caught ({_score(then)}), now {now['killed'] + now['timeout']} ({_score(now)}).")
+        f"- Commit `{before['commit'][:7]}` ({before['command']}; [`testing/{stem}.json`](testing/{stem}.json)) "
+        f"decided {extent} of its {len(before['results'])} mutants: {b['killed']} killed, {b['timeout']} timed out, "
+        f"{b['survived']} survived, {b['no tests']} reached by no test. On the {len(same)} of them that this run has "
+        f"too: {then['killed'] + then['timeout']} caught then ({_score(then)}), "
+        f"{now['killed'] + now['timeout']} now ({_score(now)}).")
 
 
 # --- blocks ------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import os
 import pickle
 import socket
@@ -756,6 +757,12 @@ def test_a_compared_job_warms_up_then_streams_each_run_into_its_file_and_compare
     assert (last.run, last.event, last.video) == (jobs.PLAIN, None, None)
     assert last.comparison["plain_calls"] == (2 * SMALL["steps"], 2 * SMALL["steps"])
     assert 0 < last.comparison["accelerated_calls"][0] < 2 * SMALL["steps"]  # EasyCache reused some calls
+    assert math.isfinite(last.comparison["call_time_ratio"])  # from both runs' computed calls
+    assert {u.event.preset for u in updates if isinstance(u.event, RunStarted)} == {"tiny"}
+    import imageio_ffmpeg
+
+    meta = next(imageio_ffmpeg.read_frames(videos[0].video))
+    assert meta["fps"] == job.settings.fps
 
 
 def test_a_single_job_has_no_warm_up_and_no_comparison(tiny_pipe, tmp_path):
@@ -832,3 +839,83 @@ def test_every_update_becomes_seven_outputs_in_their_places(monkeypatch):
     outs = list(layout._present(single, clock.updates(), loading=False, device="cpu", clock=clock))
     assert outs[0][0] == "**Starting…**" and outs[0][6] == texts.COMPARE_HINT
     assert sum(_is_value(out[1]) for out in outs[1:-1]) == single.settings.steps  # one call per step, each shown
+    # Any guidance above 1 runs both branches: a step is shown once its second call is in.
+    weak = dataclasses.replace(single, settings=dataclasses.replace(single.settings, guidance_scale=1.5))
+    calls = [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b, computed=True,
+                                                         reason="warm-up", ms=1.0))
+             for s in range(weak.settings.steps) for b in ("cond", "uncond")]
+    clock = _Clock(calls, per_update=1.0)
+    outs = list(layout._present(weak, clock.updates(), loading=False, device="cpu", clock=clock))
+    assert sum(_is_value(out[1]) for out in outs[1:-1]) == weak.settings.steps
+
+
+def test_stop_during_the_warm_up_ends_the_job_before_either_timed_run(tiny_pipe, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    job = parse_request(dict(initial_values("tiny", SMALL), compare=True), device="cpu")
+    updates = stream_job(tiny_pipe, job, str(tmp_path), cancel)
+    assert next(updates) == JobUpdate(run=jobs.WARM_UP)
+    with pytest.raises(RunCancelled):
+        next(updates)
+    assert os.listdir(tmp_path) == []
+
+
+def _generation_that(seen, error=None):
+    """A stand-in for the GPU call: records what it was given, then finishes or raises ``error``."""
+
+    def generation(job, out_dir, cancel):
+        seen.update(job=job, cancel=cancel)
+        if error is not None:
+            raise error
+        yield JobUpdate(run=ACCELERATED, video="a.mp4")
+
+    return generation
+
+
+def test_the_handler_uses_the_generation_it_is_given_and_keeps_the_stop_switch_off_zero_gpu(tmp_path):
+    seen = {}
+    session = Session()
+    outs = list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), session,
+                               generation=_generation_that(seen)))
+    assert outs[-1][2] == "a.mp4" and isinstance(seen["cancel"], threading.Event)
+    seen.clear()
+    list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), Session(),
+                        generation=_generation_that(seen), zero_gpu=True))
+    assert seen["cancel"] is None  # a threading.Event cannot cross into a ZeroGPU worker
+
+
+def test_the_handler_refuses_what_this_server_does_not_offer(tmp_path):
+    seen = {}
+    with pytest.raises(gr.Error) as refused:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), Session(),
+                            generation=_generation_that(seen), presets=["wan2.1-t2v-1.3b"]))
+    assert refused.value.message == "Preset: this server serves wan2.1-t2v-1.3b only."
+    assert refused.value.print_exception is False
+    with pytest.raises(gr.Error) as compiled:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), dict(initial_values("tiny", SMALL), compile=True),
+                            Session(), generation=_generation_that(seen), zero_gpu=True))
+    assert compiled.value.message.startswith("torch.compile is not available on ZeroGPU")
+    assert seen == {} and os.listdir(tmp_path) == []
+
+
+def test_a_given_generations_own_errors_reach_the_page_as_one_sentence(tmp_path, caplog):
+    seen = {}
+    raw = initial_values("tiny", SMALL)
+    with pytest.raises(gr.Error) as known:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), raw, Session(), generation=_generation_that(
+            seen, LightcacheError("chunk_ffn is 9 but only 8 tokens"))))
+    assert (known.value.message, known.value.print_exception) == (
+        "Feature chunking: chunk_ffn is 9 but only 8 tokens", False)
+    with caplog.at_level("ERROR", logger="lightcache.app.layout"), pytest.raises(gr.Error) as unknown:
+        list(layout.run_job(_FakePipelines(), OutputDirs(tmp_path), raw, Session(),
+                            generation=_generation_that(seen, OSError("/srv/secret/blob is gone"))))
+    assert unknown.value.message == "The run failed (OSError); the server's log has the details."
+    assert [(r.getMessage(), r.exc_info[0]) for r in caplog.records] == [("generation failed", OSError)]
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_warm_up_notice_says_when_compile_happens_there():
+    job = _small_job()
+    job = dataclasses.replace(job, settings=dataclasses.replace(job.settings, compile=True))
+    outs = list(layout._present(job, iter([JobUpdate(run=jobs.WARM_UP)]), loading=False, device="cpu"))
+    assert outs[1] == (layout.WARMING_UP + layout.COMPILE_WARMING_UP,) + _skips(6)

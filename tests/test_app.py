@@ -464,6 +464,9 @@ def test_gradios_queue_is_read_for_the_asking_session_only():
     no_time = SimpleNamespace(_queue=SimpleNamespace(active_jobs=[[SimpleNamespace(
         session_hash="a", fn=SimpleNamespace(api_name="generate"))]]))
     assert enqueued_at(no_time, "a") is None
+    no_name = SimpleNamespace(_queue=SimpleNamespace(active_jobs=[[SimpleNamespace(
+        session_hash="a", fn=object(), enqueue_time=1.0)]]))
+    assert enqueued_at(no_name, "a") is None  # a handler without an API name is not this one
 
 
 def _run_updates(job, branches=("cond", "uncond")):
@@ -919,3 +922,34 @@ def test_the_warm_up_notice_says_when_compile_happens_there():
     job = dataclasses.replace(job, settings=dataclasses.replace(job.settings, compile=True))
     outs = list(layout._present(job, iter([JobUpdate(run=jobs.WARM_UP)]), loading=False, device="cpu"))
     assert outs[1] == (layout.WARMING_UP + layout.COMPILE_WARMING_UP,) + _skips(6)
+
+
+def test_the_jobs_image_preset_and_stop_switch_reach_the_warm_up_and_both_runs(monkeypatch, tmp_path):
+    from PIL import Image
+
+    calls = []
+
+    def fake_run(pipe, settings, preset_name, cancel=None, image=None):
+        calls.append(("run", settings.easycache, preset_name, cancel, image))
+        yield FramesDecoded(first=0, t=0.0, frames=np.zeros((1, 16, 16, 3), np.float32))
+        yield RunFinished(summary={}, frames=None)
+
+    monkeypatch.setattr(jobs, "run_generation", fake_run)
+    monkeypatch.setattr(jobs, "warm_up", lambda pipe, settings, name, image=None, cancel=None: calls.append(
+        ("warm-up", settings.easycache, name, cancel, image)))
+    monkeypatch.setattr(jobs, "compare_runs", lambda *args: {"compared": len(args)})
+    image, cancel = Image.new("RGB", (16, 16)), threading.Event()
+    job = dataclasses.replace(parse_request(dict(initial_values("tiny", SMALL), compare=True), device="cpu"),
+                              image=image)
+    updates = list(stream_job(object(), job, str(tmp_path), cancel))
+    assert calls == [("warm-up", True, "tiny", cancel, image), ("run", True, "tiny", cancel, image),
+                     ("run", False, "tiny", cancel, image)]
+    assert updates[-1].comparison == {"compared": 4}  # both runs' results and both runs' call records
+
+
+def test_a_stopped_job_ends_at_its_first_call_and_leaves_no_video(tiny_pipe, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RunCancelled):
+        list(stream_job(tiny_pipe, _small_job(), str(tmp_path), cancel))
+    assert os.listdir(tmp_path) == []

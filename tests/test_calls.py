@@ -108,3 +108,9 @@ def test_without_any_context_every_call_decides_and_knows_the_step_count():
 def test_a_timestep_reads_as_one_float_or_nan(timestep, expected):
     value = timestep_value(timestep)
     assert math.isnan(value) if math.isnan(expected) else value == expected
+
+
+def test_calls_located_by_the_scheduler_know_the_step_count():
+    loc = CallLocator(scheduler=_scheduler(2, n=10))
+    assert loc.locate(None, 1.0) == CallSite(2, NO_CONTEXT_BRANCH, 10, True)
+    assert loc.locate(None, 1.0) == CallSite(2, "call1", 10, False)

@@ -413,3 +413,45 @@ def test_the_decode_postprocesses_to_0_1_unless_told_not_to(tiny_pipe):
     for shown, values in zip(default, raw):
         assert torch.allclose(shown, (values * 0.5 + 0.5).clamp(0, 1))
     assert min(b.min().item() for b in raw) < 0  # the raw decode spans [-1, 1]; the default is the 0-1 video
+
+
+@pytest.mark.parametrize("fits, expected", [(3, 3), (1, 1)])
+def test_the_default_band_count_comes_down_until_the_bands_fit(tiny_pipe, monkeypatch, fits, expected):
+    """One band per 64 decoded pixels fits every Wan VAE layout tried, so the fall-back is driven here by a VAE
+    that takes at most ``fits`` bands: the count comes down one at a time to the most that fit."""
+    from lightcache import decode
+
+    real = decode._simulate
+    monkeypatch.setattr(decode, "_simulate", lambda units, cuts, length: (
+        None if len(cuts) - 1 > fits else real(units, cuts, length)))
+    plan = plan_slices(tiny_pipe.vae, 8, 128)  # 1024 decoded pixels: 16 bands by default
+    assert len(plan["cuts"]) - 1 == expected
+
+
+def test_a_plan_says_how_far_the_band_chain_lags(tiny_pipe):
+    plan = plan_slices(tiny_pipe.vae, 8, 24, num_slices=3)
+    assert isinstance(plan["lag"], int) and plan["lag"] > 0
+
+
+def test_too_many_slices_names_the_latent_size_and_the_limit(tiny_pipe):
+    with pytest.raises(LightcacheError) as refused:
+        plan_slices(tiny_pipe.vae, 8, 16, num_slices=500)
+    assert str(refused.value).startswith(
+        "Sliced decoding with 500 slices leaves a slice too narrow for this VAE at a latent width of 16; use between 1 "
+        "and ")
+
+
+def test_the_bands_hold_the_batch_in_the_vaes_dtype_and_the_whole_frames_are_let_go(tiny_pipe):
+    import copy
+
+    from lightcache.decode import _HostStore, decode_into
+
+    vae = copy.deepcopy(tiny_pipe.vae).double()
+    z = _latents((1, 4, 3, 8, 16), seed=16)
+    store = _HostStore(torch.device("cpu"))
+    bands, per_latent = decode_into(vae, z, plan_slices(vae, 8, 16, num_slices=2), store)
+    assert len(per_latent) == 3 and per_latent[0] == 1 and per_latent[1] == per_latent[2] > 1
+    assert [b.shape[:2] for b in bands] == [(1, sum(per_latent))] * 2 and all(b.dtype == torch.float64 for b in bands)
+    assert not [key for key in store.items if key[0] == "mid"]  # each band's mid-block outputs dropped after it
+    _, one_band = decode_into(vae, z, plan_slices(vae, 8, 16, num_slices=1), _HostStore(torch.device("cpu")))
+    assert one_band == per_latent

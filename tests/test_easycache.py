@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import pipe_video, tiny_settings
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
 from lightcache.easycache import (
@@ -88,7 +89,7 @@ class _FakeTransformer(torch.nn.Module):
     def forward(self, hidden_states, timestep=None, encoder_hidden_states=None, attention_kwargs=None,
                 return_dict=True):
         out = torch.tanh(hidden_states * 1.7) + 0.1 * timestep.view(-1, 1, 1, 1, 1) / 1000
-        return (out,) if not return_dict else type("Out", (), {"sample": out})()
+        return (out,) if not return_dict else Transformer2DModelOutput(sample=out)
 
 
 def _call(model, x, step, branch, steps):
@@ -331,7 +332,7 @@ def test_only_the_noisy_latent_counts_when_condition_channels_are_appended(chann
 class _TwoOutputTransformer(torch.nn.Module):
     """An audio-video denoiser like LTX-2's: a second output that moves with a second input, and a third with none."""
 
-    def forward(self, hidden_states, audio_hidden_states=None, timestep=None, return_dict=True):
+    def forward(self, hidden_states, audio_hidden_states=None, timestep=None, return_dict=True, gate_input=None):
         video = torch.tanh(hidden_states * 1.7)
         audio = torch.sin(audio_hidden_states * 2.0) + 0.5
         gate = video.mean().reshape(1) * 3.0  # an extra output with no input to move with
@@ -598,3 +599,62 @@ def test_stacking_on_a_diffusers_cache_names_the_way_out():
         apply_easycache(model, EasyCacheConfig())
     assert str(refused.value) == ("transformer already has diffusers' SimpleNamespace enabled; disable it "
                                   "(transformer.disable_cache()) before applying EasyCache.")
+
+
+def test_records_carry_the_calls_timestep_tau_and_time(monkeypatch):
+    """Each record has the call's timestep (keyword or second positional argument), the threshold, and how long the
+    hook's work took (read from an injected clock: 1.5 ms between the hook's two readings)."""
+    import lightcache.easycache as easycache_module
+
+    ticks = iter(x / 1000.0 for x in range(0, 10_000, 3))  # every reading 3 ms after the last ...
+    readings = []
+
+    def clock():
+        readings.append(next(ticks))
+        return readings[-1]
+
+    monkeypatch.setattr(easycache_module.time, "perf_counter", clock)
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=0.3, warmup_steps=1))
+    x = torch.randn(1, 4, 2, 4, 4)
+    model(x, timestep=torch.tensor([900.0]))  # one positional argument, the timestep by keyword
+    model(x, torch.tensor([800.0]))  # exactly two positional arguments
+    assert [(r.timestep, r.tau) for r in hook.records] == [(900.0, 0.3), (800.0, 0.3)]
+    assert [r.ms for r in hook.records] == [pytest.approx(3.0)] * 2  # ... and two readings per call
+
+
+def test_a_reused_call_answers_in_the_form_it_was_asked():
+    """return_dict=False gets a tuple; no return_dict (diffusers' default, True) gets an output object."""
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2))
+    gen = torch.Generator().manual_seed(10)
+    for step in range(4):
+        x = torch.randn(1, 4, 2, 4, 4, generator=gen)
+        try:  # the same input for both branches, asked in the two forms
+            _set_cache_context(model, CacheContext("cond", step_index=step, num_inference_steps=6))
+            as_tuple = model(hidden_states=x, timestep=torch.tensor([900.0]), return_dict=False)
+            _set_cache_context(model, CacheContext("uncond", step_index=step, num_inference_steps=6))
+            as_object = model(hidden_states=x, timestep=torch.tensor([900.0]))
+        finally:
+            _set_cache_context(model, None)
+        if step >= 2:
+            assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
+            assert not isinstance(as_object, tuple) and torch.equal(as_object.sample, as_tuple[0])
+    assert not hook.records[-1].computed
+
+
+def test_an_extra_input_that_is_not_a_tensor_is_treated_as_absent():
+    model = _TwoOutputTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2),
+                           extra_inputs={1: "audio_hidden_states", 2: "gate_input"})
+    outs = []
+    for step in range(3):
+        _set_cache_context(model, CacheContext("cond", step_index=step, num_inference_steps=5))
+        try:
+            outs.append(model(hidden_states=torch.full((1, 4, 2, 4, 4), float(step)),
+                              audio_hidden_states=torch.full((1, 8, 3), float(step)), gate_input=[1.0, 2.0],
+                              timestep=torch.tensor([1.0]), return_dict=False))
+        finally:
+            _set_cache_context(model, None)
+    assert [r.computed for r in hook.records] == [True, True, False]
+    assert torch.equal(outs[2][2], outs[1][2])  # kept as last computed, not moved by a list

@@ -467,3 +467,44 @@ def test_a_parked_module_waits_in_pinned_host_memory_and_comes_back_unchanged():
     torch.cuda.synchronize()
     assert [p.data_ptr() for p in module.parameters()] == hosts
     assert all(torch.equal(module.state_dict()[name].cuda(), t) for name, t in before.items())
+
+
+def test_an_image_encoder_is_swapped_with_the_text_encoder():
+    """Wan2.1 I2V's image encoder is parked and brought in like the text encoder (and only when that is swapped)."""
+    from lightcache.swap import AsyncSwap
+    from lightcache.tiny_variants import build_tiny_variant
+
+    pipe = build_tiny_variant("wan2.1-i2v")
+    swap = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig())
+    assert swap.stage_modules("encode_image") == {"image_encoder", "vae"}
+    assert swap._swappable() == ["text_encoder", "image_encoder", "vae"]
+    vae_only = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False))
+    assert vae_only.stage_modules("encode_image") == {"vae"} and vae_only._swappable() == ["vae"]
+
+
+def test_the_adapter_given_is_used_and_other_devices_are_named():
+    from lightcache.swap import AsyncSwap
+    from lightcache.tiny import build_tiny_pipeline
+
+    pipe, adapter = build_tiny_pipeline(seed=0), object()
+    assert AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(), adapter=adapter).adapter is adapter
+    elsewhere = AsyncSwap(pipe, torch.device("meta"), AsyncSwapConfig())
+    assert not elsewhere.active and "'meta'" in elsewhere.note and elsewhere.note != CPU_NOTE
+    assert PinnedTensorStore(torch.device("cpu")).peak_parked_bytes == 0
+
+
+def test_removing_the_swap_gives_easycache_its_own_store_back(tiny_pipe, fake_cuda, monkeypatch):
+    """A library user may remove swapping and keep EasyCache: its tensors go back to a plain store, and the swap
+    holds no modules any more."""
+    import lightcache.swap as swap_module
+    from lightcache.easycache import EasyCacheConfig, TensorStore, apply_easycache, remove_easycache
+
+    monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
+    monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", _offload_on_the_cpu(tiny_pipe.transformer))
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.1))
+    swap = apply_async_swap(tiny_pipe, device="cpu")
+    assert isinstance(hook.state.store, PinnedTensorStore)
+    remove_async_swap(tiny_pipe)
+    assert type(hook.state.store) is TensorStore and swap.group_offload == [] and swap.cache_store is None
+    assert get_easycache_hook(tiny_pipe.transformer) is hook
+    remove_easycache(tiny_pipe.transformer)

@@ -455,3 +455,12 @@ def test_the_bands_hold_the_batch_in_the_vaes_dtype_and_the_whole_frames_are_let
     assert not [key for key in store.items if key[0] == "mid"]  # each band's mid-block outputs dropped after it
     _, one_band = decode_into(vae, z, plan_slices(vae, 8, 16, num_slices=1), _HostStore(torch.device("cpu")))
     assert one_band == per_latent
+
+
+def test_the_host_store_fetches_past_what_it_cannot_fetch(fake_cuda):
+    store = _cuda_path_store()
+    store.put("a", torch.ones(2))
+    store.put("b", torch.ones(2))
+    store.prefetch(["b"])
+    store.prefetch(["missing", "b", "a"])  # neither an unknown key nor one already on its way stops the rest
+    assert set(store.ready) == {"a", "b"}

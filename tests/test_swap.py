@@ -508,3 +508,15 @@ def test_removing_the_swap_gives_easycache_its_own_store_back(tiny_pipe, fake_cu
     assert type(hook.state.store) is TensorStore and swap.group_offload == [] and swap.cache_store is None
     assert get_easycache_hook(tiny_pipe.transformer) is hook
     remove_easycache(tiny_pipe.transformer)
+
+
+def test_a_store_fetches_past_what_it_cannot_fetch_and_a_new_value_replaces_one_on_its_way(fake_cuda):
+    store = PinnedTensorStore("cpu")
+    store.cuda, store.stream = True, torch.cuda.Stream()
+    store.put("a", torch.ones(2))
+    store.put("b", torch.ones(2))
+    store.prefetch(["b"])
+    store.prefetch(["missing", "b", "a"])  # neither an unknown name nor one already on its way stops the rest
+    assert set(store._incoming) == {"a", "b"}
+    store.put("a", torch.zeros(2))  # the copy on its way is of the old value
+    assert torch.equal(store.get("a"), torch.zeros(2))

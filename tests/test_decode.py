@@ -464,3 +464,5 @@ def test_the_host_store_fetches_past_what_it_cannot_fetch(fake_cuda):
     store.prefetch(["b"])
     store.prefetch(["missing", "b", "a"])  # neither an unknown key nor one already on its way stops the rest
     assert set(store.ready) == {"a", "b"}
+    store.put("c", torch.full((2,), 3.0))
+    assert torch.equal(store.get("c"), torch.full((2,), 3.0))  # not announced: fetched when asked

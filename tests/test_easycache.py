@@ -658,3 +658,12 @@ def test_an_extra_input_that_is_not_a_tensor_is_treated_as_absent():
             _set_cache_context(model, None)
     assert [r.computed for r in hook.records] == [True, True, False]
     assert torch.equal(outs[2][2], outs[1][2])  # kept as last computed, not moved by a list
+
+
+def test_the_record_callback_gets_every_record_as_it_is_made():
+    seen = []
+    model = _FakeTransformer()
+    hook = apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=1, on_record=seen.append))
+    for step in range(3):
+        _call(model, torch.randn(1, 4, 2, 4, 4), step, "cond", 3)
+    assert len(seen) == 3 and all(a is b for a, b in zip(seen, hook.records))

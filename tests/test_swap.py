@@ -507,6 +507,12 @@ def test_removing_the_swap_gives_easycache_its_own_store_back(tiny_pipe, fake_cu
     remove_async_swap(tiny_pipe)
     assert type(hook.state.store) is TensorStore and swap.group_offload == [] and swap.cache_store is None
     assert get_easycache_hook(tiny_pipe.transformer) is hook
+    # A store the user gave EasyCache while swapping ran is theirs: removing the swap leaves it.
+    apply_async_swap(tiny_pipe, device="cpu")
+    mine = TensorStore()
+    hook.use_tensor_store(mine)
+    remove_async_swap(tiny_pipe)
+    assert hook.state.store is mine
     remove_easycache(tiny_pipe.transformer)
 
 

@@ -883,9 +883,10 @@ def mutation_score(records: Records) -> str:
             by_reason.setdefault(reason["why"] if reason else "NO REASON GIVEN", []).append(name)
         for why, names in by_reason.items():
             functions = sorted({n.rsplit("__mutmut_", 1)[0] for n in names})
+            numbers = {f: sorted(int(n.rsplit("__mutmut_", 1)[1]) for n in names if n.startswith(f + "__mutmut_"))
+                       for f in functions}
             lines.append(f"- {why} ({len(names)}: " + ", ".join(
-                f"`{f}` {', '.join(n.rsplit('__mutmut_', 1)[1] for n in names if n.startswith(f + '__mutmut_'))}"
-                for f in functions) + ")")
+                f"`{f}` {', '.join(map(str, numbers[f]))}" for f in functions) + ")")
     return "\n".join(lines)
 
 

@@ -317,6 +317,25 @@ def test_blocks_need_their_end_marker_and_a_known_name():
 
 
 # --- the mutation record (docs/testing.md) ------------------------------------------------------------------------
+def test_every_mutant_left_alive_has_a_reason_and_every_reason_a_mutant(committed):
+    run = committed.mutation["mutation"]
+    reasons = committed.mutation["mutation-reasons"]["reasons"]
+    alive = [k for k, v in run["results"].items() if v in figures.ALIVE]
+    assert not [k for k in alive if figures.reason_for(k, reasons) is None], "add a reason to mutation-reasons.json"
+    used = {id(figures.reason_for(k, reasons)) for k in alive}
+    assert not [r["why"] for r in reasons if id(r) not in used], "a reason in mutation-reasons.json matches nothing"
+
+
+def test_the_recorded_mutation_run_is_complete_and_covers_the_named_functions(committed):
+    run = committed.mutation["mutation"]
+    assert run["complete"] and None not in run["results"].values()
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import mutation
+
+    assert tuple(run["functions"]) == mutation.FUNCTIONS
+    assert {mutation.function_of(k) for k in run["results"]} <= set(run["function_hashes"])
+
+
 def test_the_score_counts_timeouts_as_caught_and_lists_survivors_by_reason():
     run = {"date": "d", "commit": "0" * 40, "tool": "mutmut", "command": "c", "complete": True,
            "function_hashes": {"lightcache.calls.x_f": "h"},

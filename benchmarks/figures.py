@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import re
 import statistics
@@ -817,6 +818,7 @@ def tiny_training(records: Records) -> str:
 MUTATION_MODULES = ("lightcache.easycache", "lightcache.calls", "lightcache.decode", "lightcache.swap",
                     "lightcache.app.jobs", "lightcache.app.waiting", "lightcache.app.layout")
 ALIVE = ("survived", "no tests")
+_LONGEST_FIRST = sorted(MUTATION_MODULES, key=len, reverse=True)  # lightcache.app.jobs before a shorter prefix
 
 
 def module_of(mutant: str) -> str:
@@ -825,13 +827,11 @@ def module_of(mutant: str) -> str:
     >>> module_of("lightcache.app.jobs.x_portable__mutmut_3")
     'lightcache.app.jobs'
     """
-    return next(m for m in sorted(MUTATION_MODULES, key=len, reverse=True) if mutant.startswith(m + "."))
+    return next(m for m in _LONGEST_FIRST if mutant.startswith(m + "."))
 
 
 def reason_for(mutant: str, reasons: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first entry of ``mutation-reasons.json`` whose patterns match ``mutant``."""
-    import fnmatch
-
     return next((r for r in reasons if any(fnmatch.fnmatchcase(mutant, p) for p in r["mutants"])), None)
 
 
@@ -839,7 +839,6 @@ def _mutation_counts(results: dict[str, str | None]) -> dict[str, int]:
     counts = {"mutants": len(results)}
     for status in ("killed", "timeout", "survived", "no tests"):
         counts[status] = sum(s == status for s in results.values())
-    counts["other"] = counts["mutants"] - sum(counts[s] for s in ("killed", "timeout", "survived", "no tests"))
     return counts
 
 
@@ -865,8 +864,11 @@ def mutation_score(records: Records) -> str:
         "| module | mutants | killed | timed out | survived | no tests | score |",
         "|---|---|---|---|---|---|---|",
     ]
+    by_module: dict[str, dict[str, str | None]] = {}
+    for name, status in results.items():
+        by_module.setdefault(module_of(name), {})[name] = status
     for module in MUTATION_MODULES:
-        c = _mutation_counts({k: v for k, v in results.items() if module_of(k) == module})
+        c = _mutation_counts(by_module.get(module, {}))
         if c["mutants"]:
             lines.append(f"| `{module}` | {c['mutants']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                          f"{c['no tests']} | {_score(c)} |")

@@ -265,15 +265,38 @@ def test_the_default_band_count_stops_at_16(wan22_vae):
     assert len(plan_slices(wan22_vae, 4, 200)["cuts"]) - 1 == 16
 
 
-class _OwnershipCheckingStore:
-    """A host store that checks, for every tensor put aside during a decode, that what it keeps is a copy holding
-    exactly that tensor's bytes: a view would keep the whole activation it was cut from alive (a band's input, a
-    whole frame's mid-block output) and share memory that later kernels overwrite on a GPU."""
+class _CheckingStore:
+    """A real host store, wrapped so that a test can check how the decode uses it (subclasses override its calls)."""
 
     def __init__(self, vae):
         from lightcache.decode import _HostStore
 
         self.store = _HostStore(next(vae.parameters()).device)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def _decode_through(store_type, vae_name, tiny_pipe, wan22_vae, seed):
+    """Decode in 3 bands through a ``store_type`` wrapper, check the video is exact, and return (store, shape)."""
+    from lightcache.decode import decode_into
+
+    vae, shape = (tiny_pipe.vae, (1, 4, 2, 8, 24)) if vae_name == "wan21" else (wan22_vae, (1, 48, 2, 4, 10))
+    z = _latents(shape, seed=seed)
+    store = store_type(vae)
+    bands, _ = decode_into(vae, z, plan_slices(vae, shape[-2], shape[-1], num_slices=3), store, postprocess=False)
+    video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
+    assert (video - _plain(vae, z)).abs().max().item() <= TOL
+    return store, shape
+
+
+class _OwnershipCheckingStore(_CheckingStore):
+    """A host store that checks, for every tensor put aside during a decode, that what it keeps is a copy holding
+    exactly that tensor's bytes: a view would keep the whole activation it was cut from alive (a band's input, a
+    whole frame's mid-block output) and share memory that later kernels overwrite on a GPU."""
+
+    def __init__(self, vae):
+        super().__init__(vae)
         self.puts = 0
 
     def put(self, key, tensor):
@@ -284,22 +307,11 @@ class _OwnershipCheckingStore:
         assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size(), key
         self.puts += 1
 
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
 
 @pytest.mark.parametrize("vae_name", ["wan21", "wan22"])
 def test_what_waits_between_bands_is_copied_not_viewed(tiny_pipe, wan22_vae, vae_name):
-    from lightcache.decode import decode_into
-
-    vae, shape = (tiny_pipe.vae, (1, 4, 2, 8, 24)) if vae_name == "wan21" else (wan22_vae, (1, 48, 2, 4, 10))
-    z = _latents(shape, seed=11)
-    plan = plan_slices(vae, shape[-2], shape[-1], num_slices=3)
-    store = _OwnershipCheckingStore(vae)
-    bands, _ = decode_into(vae, z, plan, store, postprocess=False)
+    store, shape = _decode_through(_OwnershipCheckingStore, vae_name, tiny_pipe, wan22_vae, seed=11)
     assert store.puts > 3 * shape[2]  # mid outputs and carries, per band and latent frame
-    video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
-    assert (video - _plain(vae, z)).abs().max().item() <= TOL
 
 
 def _cuda_path_store(vae=None):
@@ -347,15 +359,13 @@ def test_the_decode_on_the_streams_waits_for_every_tensor_it_fetches(tiny_pipe, 
     assert (video - _plain(vae, z)).abs().max().item() <= TOL
 
 
-class _PrefetchCheckingStore:
+class _PrefetchCheckingStore(_CheckingStore):
     """A host store that checks the decode's fetch-ahead protocol: each frame of a band first announces (prefetch)
     exactly the tensors it then reads, and nothing that was never put aside. On a GPU a tensor read without being
     announced is copied back synchronously, stalling the compute stream."""
 
     def __init__(self, vae):
-        from lightcache.decode import _HostStore
-
-        self.store = _HostStore(next(vae.parameters()).device)
+        super().__init__(vae)
         self.announced: set = set()
         self.reads = 0
 
@@ -371,21 +381,11 @@ class _PrefetchCheckingStore:
         self.reads += 1
         return self.store.get(key)
 
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
 
 @pytest.mark.parametrize("vae_name", ["wan21", "wan22"])
 def test_each_frame_of_a_band_fetches_ahead_exactly_what_it_reads(tiny_pipe, wan22_vae, vae_name):
-    from lightcache.decode import decode_into
-
-    vae, shape = (tiny_pipe.vae, (1, 4, 2, 8, 24)) if vae_name == "wan21" else (wan22_vae, (1, 48, 2, 4, 10))
-    z = _latents(shape, seed=13)
-    store = _PrefetchCheckingStore(vae)
-    bands, _ = decode_into(vae, z, plan_slices(vae, shape[-2], shape[-1], num_slices=3), store, postprocess=False)
+    store, shape = _decode_through(_PrefetchCheckingStore, vae_name, tiny_pipe, wan22_vae, seed=13)
     assert store.reads > 3 * shape[2] and not store.announced
-    video = torch.cat(bands, dim=3).permute(0, 4, 1, 2, 3)
-    assert (video - _plain(vae, z)).abs().max().item() <= TOL
 
 
 def test_latents_in_another_dtype_decode_in_the_vaes(tiny_pipe):

@@ -35,7 +35,13 @@ def json_psnr(value: float) -> float | str:
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean SSIM over frames of the luma of two videos (F, H, W, 3) in [0, 1]."""
-    a, b = _as_pair(a, b)
+    from .torch_thread import torch_thread
+
+    # Convolutions over whole videos: heavy torch work, so on the thread that runs the pipelines.
+    return torch_thread.call(_ssim, *_as_pair(a, b))
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     x = torch.from_numpy(_luma(a)).unsqueeze(1).double()  # F, 1, H, W
     y = torch.from_numpy(_luma(b)).unsqueeze(1).double()
     size = min(11, x.shape[-1], x.shape[-2])

@@ -303,6 +303,13 @@ def load_pipeline(preset: Preset, device: str | None = None, model: str | None =
     settings. Raises :class:`LightcacheError` for a missing directory, another family's model, a Hub id that
     cannot be fetched (offline: mentions ``HF_HUB_OFFLINE``) or a GPU preset without a GPU.
     """
+    from .torch_thread import torch_thread
+
+    # Loading copies and casts every weight: heavy torch work, done on the thread that will run the pipeline.
+    return torch_thread.call(_load_pipeline, preset, device, model)
+
+
+def _load_pipeline(preset: Preset, device: str | None, model: str | None):
     import diffusers
     import torch
 

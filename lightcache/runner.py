@@ -1,13 +1,15 @@
 """One generation as a generator of events: the pipeline's own ``pipe(...)``, watched through hooks.
 
 The runner attaches the requested accelerations and a :class:`~lightcache.observe.RunObserver` to the pipeline
-(:func:`lightcache.accelerate.apply_lightcache`), calls ``pipe(...)`` on a worker thread with the keyword
-arguments the pipeline's family adapter builds from the request, and yields what the hooks report, in time order:
+(:func:`lightcache.accelerate.apply_lightcache`), calls ``pipe(...)`` on the process's torch thread
+(:mod:`lightcache.torch_thread`: one thread for all heavy torch work, so that the CPU's OpenMP threads keep their
+speed) with the keyword arguments the pipeline's family adapter builds from the request, and yields what the hooks
+report, in time order:
 stage boundaries, one :class:`~lightcache.events.StepRecord` per denoiser call, memory samples, the decoded
 frames. Because the run *is* ``pipe(...)``, its output is the pipeline's own (with every acceleration off it is
 bit-identical to calling the pipeline directly), and a new pipeline needs only an adapter, not a copy of its loop.
 
-Hooks are removed and the worker joined in ``finally``: a run that raises, is cancelled, or whose consumer stops
+Hooks are removed and the call waited for in ``finally``: a run that raises, is cancelled, or whose consumer stops
 iterating leaves the pipeline as it found it. A stop request lands at the next watched module call (text encoder,
 denoiser, or a part of the VAE decoder), so a stopped run never finishes its decode.
 
@@ -40,6 +42,7 @@ from .errors import LightcacheError
 from .events import Event, FramesDecoded, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from .families import FamilyAdapter, adapter_for
 from .telemetry import MemorySampler
+from .torch_thread import torch_thread
 
 #: Seconds between memory readings for the timeline (each reading costs microseconds).
 SAMPLE_PERIOD_S = 0.05
@@ -57,6 +60,9 @@ def run_generation(
     ``cancel``: when set, the run stops at the next watched module call with :class:`RunCancelled`.
     ``image``: the first frame (a PIL image) for image-to-video pipelines; refused by text-to-video ones.
     """
+    if torch_thread.is_current():
+        # The call would queue behind this very generator on the one thread that could run it.
+        raise LightcacheError("run_generation cannot be iterated on lightcache's torch thread; iterate it elsewhere.")
     adapter = adapter_for(pipe)
     # Before any view of the pipeline is made (TI2V with an image): a view shares the scheduler it finds.
     adapter.prepare(pipe, settings)
@@ -97,8 +103,9 @@ def run_generation(
     acc = swap = compiled = None
     frames = None
     try:
-        acc = apply_lightcache(pipe, _acceleration_config(settings), on_event=on_event, cancel=stop, clock=clock,
-                               adapter=adapter)
+        # Attaching moves and copies weights (swapping's host stores): heavy work, so on the torch thread too.
+        acc = torch_thread.call(apply_lightcache, pipe, _acceleration_config(settings), on_event=on_event, cancel=stop,
+                                clock=clock, adapter=adapter)
         swap, compiled = acc.swap, acc.compiled
         for note in _strategy_notes(settings, swap, slice_plan, compiled):
             yield from order.emit(Note(message=note, t=clock()))
@@ -115,8 +122,7 @@ def run_generation(
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
                 updates.put((done, exc))
 
-        worker = threading.Thread(target=work, name="lightcache-pipeline", daemon=True)
-        worker.start()
+        worker = torch_thread.submit(work)
         while True:
             item = updates.get()
             if isinstance(item, tuple) and item and item[0] is done:
@@ -130,11 +136,11 @@ def run_generation(
         # stop and joined before any hook comes off, so no call can run on a half-detached pipeline.
         stop.set()
         if worker is not None:
-            worker.join()
+            worker.exception()  # waits for the call; what it raised has already reached the consumer
         try:
             if acc is not None:
                 acc.observer.finish()
-                acc.remove()
+                torch_thread.call(acc.remove)
         finally:
             sampler.stop()
 

@@ -703,8 +703,8 @@ def readme_bench(records: Records) -> str:
 
 # --- lightcache/data/tiny-wan/MODEL_CARD.md ------------------------------------------------------------------------------
 #: The tiny model's records: its evaluation (generations and the VAE alone), the cost of a default generation, and
-#: the refinement stages' log; the first half's kept log lines are ``training_log.txt``.
-TINY_RECORDS = ("eval", "eval-vae", "cost", "refine_log")
+#: the second and third parts' logs; the first half's kept log lines are ``training_log.txt``.
+TINY_RECORDS = ("eval", "eval-vae", "cost", "refine_log", "widen_log")
 #: What issue-level targets the card compares the measured rates with: (label, key, target, higher is better).
 TINY_TARGETS = (
     ("the asked colour in every frame", "colour_every_frame", 0.95, True),
@@ -807,11 +807,38 @@ def tiny_training(records: Records) -> str:
         curve = r[f"{key}_loss_curve"]
         seconds = sec["deepen" if key == "transformer" else key]
         lines.append(f"| {name} | {what} | {steps} ({batch}) | {curve[-1]:.3f} | {seconds} s |")
+    w = records.tiny.get("widen_log")
+    if w is not None:
+        lines += _widen_rows(w)
     total = sum(sec.values())
-    lines += ["", f"The second half took {total} s of compute ({total / 60:.0f} minutes; `refine_log.json` has the "
-                  f"loss curves). How it ran: {r.get('how_it_ran', 'in one invocation')}. The first half's kept log "
-                  f"lines (`training_log.txt`): {first or 'none'}; its other stages left no record."]
+    lines += ["", f"The second part took {total} s of compute ({total / 60:.0f} minutes; `refine_log.json` has the "
+                  f"loss curves). How it ran: {r.get('how_it_ran', 'in one invocation')}."]
+    if w is not None:
+        wtotal = sum(w["seconds"].values())
+        lines += ["", f"The third part took {wtotal} s of compute ({wtotal / 60:.0f} minutes; `widen_log.json` has the "
+                      f"loss curves). How it ran: {w.get('how_it_ran', 'in one invocation')}."]
+    lines += ["", f"The first half's kept log lines (`training_log.txt`): {first or 'none'}; its other stages left no "
+                  "record."]
     return "\n".join(lines)
+
+
+def _widen_rows(w: dict[str, Any]) -> list[str]:
+    """The third part's rows of the training table (``widen_log.json``)."""
+    a, sec = w["args"], w["seconds"]
+    loss = (f"L1 + MSE + chroma x{a['chroma_weight']:g}, object pixels x{1 + a['object_weight']:g}, first frame "
+            f"x{a['first_frame_weight']:g}, edge term x{a['edge_weight']:g}, old channels anchored to the old encoder "
+            f"x{a['anchor_weight']:g}")
+    rows = [
+        ("widen VAE 1", f"the latent space widened to {a['z_dim']} channels (the new ones start unread); the whole VAE, "
+                        f"encoder included, on whole {a['frames']}-frame clips, {a['crop']}x{a['crop']}-pixel crops "
+                        f"around the object; {loss}; lr {a['vae_lr']:g} cosine", a["vae_steps"], a["batch"], "vae1"),
+        ("widen VAE 2", f"as widen VAE 1, lr {a['vae2_lr']:g}", a["vae2_steps"], a["batch"], "vae2"),
+        ("widen transformer", f"its input and output grown to {a['z_dim']} channels (the new weights start at zero), "
+                              f"flow matching on {a['clips']} clips' latents; lr {a['dit_lr']:g} cosine, EMA "
+                              f"{a['ema']:g}", a["dit_steps"], a["dit_batch"], "transformer"),
+    ]
+    return [f"| {name} | {what} | {steps} ({batch}) | {w[f'{key}_loss_curve'][-1]:.3f} | {sec[key]} s |"
+            for name, what, steps, batch, key in rows]
 
 
 # --- mutation testing (docs/testing.md) --------------------------------------------------------------------------

@@ -272,9 +272,9 @@ def render_clip(
     return out
 
 
-def object_centre(spec: ClipSpec, frames: int, seed: int, frame: int) -> tuple[float, float]:
-    """Where :func:`render_clip` puts the object's centre (x, y, frame units) at ``frame``."""
-    xs, ys, _ = _trajectory(spec, frames, np.random.default_rng(seed))
+def object_centre(spec: ClipSpec, frames: int, seed: int, frame: int, spread: float = 1.0) -> tuple[float, float]:
+    """Where :func:`render_clip` (with the same ``spread``) puts the object's centre (x, y, frame units) at ``frame``."""
+    xs, ys, _ = _trajectory(spec, frames, np.random.default_rng(seed), spread)
     return float(xs[frame]), float(ys[frame])
 
 

@@ -300,7 +300,7 @@ def main(argv=None) -> None:
     ap.add_argument("--object-weight", type=float, default=4.0)
     ap.add_argument("--chroma-weight", type=float, default=3.0)
     ap.add_argument("--clips", type=int, default=800)
-    ap.add_argument("--dit-steps", type=int, default=800)
+    ap.add_argument("--dit-steps", type=int, default=1000)
     ap.add_argument("--dit-batch", type=int, default=8)
     ap.add_argument("--dit-lr", type=float, default=2e-4)
     ap.add_argument("--ema", type=float, default=0.995)

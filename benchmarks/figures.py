@@ -833,9 +833,12 @@ def _widen_rows(w: dict[str, Any]) -> list[str]:
                         f"encoder included, on whole {a['frames']}-frame clips, {a['crop']}x{a['crop']}-pixel crops "
                         f"around the object; {loss}; lr {a['vae_lr']:g} cosine", a["vae_steps"], a["batch"], "vae1"),
         ("widen VAE 2", f"as widen VAE 1, lr {a['vae2_lr']:g}", a["vae2_steps"], a["batch"], "vae2"),
-        ("widen transformer", f"its input and output grown to {a['z_dim']} channels (the new weights start at zero), "
-                              f"flow matching on {a['clips']} clips' latents; lr {a['dit_lr']:g} cosine, EMA "
-                              f"{a['ema']:g}", a["dit_steps"], a["dit_batch"], "transformer"),
+        ("widen transformer 1", f"its input and output grown to {a['z_dim']} channels (the new weights start at "
+                                f"zero), flow matching on {a['clips']} clips' latents (encoding them: "
+                                f"{sec['latents']} s); lr {a['dit_lr']:g} cosine, EMA {a['ema']:g}",
+         a["dit_steps"], a["dit_batch"], "transformer1"),
+        ("widen transformer 2", f"as widen transformer 1, from its EMA weights, lr {a['dit2_lr']:g}", a["dit2_steps"],
+         a["dit_batch"], "transformer2"),
     ]
     return [f"| {name} | {what} | {steps} ({batch}) | {w[f'{key}_loss_curve'][-1]:.3f} | {sec[key]} s |"
             for name, what, steps, batch, key in rows]

@@ -221,9 +221,12 @@ def train_vae(vae, old, args, ckpt: Checkpoint, phase: int = 1) -> list[float]:
 # ------------------------------------------------------------------------------------- transformer
 
 
-def train_transformer(dit, latents, clips, embeds, args, ckpt: Checkpoint):
-    """Flow matching on the widened latents, with an EMA copy (what ships)."""
-    opt = torch.optim.AdamW(dit.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+def train_transformer(dit, latents, clips, embeds, args, ckpt: Checkpoint, phase: int = 1):
+    """Flow matching on the widened latents, with an EMA copy (what ships).
+
+    Phase 2 continues from phase 1's EMA weights with a fresh optimizer, schedule and EMA at ``--dit2-lr``."""
+    steps, lr = {1: (args.dit_steps, args.dit_lr), 2: (args.dit2_steps, args.dit2_lr)}[phase]
+    opt = torch.optim.AdamW(dit.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = copy.deepcopy(dit).eval()
     start, curve = 0, []
     state = ckpt.load()
@@ -232,16 +235,16 @@ def train_transformer(dit, latents, clips, embeds, args, ckpt: Checkpoint):
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         start, curve = state["step"], state["curve"]
-        log(f"transformer: resumed at step {start}")
+        log(f"transformer phase {phase}: resumed at step {start}")
     for p in ema.parameters():
         p.requires_grad_(False)
     dit.train()
     acc, t0, n = [], time.time(), len(clips)
-    for step in range(start, args.dit_steps):
-        rng = np.random.default_rng([args.seed, 43, step])
-        gen = torch.Generator().manual_seed(args.seed * 1_000_039 + step)
+    for step in range(start, steps):
+        rng = np.random.default_rng([args.seed, 42 + phase, step])
+        gen = torch.Generator().manual_seed(args.seed * 1_000_039 + 100_000 * (phase - 1) + step)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.dit_steps, args.dit_lr, 50)
+            g["lr"] = cosine_lr(step, steps, lr, 50)
         idx = rng.integers(0, n, size=args.dit_batch)
         caps = ["" if rng.random() < 0.1 else shapes.caption(clips[i][0], say_background=bool(rng.random() < 0.5)) for i in idx]
         ctx = torch.stack([embeds[c] for c in caps])
@@ -261,11 +264,11 @@ def train_transformer(dit, latents, clips, embeds, args, ckpt: Checkpoint):
             for pe, p in zip(ema.parameters(), dit.parameters()):
                 pe.lerp_(p, 1 - decay)
         acc.append(loss.item())
-        if (step + 1) % args.log_every == 0 or step + 1 == args.dit_steps:
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
             curve.append(float(np.mean(acc)))
             acc = []
-            log(f"transformer step {step + 1}/{args.dit_steps} loss {curve[-1]:.4f} ({time.time() - t0:.0f}s)")
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.dit_steps:
+            log(f"transformer phase {phase} step {step + 1}/{steps} loss {curve[-1]:.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == steps:
             ckpt.save(model=dit.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step + 1, curve=curve)
     return ema.eval(), curve
 
@@ -303,6 +306,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dit-steps", type=int, default=1000)
     ap.add_argument("--dit-batch", type=int, default=8)
     ap.add_argument("--dit-lr", type=float, default=2e-4)
+    ap.add_argument("--dit2-steps", type=int, default=800)
+    ap.add_argument("--dit2-lr", type=float, default=8e-5)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--flow-shift", type=float, default=3.0)
     ap.add_argument("--max-seq-len", type=int, default=16)
@@ -311,7 +316,8 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.vae_steps, args.vae2_steps, args.dit_steps, args.clips, args.log_every, args.ckpt_every = 3, 3, 3, 8, 1, 2
+        args.vae_steps, args.vae2_steps, args.dit_steps, args.dit2_steps, args.clips = 3, 3, 3, 3, 8
+        args.log_every, args.ckpt_every = 1, 2
         args.work = args.work + "-smoke"
 
     torch.set_num_threads(args.threads)
@@ -343,6 +349,8 @@ def main(argv=None) -> None:
             save_report()
 
     if args.stage in ("transformer", "all") and not (work / "transformer").exists():
+        from diffusers import WanTransformer3DModel
+
         t0 = time.time()
         base = WanPipeline.from_pretrained(args.base)
         vae = AutoencoderKLWan.from_pretrained(work / "vae").eval()
@@ -373,12 +381,21 @@ def main(argv=None) -> None:
                 c: base.encode_prompt(c, do_classifier_free_guidance=False, max_sequence_length=args.max_seq_len)[0][0]
                 for c in sorted(captions)
             }
-        dit = widen_transformer(base.transformer, args.z_dim)
-        ema, report["transformer_loss_curve"] = train_transformer(dit, latents, clips, embeds, args, Checkpoint(work / "transformer.pt"))
-        ema.save_pretrained(work / "transformer")
         vae.save_pretrained(work / "vae")  # with the measured statistics
-        report["seconds"]["transformer"] = round(time.time() - t0)
-        save_report()
+        report["seconds"].setdefault("latents", round(time.time() - t0))
+        for phase, target in ((1, work / "transformer-phase1"), (2, work / "transformer")):
+            if target.exists():
+                continue
+            t0 = time.time()
+            if phase == 1:
+                dit = widen_transformer(base.transformer, args.z_dim)
+            else:
+                dit = WanTransformer3DModel.from_pretrained(work / "transformer-phase1")
+            ema, report[f"transformer{phase}_loss_curve"] = train_transformer(
+                dit, latents, clips, embeds, args, Checkpoint(work / f"transformer{phase}.pt"), phase)
+            ema.save_pretrained(target)
+            report["seconds"][f"transformer{phase}"] = round(time.time() - t0)
+            save_report()
 
     if args.stage == "all":
         base = WanPipeline.from_pretrained(args.base)

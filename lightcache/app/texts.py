@@ -80,7 +80,7 @@ COMPARE_HINT = (
 EXAMPLES = (
     ("a green circle moving up", 1002, 0.05),
     ("a blue triangle moving up", 1022, 0.1),
-    ("a white triangle moving up", 1034, 0.05),
+    ("a white square moving down", 1025, 0.05),
     ("a blue circle moving left", 1012, 0.1),
     ("a yellow triangle moving right", 1015, 0.05),
 )

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training, shared by every part
 
 from lightcache import shapes  # noqa: E402
-from tiny_training import cosine_lr, decode_unclamped, log, to_tensor  # noqa: E402
+from tiny_training import cosine_lr, decode_unclamped, flow_matching_step, log, to_tensor  # noqa: E402
 from train_tiny_refine import Checkpoint, encode_clips, training_clips  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ growing
@@ -239,31 +239,14 @@ def train_transformer(dit, latents, clips, embeds, args, ckpt: Checkpoint, phase
     for p in ema.parameters():
         p.requires_grad_(False)
     dit.train()
-    acc, t0, n = [], time.time(), len(clips)
+    acc, t0 = [], time.time()
     for step in range(start, steps):
         rng = np.random.default_rng([args.seed, 42 + phase, step])
         gen = torch.Generator().manual_seed(args.seed * 1_000_039 + 100_000 * (phase - 1) + step)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr, 50)
-        idx = rng.integers(0, n, size=args.dit_batch)
-        caps = ["" if rng.random() < 0.1 else shapes.caption(clips[i][0], say_background=bool(rng.random() < 0.5)) for i in idx]
-        ctx = torch.stack([embeds[c] for c in caps])
-        x0 = latents[idx]
-        u = torch.rand(args.dit_batch, generator=gen)
-        s = args.flow_shift * u / (1 + (args.flow_shift - 1) * u)  # the sampler's shifted schedule
-        noise = torch.randn(x0.shape, generator=gen)
-        sv = s.view(-1, 1, 1, 1, 1)
-        pred = dit(hidden_states=(1 - sv) * x0 + sv * noise, timestep=s * 1000, encoder_hidden_states=ctx, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), dit.parameters()):
-                pe.lerp_(p, 1 - decay)
-        acc.append(loss.item())
+        acc.append(flow_matching_step(dit, ema, opt, latents, clips, embeds, rng, gen, batch=args.dit_batch,
+                                      flow_shift=args.flow_shift, ema_max=args.ema, step=step))
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
             curve.append(float(np.mean(acc)))
             acc = []

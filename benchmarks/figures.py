@@ -703,8 +703,8 @@ def readme_bench(records: Records) -> str:
 
 # --- lightcache/data/tiny-wan/MODEL_CARD.md ------------------------------------------------------------------------------
 #: The tiny model's records: its evaluation (generations and the VAE alone), the cost of a default generation, and
-#: the second and third parts' logs; the first half's kept log lines are ``training_log.txt``.
-TINY_RECORDS = ("eval", "eval-vae", "cost", "refine_log", "widen_log")
+#: the second, third and fourth parts' logs; the first part's kept log lines are ``training_log.txt``.
+TINY_RECORDS = ("eval", "eval-vae", "cost", "refine_log", "widen_log", "sharpen_log")
 #: What issue-level targets the card compares the measured rates with: (label, key, target, higher is better).
 TINY_TARGETS = (
     ("the asked colour in every frame", "colour_every_frame", 0.95, True),
@@ -810,6 +810,9 @@ def tiny_training(records: Records) -> str:
     w = records.tiny.get("widen_log")
     if w is not None:
         lines += _widen_rows(w)
+    sh = records.tiny.get("sharpen_log")
+    if sh is not None:
+        lines += _sharpen_rows(sh)
     total = sum(sec.values())
     lines += ["", f"The second part took {total} s of compute ({total / 60:.0f} minutes; `refine_log.json` has the "
                   f"loss curves). How it ran: {r.get('how_it_ran', 'in one invocation')}."]
@@ -817,7 +820,11 @@ def tiny_training(records: Records) -> str:
         wtotal = sum(w["seconds"].values())
         lines += ["", f"The third part took {wtotal} s of compute ({wtotal / 60:.0f} minutes; `widen_log.json` has the "
                       f"loss curves). How it ran: {w.get('how_it_ran', 'in one invocation')}."]
-    lines += ["", f"The first half's kept log lines (`training_log.txt`): {first or 'none'}; its other stages left no "
+    if sh is not None:
+        stotal = sum(sh["seconds"].values())
+        lines += ["", f"The fourth part took {stotal} s of compute ({stotal / 60:.0f} minutes; `sharpen_log.json` has "
+                      f"the loss curve). How it ran: {sh.get('how_it_ran', 'in one invocation')}."]
+    lines += ["", f"The first part's kept log lines (`training_log.txt`): {first or 'none'}; its other stages left no "
                   "record."]
     return "\n".join(lines)
 
@@ -842,6 +849,24 @@ def _widen_rows(w: dict[str, Any]) -> list[str]:
     ]
     return [f"| {name} | {what} | {steps} ({batch}) | {w[f'{key}_loss_curve'][-1]:.3f} | {sec[key]} s |"
             for name, what, steps, batch, key in rows]
+
+
+def _sharpen_rows(sh: dict[str, Any]) -> list[str]:
+    """The fourth part's rows of the training table (``sharpen_log.json``)."""
+    a, sec = sh["args"], sh["seconds"]
+    noise = "uniform" if a["train_shift"] == 1 else f"shifted by {a['train_shift']:g}"
+    what = (f"flow matching from the third part's transformer, noise levels drawn {noise}, the object's latent cells "
+            f"(and their neighbours) x{1 + a['object_weight']:g}, on {a['clips']} clips' latents (encoding them: "
+            f"{sec['latents']} s); lr {a['lr']:g} cosine, EMA {a['ema']:g}")
+    rows = [f"| sharpen transformer 1 | {what} | {a['steps']} ({a['batch']}) | {sh['loss_curve'][-1]:.3f} | "
+            f"{sec['transformer']} s |"]
+    if a.get("shape_steps") and "shape_loss_curve" in sh:
+        shape_noise = "uniform" if a["shape_shift"] == 1 else f"shifted by {a['shape_shift']:g}"
+        rows.append(f"| sharpen transformer 2 | as 1, from its EMA weights, noise levels drawn {shape_noise}, the cells "
+                    f"where the asked shape differs from the other shapes given {a['shape_weight']:g} more weight (finding "
+                    f"them: {sec['shape_cells']} s); lr {a['shape_lr']:g} | {a['shape_steps']} ({a['batch']}) | "
+                    f"{sh['shape_loss_curve'][-1]:.3f} | {sec['transformer_shape']} s |")
+    return rows
 
 
 # --- mutation testing (docs/testing.md) --------------------------------------------------------------------------

@@ -45,12 +45,13 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def flow_matching_step(dit, ema, opt, latents, clips, embeds, rng, gen, *, batch: int, flow_shift: float,
-                       ema_max: float, step: int) -> float:
+                       ema_max: float, step: int, weights: torch.Tensor | None = None) -> float:
     """One training step of the transformer by flow matching, as Wan trains, and the EMA update; returns the loss.
 
     ``x_s = (1 - s) x0 + s n`` at the sampler's shifted ``s``, input timestep ``1000 s``, target ``n - x0``; 10 % of
     captions are empty so classifier-free guidance works, and half say the black background. ``rng`` draws the
-    clips and captions, ``gen`` the noise, so a step is reproducible from its seeds.
+    clips and captions, ``gen`` the noise, so a step is reproducible from its seeds. ``weights`` (broadcastable to
+    ``latents``, one row per clip), if given, weighs the squared error per latent cell, normalised to mean 1.
     """
     from lightcache import shapes
 
@@ -68,7 +69,11 @@ def flow_matching_step(dit, ema, opt, latents, clips, embeds, rng, gen, *, batch
     noise = torch.randn(x0.shape, generator=gen)
     sv = s.view(-1, 1, 1, 1, 1)
     pred = dit(hidden_states=(1 - sv) * x0 + sv * noise, timestep=s * 1000, encoder_hidden_states=ctx, return_dict=False)[0]
-    loss = torch.nn.functional.mse_loss(pred, noise - x0)
+    if weights is None:
+        loss = torch.nn.functional.mse_loss(pred, noise - x0)
+    else:
+        w = weights[idx]
+        loss = ((pred - (noise - x0)).pow(2) * w).mean() / w.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)

@@ -17,15 +17,17 @@ for them.
 
 Stages (each seeded on its own, each resumable; see ``--help`` and lightcache/data/tiny-wan/MODEL_CARD.md):
 VAE phases 1-4, latents of 1000 clips, transformer phases 1-2 on them, latents of 600 clips whose paths
-run near the middle of the frame, transformer phase 3 on those (the first half, staged in ``--v1-dir``); then
+run near the middle of the frame, transformer phase 3 on those (the first part, staged in ``--v1-dir``); then
 ``scripts/train_tiny_refine.py`` (the second part): the decoder trained again on whole 17-frame clips and the
 transformer deepened from 4 to 24 blocks (staged in ``--v2-dir``); then ``scripts/train_tiny_widen.py`` (the third
 part): the latent space widened from 12 to 16 channels, the whole VAE trained again, and the transformer trained on
-the widened latents. The shipped weights::
+the widened latents (staged in ``--v3-dir``); then ``scripts/train_tiny_sharpen.py`` (the fourth part): the
+transformer trained further at low noise levels too, with the object's latent cells weighted. The shipped weights::
 
     python scripts/train_tiny.py --out lightcache/data/tiny-wan --seed 0 --dit2-stop 3500
     python scripts/train_tiny.py --out lightcache/data/tiny-wan --v1-from /tmp/train_tiny_v1   # resume at the second part
     python scripts/train_tiny.py --out lightcache/data/tiny-wan --v2-from /tmp/train_tiny_v2   # resume at the third part
+    python scripts/train_tiny.py --out lightcache/data/tiny-wan --v3-from /tmp/train_tiny_v3   # resume at the fourth part
 
 ``--smoke`` runs a few steps of each stage to check shapes and speed.
 """
@@ -372,12 +374,18 @@ def main(argv=None) -> None:
     ap.add_argument("--vae2-steps", type=int, default=400)
     ap.add_argument("--vae2-obj-weight", type=float, default=4.0)
     ap.add_argument("--smoke", action="store_true", help="a few steps per stage, to check shapes and speed")
-    ap.add_argument("--v1-dir", default="/tmp/train_tiny_v1", help="where the first half's model is staged")
-    ap.add_argument("--v1-from", default=None, help="resume: skip the first half, refine this saved first-half model")
-    ap.add_argument("--no-refine", action="store_true", help="stop after the first half and write it to --out")
+    ap.add_argument("--v1-dir", default="/tmp/train_tiny_v1", help="where the first part's model is staged")
+    ap.add_argument("--v1-from", default=None, help="resume: skip the first part, refine this saved first-part model")
+    ap.add_argument("--no-refine", action="store_true", help="stop after the first part and write it to --out")
     ap.add_argument("--v2-dir", default="/tmp/train_tiny_v2", help="where the second part's model is staged")
     ap.add_argument("--v2-from", default=None, help="resume: skip the first two parts, widen this saved model")
+    ap.add_argument("--v3-dir", default="/tmp/train_tiny_v3", help="where the third part's model is staged")
+    ap.add_argument("--v3-from", default=None, help="resume: skip the first three parts, sharpen this saved model")
     args = ap.parse_args(argv)
+    if args.v3_from:
+        args.v3_dir = args.v3_from
+        sharpen(args)
+        return
     if args.v2_from:
         args.v2_dir = args.v2_from
         widen(args)
@@ -496,7 +504,7 @@ def main(argv=None) -> None:
     pipe = WanPipeline(
         tokenizer=tok, text_encoder=enc.eval(), vae=vae.eval(), transformer=ema.eval(), scheduler=build_scheduler(args.flow_shift)
     )
-    # The first half's model goes to a staging directory; the refinement stages (scripts/train_tiny_refine.py)
+    # The first part's model goes to a staging directory; the refinement stages (scripts/train_tiny_refine.py)
     # build the shipped model on it.
     out = Path(args.out) if args.no_refine else Path(args.v1_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -519,7 +527,7 @@ def main(argv=None) -> None:
 
 
 def refine(args) -> None:
-    """The second part: full-length decoding and a deeper transformer, on the first half's model; then the third."""
+    """The second part: full-length decoding and a deeper transformer, on the first part's model; then the third."""
     import train_tiny_refine
 
     argv = ["--base", args.v1_dir, "--out", args.v2_dir, "--seed", str(args.seed), "--threads", str(args.threads)]
@@ -531,8 +539,17 @@ def widen(args) -> None:
     """The third part: a wider latent space (sharper shapes), on the second part's model."""
     import train_tiny_widen
 
-    argv = ["--base", args.v2_dir, "--out", args.out, "--seed", str(args.seed), "--threads", str(args.threads)]
+    argv = ["--base", args.v2_dir, "--out", args.v3_dir, "--seed", str(args.seed), "--threads", str(args.threads)]
     train_tiny_widen.main(argv + (["--smoke"] if args.smoke else []))
+    sharpen(args)
+
+
+def sharpen(args) -> None:
+    """The fourth part: the transformer trained further for corners (low noise levels, the object weighted)."""
+    import train_tiny_sharpen
+
+    argv = ["--base", args.v3_dir, "--out", args.out, "--seed", str(args.seed), "--threads", str(args.threads)]
+    train_tiny_sharpen.main(argv + (["--smoke"] if args.smoke else []))
 
 
 if __name__ == "__main__":

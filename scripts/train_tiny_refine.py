@@ -1,6 +1,6 @@
 """Refine a trained tiny model (the second half of ``scripts/train_tiny.py``): full-length decoding, a deeper transformer.
 
-Two stages on top of a pipeline directory the first half wrote; each is resumable step by step (every step's data
+Two stages on top of a pipeline directory the first part wrote; each is resumable step by step (every step's data
 is drawn from a generator seeded by the stage seed and the step number, and a checkpoint is written every
 ``--ckpt-every`` steps, so a resumed stage continues exactly where it stopped):
 
@@ -185,7 +185,7 @@ def encode_clips(vae, clips, args) -> torch.Tensor:
 
 
 def training_clips(args) -> list[tuple[shapes.ClipSpec, int, float]]:
-    """Clips anywhere in the frame and clips near its middle, as the first half trained on (deterministic)."""
+    """Clips anywhere in the frame and clips near its middle, as the first part trained on (deterministic)."""
     rng = np.random.default_rng([args.seed, 2])
     specs = shapes.sample_specs(args.clips, seed=args.seed + 60, gray_fraction=0.0)
     return [(s, int(rng.integers(2**31)), 1.0 if i % 2 == 0 else 0.3) for i, s in enumerate(specs)]
@@ -227,7 +227,7 @@ def train_deeper(dit, latents, clips, embeds, args, ckpt: Checkpoint):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="the pipeline directory the first half wrote")
+    ap.add_argument("--base", required=True, help="the pipeline directory the first part wrote")
     ap.add_argument("--out", default="lightcache/data/tiny-wan")
     ap.add_argument("--work", default="/tmp/tiny-refine", help="checkpoints and intermediate files")
     ap.add_argument("--stage", choices=("decoder", "deepen", "all"), default="all")
@@ -295,7 +295,7 @@ def main(argv=None) -> None:
         if lat_path.exists():
             raw = torch.load(lat_path)
         else:
-            raw = encode_clips(base.vae, clips, args)  # the frozen encoder: the first half's latent space
+            raw = encode_clips(base.vae, clips, args)  # the frozen encoder: the first part's latent space
             torch.save(raw, lat_path)
         mean = torch.tensor(base.vae.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(base.vae.config.latents_std).view(1, -1, 1, 1, 1)

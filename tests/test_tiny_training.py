@@ -1,5 +1,6 @@
-"""The tiny model's growing steps (scripts/train_tiny_*.py): a grown network starts out computing what the old one
-did, so training continues from what the old one had learned instead of from noise."""
+"""The tiny model's training steps (scripts/train_tiny_*.py): a grown network starts out computing what the old one
+did, so training continues from what the old one had learned instead of from noise; the fourth part's loss weighs
+the object's latent cells as it says."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+from tiny_training import flow_matching_step  # noqa: E402
 from train_tiny_refine import deepen  # noqa: E402
+from train_tiny_sharpen import object_cells  # noqa: E402
 from train_tiny_widen import widen_transformer, widen_vae  # noqa: E402
 
 
@@ -72,3 +75,51 @@ def test_deepened_transformer_computes_what_the_shallow_one_did(small):
         b = big(h, torch.tensor([300.0]), ctx, return_dict=False)[0]
     assert len(big.blocks) == 2 * len(old.blocks)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_object_cells_find_a_moving_object_and_its_edge_not_the_background():
+    z = torch.full((1, 4, 3, 12, 12), -0.5)
+    for f in range(3):  # a 3 x 3 object two cells further right in each frame
+        z[0, :, f, 4:7, 1 + 2 * f : 4 + 2 * f] = 1.5
+    inner = object_cells(z, dilate=0)
+    assert inner.shape == (1, 1, 3, 12, 12)
+    assert [int(inner[0, 0, f].sum()) for f in range(3)] == [9, 9, 9]
+    assert bool(inner[0, 0, 2, 5, 6]) and not bool(inner[0, 0, 0, 5, 6])
+    grown = object_cells(z, dilate=1)
+    assert [int(grown[0, 0, f].sum()) for f in range(3)] == [25, 25, 25]
+    assert bool(grown[0, 0, 0, 3, 0]) and not bool(grown[0, 0, 0, 9, 9])
+
+
+def _one_step(small, weights):
+    """One flow-matching step from the same weights and draws; returns the loss and the updated model."""
+    import copy
+
+    import numpy as np
+
+    from lightcache import shapes
+
+    dit = copy.deepcopy(small.transformer).train()
+    ema = copy.deepcopy(dit).eval()
+    opt = torch.optim.SGD(dit.parameters(), lr=0.0)  # the loss is what is compared; nothing moves
+    c = dit.config.in_channels
+    latents = torch.randn(3, c, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    clips = [(spec, 0, 1.0) for spec in shapes.sample_specs(3, seed=0)]
+    g = torch.Generator().manual_seed(3)
+    captions = sorted({shapes.caption(s, say_background=b) for s, _, _ in clips for b in (True, False)})
+    embeds = {cap: torch.randn(6, dit.config.text_dim, generator=g) for cap in captions}
+    embeds[""] = torch.zeros(6, dit.config.text_dim)
+    return flow_matching_step(dit, ema, opt, latents, clips, embeds, np.random.default_rng(1), torch.Generator().manual_seed(2),
+                              batch=2, flow_shift=3.0, ema_max=0.99, step=0, weights=weights)
+
+
+def test_weighted_flow_matching_loss_is_the_weighted_mean_of_the_squared_error(small):
+    plain = _one_step(small, None)
+    # Uniform weights of any size are the plain loss.
+    assert _one_step(small, torch.full((3, 1, 2, 8, 8), 7.0)) == pytest.approx(plain, rel=1e-5)
+    # Weight on one half of the cells only: the loss is that half's mean error, not the whole mean.
+    left = torch.zeros(3, 1, 2, 8, 8)
+    left[..., :4] = 1.0
+    right = 1.0 - left
+    a, b = _one_step(small, left), _one_step(small, right)
+    assert a != pytest.approx(plain, rel=1e-3) and b != pytest.approx(plain, rel=1e-3)
+    assert (a + b) / 2 == pytest.approx(plain, rel=1e-5)

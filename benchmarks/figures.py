@@ -771,7 +771,8 @@ def _load_sentence(record: dict[str, Any]) -> str:
     load = record.get("load_average")
     if load is None:
         return " The record does not say how busy the machine was."
-    return (f" The {record.get('cpus', '?')}-core machine's 1-minute load average was {load['before']:.2f} before "
+    cpu = f" ({record['cpu']})" if record.get("cpu") else ""
+    return (f" The {record.get('cpus', '?')}-core machine's{cpu} 1-minute load average was {load['before']:.2f} before "
             f"the runs and {load['after']:.2f} after.")
 
 

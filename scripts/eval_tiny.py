@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -29,6 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightcache import shapes  # noqa: E402
 from lightcache.torch_thread import torch_thread  # noqa: E402
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else the platform's word): the same run differs a few times over
+    between CPUs, so a time means little without it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 @torch.inference_mode()
@@ -109,7 +123,7 @@ def cost(pipe, runs: int) -> dict:
         "denoise_speedup": med["plain"]["denoise_seconds"] / med["easycache"]["denoise_seconds"],
     }
     return {"settings": configs["plain"].to_dict(), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)}, "runs": out,
+            "cpu": _cpu_name(), "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)}, "runs": out,
             "medians": med, "summary": summary}
 
 

@@ -28,12 +28,13 @@ STEPS = 12
 GUIDANCE = 5.0
 MAX_SEQ_LEN = 16
 # Floors of the prompt-following test (rates over PROMPTS, measured on the output), a little under what the shipped
-# weights measure here (colour and motion 96 %, colour in every frame 92 %, median worst frame 10 % off colour, shape
-# 54 %). The shape floor sits above 9/24 = 37.5 %, what a model that draws every object round would score.
+# weights measure here (colour and motion 96 %, colour in every frame 92 %, median worst frame 13 % off colour, shape
+# 46 %: 11 of 24), each allowing one video to flip on another CPU. The shape floor sits above 9/24 = 37.5 %, what a
+# model that draws every object round would score.
 COLOUR_EVERY_FRAME_FLOOR = 0.85
 WORST_FRAME_OFF_COLOUR_CEILING = 0.2
 COLOUR_AND_MOTION_FLOOR = 0.9
-SHAPE_FLOOR = 0.45
+SHAPE_FLOOR = 0.4
 
 PROMPTS = [
     # Held out of training: the model never saw these (colour, shape, motion) combinations.

@@ -79,8 +79,8 @@ COMPARE_HINT = (
 #: (``lightcache/data/tiny-wan/eval.json``, where each of these prompts and seeds is a row).
 EXAMPLES = (
     ("a green circle moving up", 1002, 0.05),
-    ("a blue triangle moving up", 1022, 0.1),
-    ("a white square moving down", 1025, 0.05),
-    ("a blue circle moving left", 1012, 0.1),
-    ("a yellow triangle moving right", 1015, 0.05),
+    ("a blue triangle moving down", 1005, 0.1),
+    ("a white triangle moving left", 1008, 0.05),
+    ("a red circle moving down", 1009, 0.1),
+    ("a yellow triangle moving left", 1032, 0.05),
 )

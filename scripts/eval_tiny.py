@@ -123,8 +123,8 @@ def cost(pipe, runs: int) -> dict:
         "denoise_speedup": med["plain"]["denoise_seconds"] / med["easycache"]["denoise_seconds"],
     }
     return {"settings": configs["plain"].to_dict(), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "cpu": _cpu_name(), "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)}, "runs": out,
-            "medians": med, "summary": summary}
+            "cpu": _cpu_name(), "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+            "runs": out, "medians": med, "summary": summary}
 
 
 def main(argv=None) -> dict:

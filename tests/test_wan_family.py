@@ -419,7 +419,7 @@ def test_ti2v_with_an_image_honours_the_flow_shift():
     assert [r.step for r in _records(events) if r.branch == "cond"] == list(range(settings.steps))
     reference = build_tiny_variant("wan2.2-ti2v")
     reference.scheduler = type(reference.scheduler).from_config(reference.scheduler.config, flow_shift=7.0)
-    # Another object with the same weights: equal within kernel rounding, not bit for bit (see FLOAT_TOL).
+    # Another object with the same weights: within FLOAT_TOL, not bit for bit.
     np.testing.assert_allclose(finished.frames, plain_video(reference, settings, image), rtol=0, atol=FLOAT_TOL)
 
 
@@ -456,7 +456,7 @@ def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
 
     plain = _settings(case, steps=3, **wider)
     after = plain_video(pipe, plain, image)
-    # A fresh pipeline with the same weights: equal within kernel rounding, not bit for bit (see FLOAT_TOL).
+    # A fresh pipeline with the same weights: within FLOAT_TOL, not bit for bit.
     np.testing.assert_allclose(after, plain_video(build_tiny_variant(case), plain, image), rtol=0, atol=FLOAT_TOL)
 
 
@@ -479,7 +479,6 @@ def test_a_saved_variant_loads_and_runs(pipes, case, tmp_path):
     events, finished = _run(loaded, settings, image=_image(case))
     assert finished.summary["denoisers"] == list(_denoisers(built))
     assert finished.frames.shape == (settings.frames, settings.height, settings.width, 3)
-    # Same weights as the pipeline built in memory, so the same accelerated video: within kernel rounding, since a
-    # loaded module and a built one may take different kernels on some CPUs (~1e-7 seen in CI).
+    # Same weights as the pipeline built in memory, so the same accelerated video, within FLOAT_TOL.
     _events, same = _run(built, settings, image=_image(case))
     np.testing.assert_allclose(finished.frames, same.frames, rtol=0, atol=FLOAT_TOL)

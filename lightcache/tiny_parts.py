@@ -125,6 +125,18 @@ def tiny_qwen2_tokenizer():
     return tokenizer
 
 
+def tiny_t5_tokenizer(model_max_length: int = 512):
+    """A ``T5Tokenizer`` (Unigram over Metaspace pieces, ``<pad>`` / ``</s>`` / ``<unk>``): each corpus word one piece,
+    anything else spelt letter by letter."""
+    from transformers import T5Tokenizer
+
+    words = dict.fromkeys(TINY_CORPUS.split())
+    # Unigram picks the most likely split: a whole word (log-probability -1) beats its letters (-10 each).
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + word, -1.0) for word in words]
+             + [("\u2581", -10.0)] + [(char, -10.0) for char in _printable()])
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
 def _printable():
     """Every printable ASCII character and the line break, so that no prompt in plain English maps to the unknown
     token."""

@@ -125,6 +125,15 @@ def tiny_qwen2_tokenizer():
     return tokenizer
 
 
+def tiny_gemma_tokenizer():
+    """A ``GemmaTokenizer`` (BPE over ``\u2581``-joined words, byte fallback), 1024 tokens long."""
+    from transformers import GemmaTokenizer
+
+    specials = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+    vocab, merges = _trained_bpe(GemmaTokenizer(), specials, _printable(), word_prefix=" ")
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=1024)
+
+
 def tiny_t5_tokenizer(model_max_length: int = 512):
     """A ``T5Tokenizer`` (Unigram over Metaspace pieces, ``<pad>`` / ``</s>`` / ``<unk>``): each corpus word one piece,
     anything else spelt letter by letter."""

@@ -15,7 +15,7 @@ import torch
 from conftest import FLOAT_TOL
 
 #: Every family with a tiny builder, by folder name under ``lightcache/families``.
-FAMILIES = ("hunyuan_video", "hunyuan_video15", "svd", "animatediff", "cogvideox", "ltx")
+FAMILIES = ("hunyuan_video", "hunyuan_video15", "svd", "animatediff", "cogvideox", "ltx", "ltx2")
 
 
 def _tiny(family: str):
@@ -27,10 +27,12 @@ CASES = [(family, variant) for family in FAMILIES for variant in _tiny(family).T
 IDS = ["-".join((family, *map(str, variant.values()))) for family, variant in CASES]
 
 
-def _run(pipe, family: str, variant: dict) -> np.ndarray:
+def _run(pipe, family: str, variant: dict) -> dict[str, np.ndarray]:
+    """The frames of a plain run with a fixed seed, and its audio where the family makes some (LTX-2)."""
     tiny = _tiny(family)
     out = pipe(**tiny.tiny_inputs(**variant), generator=torch.Generator().manual_seed(5), **tiny.tiny_call(**variant))
-    return np.asarray(out.frames)
+    audio = getattr(out, "audio", None)
+    return {"frames": np.asarray(out.frames)} | ({} if audio is None else {"audio": np.asarray(audio)})
 
 
 class _Built:
@@ -38,7 +40,7 @@ class _Built:
 
     def __init__(self):
         self._pipes: dict[tuple, object] = {}
-        self._videos: dict[tuple, np.ndarray] = {}
+        self._videos: dict[tuple, dict[str, np.ndarray]] = {}
 
     def pipe(self, family: str, variant: dict):
         key = (family, *sorted(variant.items()))
@@ -46,7 +48,7 @@ class _Built:
             self._pipes[key] = _tiny(family).build_tiny_pipeline(seed=0, **variant)
         return self._pipes[key]
 
-    def video(self, family: str, variant: dict) -> np.ndarray:
+    def video(self, family: str, variant: dict) -> dict[str, np.ndarray]:
         key = (family, *sorted(variant.items()))
         if key not in self._videos:
             self._videos[key] = _run(self.pipe(family, variant), family, variant)
@@ -62,9 +64,12 @@ def built():
 def test_a_plain_run_repeats_bit_for_bit_and_has_the_asked_shape(built, family, variant):
     call = _tiny(family).tiny_call(**variant)
     first, second = built.video(family, variant), _run(built.pipe(family, variant), family, variant)
-    np.testing.assert_array_equal(first, second)
-    assert first.shape == (1, call["num_frames"], 32, 32, 3)
-    assert np.isfinite(first).all() and first.std() > 0  # random weights draw noise, never a flat or broken video
+    assert first.keys() == second.keys() == ({"frames", "audio"} if family == "ltx2" else {"frames"})
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+        # Random weights draw noise, never a flat or broken video or sound.
+        assert np.isfinite(first[name]).all() and first[name].std() > 0, name
+    assert first["frames"].shape == (1, call["num_frames"], 32, 32, 3)
 
 
 @pytest.mark.parametrize(("family", "variant"), CASES, ids=IDS)
@@ -76,8 +81,11 @@ def test_the_pipeline_saved_and_loaded_with_from_pretrained_makes_the_same_video
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is type(pipe)
-    # Another object with the same weights: within FLOAT_TOL, not bit for bit.
-    np.testing.assert_allclose(_run(loaded, family, variant), built.video(family, variant), rtol=0, atol=FLOAT_TOL)
+    again, before = _run(loaded, family, variant), built.video(family, variant)
+    assert again.keys() == before.keys()
+    for name in before:
+        # Another object with the same weights: within FLOAT_TOL, not bit for bit.
+        np.testing.assert_allclose(again[name], before[name], rtol=0, atol=FLOAT_TOL, err_msg=name)
 
 
 @pytest.mark.parametrize(("family", "variant"), CASES, ids=IDS)

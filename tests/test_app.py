@@ -328,23 +328,29 @@ def test_stop_ends_the_sessions_running_job_and_says_so(monkeypatch, tmp_path):
     handler = layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), session)
     next(handler), next(handler)
     note = layout.stop_job(session, waiting=0)
-    assert note.startswith("**Stopped.** The run ends at its next transformer call") and "waiting" not in note
+    assert note == layout.STOPPING and "waiting" not in note
     rest = list(handler)
-    assert rest[-1] == ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
+    assert rest[-1][0] == layout.STOPPED and rest[-1][2] is None and rest[-1][5] is None  # no videos: none was kept
+    assert gr.skip() not in rest[-1], "an API caller's result holds a skip where a value should be"
     assert seen["stopped"]
     assert not os.path.exists(seen["out_dir"])
-    assert layout.stop_job(session) == "Nothing is running."
+    # Pressed again (and again), Stop still says the run was stopped: the page copies its answer into the status.
+    assert layout.stop_job(session) == layout.stop_job(session) == layout.STOPPED_AGAIN
+    session.start()  # a new run: Stop speaks of it, not of the one stopped before
+    session.start().set()
+    assert layout.stop_job(session) == layout.NOTHING_RUNNING
 
 
 def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
     session = Session()
     assert layout.stop_job(session, waiting=1) == "**Stopped.** Your run waiting in the queue will not start."
-    running = ("**Stopped.** The run ends at its next transformer call; its hooks are removed and its memory "
-               "released before the next run starts.")
+    running = ("**Stopped.** The run ends at its next transformer call, or within the frame it is decoding; its "
+               "hooks are removed and its memory released before the next run starts.")
     cancel = session.start()
     assert layout.stop_job(session, waiting=2) == running + " Your waiting run will not start." and cancel.is_set()
     session.start()
     assert layout.stop_job(session, waiting=0) == running
+    assert layout.stop_job(session, waiting=1) == layout.STOPPED_AGAIN + " Your waiting run will not start."
     # A run that entered the queue before Stop (or at the same instant) does not start; a later one does.
     monkeypatch.setattr(time, "monotonic", lambda: 100.0)
     fresh = Session()
@@ -353,7 +359,7 @@ def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
     assert fresh.stopped_since(99.0) and fresh.stopped_since(100.0)
     assert not fresh.stopped_since(100.5) and not fresh.stopped_since(None)
     assert list(layout.run_job(_FakePipelines(), None, {}, fresh, enqueued_at=100.0)) == [
-        (layout.STOPPED_BEFORE_START,) + (gr.skip(),) * 6]
+        (layout.STOPPED_BEFORE_START,) + (None,) * 6]
 
 
 def test_a_finished_job_keeps_its_output_and_says_what_it_loaded(monkeypatch, tmp_path):
@@ -631,6 +637,8 @@ def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(cl
     final = job.result(timeout=PATIENCE_S)
     assert "Stopped" in final[0]
     assert "step 100 / 100" not in job.outputs()[-2][0]
+    # The API's result holds values: the trace so far, and no videos (the stopped run's files are gone).
+    assert final[2] is None and final[5] is None and isinstance(final[1], dict) and "plot" in final[1], final
 
     pipe = loader.pipes[-1]
     registry = getattr(pipe.transformer, "_diffusers_hook", None)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from ..errors import LightcacheError
+from ..errors import LightcacheError, shown
 from ..images import check_image_for_preset, open_image
 from ..presets import Preset, list_presets, load_shipped_preset
 from ..settings import RunSettings
@@ -203,7 +203,7 @@ def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | 
         )
     for name in ("prompt", "negative_prompt"):
         if raw[name] is not None and not isinstance(raw[name], str):
-            raise LightcacheError(f"{FIELDS[name]} must be text, got {raw[name]!r}.")
+            raise LightcacheError(f"{FIELDS[name]} must be text, got {shown(raw[name])}.")
     flags = {name: _as_bool(name, raw[name]) for name in _BOOL_FIELDS}
     ints = {name: _as_int(raw[name]) for name in _INT_FIELDS}
     tau = _as_number(raw["tau"])
@@ -299,4 +299,4 @@ def _as_bool(name: str, value: Any) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise LightcacheError(f"{FIELDS[name]} must be true or false, got {value!r}.")
+    raise LightcacheError(f"{FIELDS[name]} must be true or false, got {shown(value)}.")

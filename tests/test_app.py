@@ -90,6 +90,32 @@ def test_bad_input_names_the_field_and_range(changes, message):
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize("changes, message", [
+    (dict(prompt="a red \ud800 circle"), "Prompt: prompt holds a character that is not valid text (U+D800, a lone "
+                                         "surrogate, at position 6); remove it."),
+    (dict(negative_prompt="\udcff"), "Negative prompt: negative_prompt holds a character that is not valid text "
+                                     "(U+DCFF, a lone surrogate, at position 0); remove it."),
+])
+def test_text_that_utf8_cannot_encode_is_named(changes, message):
+    with pytest.raises(LightcacheError) as info:
+        parse_request(_raw(**changes), device="cpu")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("changes, start", [
+    (dict(easycache="x" * 100_000), "EasyCache must be true or false, got 'xxx"),
+    (dict(prompt=list(range(10_000))), "Prompt must be text, got [0, 1, 2"),
+    (dict(seed=10 ** 308), "Seed: seed must be between 0 and 9223372036854775807, got 1000"),
+    (dict(steps=int("9" * 309)), "Steps: steps must be between 2 and 100, got 9999"),
+    (dict(frames=list(range(10_000))), "Frames: frames must be a whole number between 1 and 65, got [0, 1, 2"),
+])
+def test_a_long_value_is_quoted_cut(changes, start):
+    with pytest.raises(LightcacheError) as info:
+        parse_request(_raw(**changes), device="cpu")
+    message = str(info.value)
+    assert message.startswith(start) and message.endswith("….") and len(message) < len(start) + 80, message
+
+
 def test_gpu_preset_is_accepted_where_cuda_is():
     job = parse_request(_raw(preset="wan2.1-t2v-1.3b", height=480, width=832, frames=81), device="cuda")
     assert job.preset.requires_gpu
@@ -154,6 +180,27 @@ def test_the_image_field_reads_only_gradio_uploads(tmp_path):
     (uploads / "abc" / "not.png").write_bytes(b"plain text")
     with pytest.raises(LightcacheError, match="could not be read"):
         parse_image({"path": str(uploads / "abc" / "not.png")}, str(uploads))
+
+
+def test_an_image_past_pils_own_limit_gets_the_size_message():
+    import struct
+    import zlib
+
+    from lightcache.images import open_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png_header(width: int, height: int) -> bytes:  # all PIL reads before it refuses or decodes
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+    with pytest.raises(LightcacheError) as info:
+        open_image(png_header(20000, 20000), label="Image (first frame)")  # PIL's DecompressionBombError
+    assert str(info.value) == "Image (first frame) is far too large; the largest accepted is 16 megapixels."
+    with pytest.raises(LightcacheError) as info:
+        open_image(png_header(5000, 5000), label="Image (first frame)")  # past our limit, within PIL's
+    assert str(info.value) == "Image (first frame) is 5000x5000; the largest accepted is 16 megapixels."
 
 
 def test_image_presets_need_an_image_and_text_presets_refuse_one():

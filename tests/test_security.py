@@ -235,16 +235,19 @@ def _call(app, route: str, data: list, fn_index: int | None = None) -> tuple[int
     """
     session = uuid.uuid4().hex
     if route == "rest":
-        response = httpx.post(_api(app, "call/generate"), json={"data": data}, timeout=60)
+        route, body = "call/generate", {"data": data}
     elif route == "queue":
         fn_index = next(i for i, f in app.demo.fns.items() if f.api_name == "generate")
-        response = httpx.post(_api(app, "queue/join"), json={"data": data, "fn_index": fn_index,
-                                                             "session_hash": session}, timeout=60)
+        route, body = "queue/join", {"data": data, "fn_index": fn_index, "session_hash": session}
     else:
-        response = httpx.post(_api(app, "run/predict"), json={"data": data, "fn_index": fn_index}, timeout=60)
-    if response.status_code != 200 or route == "direct":
+        route, body = "run/predict", {"data": data, "fn_index": fn_index}
+    # json.dumps escapes what UTF-8 cannot encode (a lone surrogate), as a JSON client may send it.
+    response = httpx.post(_api(app, route), content=json.dumps(body), timeout=60,
+                          headers={"content-type": "application/json"})
+    if response.status_code != 200 or route == "run/predict":
         return response.status_code, response.text
-    stream = f"call/generate/{response.json()['event_id']}" if route == "rest" else f"queue/data?session_hash={session}"
+    stream = (f"call/generate/{response.json()['event_id']}" if route == "call/generate"
+              else f"queue/data?session_hash={session}")
     with httpx.stream("GET", _api(app, stream), timeout=PATIENCE_S) as events:
         lines = list(events.iter_lines())  # both streams end once the session has nothing more running
     return response.status_code, "\n".join(lines)
@@ -308,6 +311,13 @@ def test_an_uploaded_image_passes_the_check_and_reaches_the_form(app, client):
     path = _upload(app, "first-frame.png", buffer.getvalue())
     message = _refused(client, image=_file_reference(path))
     assert message == f"{FIELDS['image']}: Preset 'tiny' is text-to-video only; it takes no image."
+
+
+def test_a_prompt_with_a_lone_surrogate_is_refused_by_name(app):
+    status, told = _call(app, "rest", _generate_data(prompt="a red \ud800 circle"))
+    assert status == 200 and "event: error" in told
+    assert ("Prompt: prompt holds a character that is not valid text (U+D800, a lone surrogate, at position 6); "
+            "remove it.") in told
 
 
 def test_a_request_too_large_to_check_is_refused(app):

@@ -24,8 +24,10 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
 
     >>> shown("abc"), shown(12)
     ("'abc'", '12')
-    >>> shown("x" * 100_000)
-    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…"
+    >>> shown("x" * 100_000, limit=8)
+    "'xxxxxx…"
+    >>> len(shown(list(range(10_000))))
+    60
     """
     try:
         text = repr(value)

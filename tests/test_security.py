@@ -228,7 +228,8 @@ def _generate_data(**changes) -> list:
 def _call(app, route: str, data: list, fn_index: int | None = None) -> tuple[int, str]:
     """A call the way each kind of client makes it; (HTTP status, what the client was told).
 
-    ``rest``: ``POST /gradio_api/call/generate`` then its event stream; ``queue``: ``POST /gradio_api/queue/join``
+    ``rest``: ``POST /gradio_api/call/generate`` then its event stream (``rest-v2``: the same with the parameters
+    by name, ``/gradio_api/call/v2/generate``); ``queue``: ``POST /gradio_api/queue/join``
     (the page's and gradio_client's route) then the session's stream; ``direct``: ``POST /gradio_api/run/predict``
     naming an event by ``fn_index``. A request the server accepted is followed to its end, so that whatever it
     resolves is resolved before the test looks.
@@ -236,6 +237,8 @@ def _call(app, route: str, data: list, fn_index: int | None = None) -> tuple[int
     session = uuid.uuid4().hex
     if route == "rest":
         route, body = "call/generate", {"data": data}
+    elif route == "rest-v2":
+        route, body = "call/v2/generate", dict(zip(FIELDS, data))
     elif route == "queue":
         fn_index = next(i for i, f in app.demo.fns.items() if f.api_name == "generate")
         route, body = "queue/join", {"data": data, "fn_index": fn_index, "session_hash": session}
@@ -246,7 +249,7 @@ def _call(app, route: str, data: list, fn_index: int | None = None) -> tuple[int
                           headers={"content-type": "application/json"})
     if response.status_code != 200 or route == "run/predict":
         return response.status_code, response.text
-    stream = (f"call/generate/{response.json()['event_id']}" if route == "call/generate"
+    stream = (f"{route}/{response.json()['event_id']}" if route.startswith("call/")
               else f"queue/data?session_hash={session}")
     with httpx.stream("GET", _api(app, stream), timeout=PATIENCE_S) as events:
         lines = list(events.iter_lines())  # both streams end once the session has nothing more running
@@ -258,7 +261,7 @@ def _validation_message(text: str) -> str:
     return next(e["message"] for e in json.loads(text)["detail"] if not e["is_valid"])
 
 
-@pytest.mark.parametrize("route", ["rest", "queue"])
+@pytest.mark.parametrize("route", ["rest", "rest-v2", "queue"])
 def test_an_image_given_as_a_url_is_refused_and_nothing_is_fetched(app, lookups, route):
     name = f"first-frame-{uuid.uuid4().hex}.png"
     status, told = _call(app, route, _generate_data(image=_file_reference(f"https://{PROBE_HOST}/{name}")))

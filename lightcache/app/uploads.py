@@ -42,7 +42,7 @@ NOT_AN_UPLOAD = ("only files uploaded through the page or the API's upload route
                  "refused.")
 NOT_AN_IMAGE = "upload an image file (PNG, JPEG, WebP) and pass the reference the upload route returned, or nothing."
 
-_API = re.compile(r"/gradio_api/(?:(?:call(?:/v2)?|run|api)/(?P<api_name>[A-Za-z0-9_-]+)/?|(?P<join>queue/join))$")
+_API = re.compile(r"/gradio_api/(?:(?P<route>call/v2|call|run|api)/(?P<api_name>[A-Za-z0-9_-]+)/?|queue/join)$")
 _FILE_URL = re.compile(r"/gradio_api/file[=/]https?:", re.IGNORECASE)
 
 
@@ -117,6 +117,8 @@ class UploadsOnly:
         except (ValueError, RecursionError):
             payload = None  # Gradio refuses it as well
         match = _API.search(path)
+        if match and match["route"] == "call/v2":
+            payload = {"data": payload}  # its body is the parameters by name
         blocks = scope["app"].get_blocks() if "app" in scope else None  # without it, every file reference is checked
         from gradio.utils import get_upload_folder
 
@@ -139,16 +141,15 @@ class UploadsOnly:
 # --- helpers ---------------------------------------------------------------------------------------------------------
 def _refused_input(blocks: Any, api_name: str | None, payload: Any, upload_dir) -> tuple[Any, str] | None:
     """(the input component at fault or None, the message), or None when the request may pass."""
-    found = _inputs_and_values(blocks, api_name, payload)
-    if found is None:
-        bad = any(uploaded_file(ref["path"], upload_dir) is None for ref in _references(payload))
-        return (None, f"A file: {NOT_AN_UPLOAD}") if bad else None
-    for block, value in found:
+    for block, value in _inputs_and_values(blocks, api_name, payload) or ():
         label = getattr(block, "label", None) or "A file"
         if _takes_image(block) and value is not None and not is_file_reference(value):
             return block, f"{label}: {NOT_AN_IMAGE}"
         if any(uploaded_file(ref["path"], upload_dir) is None for ref in _references(value)):
             return block, f"{label}: {NOT_AN_UPLOAD}"
+    # Anything outside the fields (Gradio reads other keys of a body too) is held to the same rule.
+    if any(uploaded_file(ref["path"], upload_dir) is None for ref in _references(payload)):
+        return None, f"A file: {NOT_AN_UPLOAD}"
     return None
 
 

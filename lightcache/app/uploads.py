@@ -10,7 +10,8 @@ with a message naming the field:
 * in the Image field, anything but such an uploaded file's reference or nothing.
 
 The refusal is the answer Gradio gives when an event's validator rejects an input (HTTP 422 with one entry per
-input), which gradio_client and the page show next to the field. A request body larger than
+input), which gradio_client reports as the failed parameter with its message and the page's client reads as a
+validation error. A request body larger than
 :data:`MAX_BODY_BYTES` is refused (413) rather than passed on unread. Gradio's file route would also fetch a URL
 (``GET /gradio_api/file=https://...`` downloads it and streams it back): such a request is refused (403).
 

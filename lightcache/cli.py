@@ -35,8 +35,16 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's way of refusing: one ``error:`` line and exit status 2 (via :func:`main`), instead of
+    the usage block. Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        raise LightcacheError(f"{message} (see `{self.prog} --help`).")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_prog(),
         description="Faster, lighter video diffusion with EasyCache and LightCache's memory strategies.",
     )
@@ -100,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _stop_signals_raise() as received:
         try:
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args = parser.parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
             _quiet_libraries()
             return int(args.handler(args) or 0)
         except LightcacheError as exc:
@@ -113,6 +121,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             # Ctrl-C inside a library's lazy import can come back as another error ("Failed to import ...").
             return _stopped(received)
+
+
+def _negative_values_attached(argv: Sequence[str]) -> list[str]:
+    """``--threshold -inf`` read as ``--threshold=-inf``: argparse takes a word starting with '-' for an option unless
+    it is a plain negative number, and would answer "expected one argument" instead of the value's own check.
+
+    >>> _negative_values_attached(["--threshold", "-inf", "--steps", "-1e3", "--prompt", "-x"])
+    ['--threshold=-inf', '--steps=-1e3', '--prompt', '-x']
+    """
+    words: list[str] = []
+    for word in argv:
+        if words and words[-1].startswith("--") and "=" not in words[-1] and word.startswith("-") and _is_number(word):
+            words[-1] = f"{words[-1]}={word}"
+        else:
+            words.append(word)
+    return words
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _stopped(received: list[int]) -> int:

@@ -44,16 +44,18 @@ def open_image(source: str | os.PathLike | bytes | Any, label: str = "The image"
             data = bytes(source)
         else:
             raise LightcacheError(f"{label} must be an image file, got {type(source).__name__}.")
+        largest = f"the largest accepted is {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
         try:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise LightcacheError(
-                    f"{label} is {width}x{height}; the largest accepted is {MAX_IMAGE_PIXELS // 1_000_000} megapixels."
-                )
+                raise LightcacheError(f"{label} is {width}x{height}; {largest}.")
             image.load()
         except LightcacheError:
             raise
+        except Image.DecompressionBombError:
+            # PIL refuses an image over twice its own limit (about 179 megapixels) before its size can be read.
+            raise LightcacheError(f"{label} is far too large; {largest}.") from None
         except Exception:  # noqa: BLE001 - PIL raises many types for a bad file; the user needs one sentence
             raise LightcacheError(
                 f"{label} could not be read: it is not a PNG, JPEG, WebP or other image file."

@@ -368,11 +368,21 @@ def check_model_matches_preset(model_dir: Path, preset: Preset) -> None:
     if class_name == preset.pipeline:
         return
     family = family_of_pipeline_class(str(class_name))
-    if family != preset.family:
-        what = f"the {family} family" if family else "a family lightcache does not run"
+    if family is None:
+        from .families import ADAPTERS
+
+        known = ", ".join(c for adapter in ADAPTERS.values() for c in adapter.pipeline_classes)
         raise LightcacheError(
-            f"'{model_dir}' holds a {class_name} ({what}), but preset '{preset.name}' is a {preset.family} model; "
-            f"choose a preset of that family."
+            f"'{model_dir}' holds a {class_name}, which lightcache does not run (it runs {known}); preset "
+            f"'{preset.name}' needs a {preset.pipeline}."
+        )
+    if family != preset.family:
+        presets = [name for name in list_presets() if load_preset(name).family == family]
+        advice = (f"choose one of that family's presets: {', '.join(presets)}" if presets
+                  else "no shipped preset runs that family")
+        raise LightcacheError(
+            f"'{model_dir}' holds a {class_name} (the {family} family), but preset '{preset.name}' is a "
+            f"{preset.family} model; {advice}."
         )
     raise LightcacheError(
         f"'{model_dir}' holds a {class_name}, but preset '{preset.name}' runs a {preset.pipeline}; choose the preset "

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from .errors import LightcacheError
+from .errors import LightcacheError, shown
 
 
 class Preset(Protocol):
@@ -100,6 +100,8 @@ class RunSettings:
         lim = preset.limits
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise LightcacheError("prompt must not be empty.")
+        for name in ("prompt", "negative_prompt"):
+            _check_text(name, getattr(self, name))
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("steps", self.steps, lim.min_steps, lim.max_steps)
         _check_int("frames", self.frames, 1, lim.max_frames)
@@ -125,7 +127,7 @@ class RunSettings:
         if self.chunk_ffn is not None:
             _check_int("chunk_ffn", self.chunk_ffn, 1, 1_000_000)
         if not isinstance(self.compile, bool):
-            raise LightcacheError(f"compile must be true or false, got {self.compile!r}.")
+            raise LightcacheError(f"compile must be true or false, got {shown(self.compile)}.")
         if self.decode_slices is not None:
             _check_int("decode_slices", self.decode_slices, 1, 256)
             if not self.sliced_decode:
@@ -149,13 +151,27 @@ def fitted_warmup(warmup: Any, steps: Any) -> Any:
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise LightcacheError(f"{name} must be a whole number between {low} and {high}, got {value!r}.")
+        raise LightcacheError(f"{name} must be a whole number between {low} and {high}, got {shown(value)}.")
     if not low <= value <= high:
-        raise LightcacheError(f"{name} must be between {low} and {high}, got {value}.")
+        raise LightcacheError(f"{name} must be between {low} and {high}, got {shown(value)}.")
 
 
 def _check_float(name: str, value: Any, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise LightcacheError(f"{name} must be a number between {low} and {high}, got {value!r}.")
+        raise LightcacheError(f"{name} must be a number between {low} and {high}, got {shown(value)}.")
     if not low <= value <= high:
-        raise LightcacheError(f"{name} must be between {low} and {high}, got {value}.")
+        raise LightcacheError(f"{name} must be between {low} and {high}, got {shown(value)}.")
+
+
+def _check_text(name: str, value: Any) -> None:
+    """Text the tokenizer can take: a string that UTF-8 can encode (a lone surrogate such as ``"\\ud800"``, which a
+    JSON client or an undecodable command-line byte can produce, cannot be)."""
+    if not isinstance(value, str):
+        raise LightcacheError(f"{name} must be text, got {shown(value)}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LightcacheError(
+            f"{name} holds a character that is not valid text (U+{ord(value[exc.start]):04X}, a lone surrogate, at "
+            f"position {exc.start}); remove it."
+        ) from None

@@ -90,6 +90,32 @@ def test_bad_input_names_the_field_and_range(changes, message):
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize("changes, message", [
+    (dict(prompt="a red \ud800 circle"), "Prompt: prompt holds a character that is not valid text (U+D800, a lone "
+                                         "surrogate, at position 6); remove it."),
+    (dict(negative_prompt="\udcff"), "Negative prompt: negative_prompt holds a character that is not valid text "
+                                     "(U+DCFF, a lone surrogate, at position 0); remove it."),
+])
+def test_text_that_utf8_cannot_encode_is_named(changes, message):
+    with pytest.raises(LightcacheError) as info:
+        parse_request(_raw(**changes), device="cpu")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("changes, start", [
+    (dict(easycache="x" * 100_000), "EasyCache must be true or false, got 'xxx"),
+    (dict(prompt=list(range(10_000))), "Prompt must be text, got [0, 1, 2"),
+    (dict(seed=10 ** 308), "Seed: seed must be between 0 and 9223372036854775807, got 1000"),
+    (dict(steps=int("9" * 309)), "Steps: steps must be between 2 and 100, got 9999"),
+    (dict(frames=list(range(10_000))), "Frames: frames must be a whole number between 1 and 65, got [0, 1, 2"),
+])
+def test_a_long_value_is_quoted_cut(changes, start):
+    with pytest.raises(LightcacheError) as info:
+        parse_request(_raw(**changes), device="cpu")
+    message = str(info.value)
+    assert message.startswith(start) and message.endswith("….") and len(message) < len(start) + 80, message
+
+
 def test_gpu_preset_is_accepted_where_cuda_is():
     job = parse_request(_raw(preset="wan2.1-t2v-1.3b", height=480, width=832, frames=81), device="cuda")
     assert job.preset.requires_gpu
@@ -154,6 +180,27 @@ def test_the_image_field_reads_only_gradio_uploads(tmp_path):
     (uploads / "abc" / "not.png").write_bytes(b"plain text")
     with pytest.raises(LightcacheError, match="could not be read"):
         parse_image({"path": str(uploads / "abc" / "not.png")}, str(uploads))
+
+
+def test_an_image_past_pils_own_limit_gets_the_size_message():
+    import struct
+    import zlib
+
+    from lightcache.images import open_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png_header(width: int, height: int) -> bytes:  # all PIL reads before it refuses or decodes
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+    with pytest.raises(LightcacheError) as info:
+        open_image(png_header(20000, 20000), label="Image (first frame)")  # PIL's DecompressionBombError
+    assert str(info.value) == "Image (first frame) is far too large; the largest accepted is 16 megapixels."
+    with pytest.raises(LightcacheError) as info:
+        open_image(png_header(5000, 5000), label="Image (first frame)")  # past our limit, within PIL's
+    assert str(info.value) == "Image (first frame) is 5000x5000; the largest accepted is 16 megapixels."
 
 
 def test_image_presets_need_an_image_and_text_presets_refuse_one():
@@ -328,23 +375,29 @@ def test_stop_ends_the_sessions_running_job_and_says_so(monkeypatch, tmp_path):
     handler = layout.run_job(_FakePipelines(), OutputDirs(tmp_path), initial_values("tiny", SMALL), session)
     next(handler), next(handler)
     note = layout.stop_job(session, waiting=0)
-    assert note.startswith("**Stopped.** The run ends at its next transformer call") and "waiting" not in note
+    assert note == layout.STOPPING and "waiting" not in note
     rest = list(handler)
-    assert rest[-1] == ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
+    assert rest[-1][0] == layout.STOPPED and rest[-1][2] is None and rest[-1][5] is None  # no videos: none was kept
+    assert gr.skip() not in rest[-1], "an API caller's result holds a skip where a value should be"
     assert seen["stopped"]
     assert not os.path.exists(seen["out_dir"])
-    assert layout.stop_job(session) == "Nothing is running."
+    # Pressed again (and again), Stop still says the run was stopped: the page copies its answer into the status.
+    assert layout.stop_job(session) == layout.stop_job(session) == layout.STOPPED_AGAIN
+    session.start()  # a new run: Stop speaks of it, not of the one stopped before
+    session.start().set()
+    assert layout.stop_job(session) == layout.NOTHING_RUNNING
 
 
 def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
     session = Session()
     assert layout.stop_job(session, waiting=1) == "**Stopped.** Your run waiting in the queue will not start."
-    running = ("**Stopped.** The run ends at its next transformer call; its hooks are removed and its memory "
-               "released before the next run starts.")
+    running = ("**Stopped.** The run ends at its next transformer call, or within the frame it is decoding; its "
+               "hooks are removed and its memory released before the next run starts.")
     cancel = session.start()
     assert layout.stop_job(session, waiting=2) == running + " Your waiting run will not start." and cancel.is_set()
     session.start()
     assert layout.stop_job(session, waiting=0) == running
+    assert layout.stop_job(session, waiting=1) == layout.STOPPED_AGAIN + " Your waiting run will not start."
     # A run that entered the queue before Stop (or at the same instant) does not start; a later one does.
     monkeypatch.setattr(time, "monotonic", lambda: 100.0)
     fresh = Session()
@@ -353,7 +406,7 @@ def test_stop_tells_apart_a_running_and_a_waiting_run(monkeypatch):
     assert fresh.stopped_since(99.0) and fresh.stopped_since(100.0)
     assert not fresh.stopped_since(100.5) and not fresh.stopped_since(None)
     assert list(layout.run_job(_FakePipelines(), None, {}, fresh, enqueued_at=100.0)) == [
-        (layout.STOPPED_BEFORE_START,) + (gr.skip(),) * 6]
+        (layout.STOPPED_BEFORE_START,) + (None,) * 6]
 
 
 def test_a_finished_job_keeps_its_output_and_says_what_it_loaded(monkeypatch, tmp_path):
@@ -631,6 +684,8 @@ def test_stop_mid_run_leaves_a_clean_pipeline_and_the_next_run_is_a_fresh_one(cl
     final = job.result(timeout=PATIENCE_S)
     assert "Stopped" in final[0]
     assert "step 100 / 100" not in job.outputs()[-2][0]
+    # The API's result holds values: the trace so far, and no videos (the stopped run's files are gone).
+    assert final[2] is None and final[5] is None and isinstance(final[1], dict) and "plot" in final[1], final
 
     pipe = loader.pipes[-1]
     registry = getattr(pipe.transformer, "_diffusers_hook", None)

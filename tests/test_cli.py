@@ -131,6 +131,18 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("words, message", [
+    (["--threshold", "-inf"], "threshold must be between 0.0 and inf, got -inf."),
+    (["--steps", "nan"], "argument --steps: invalid int value: 'nan' (see `python -m lightcache generate --help`)."),
+    (["--frames"], "argument --frames: expected one argument (see `python -m lightcache generate --help`)."),
+])
+def test_a_value_argparse_refuses_is_one_error_line_too(monkeypatch, tmp_path, capsys, words, message):
+    monkeypatch.setattr(sys, "argv", ["python -m lightcache"])
+    assert main(["generate", "--out", str(tmp_path / "o"), *words]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_presets_command_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out

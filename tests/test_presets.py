@@ -210,6 +210,24 @@ def test_devices_this_machine_lacks_are_refused_by_name(device, message):
     assert resolve_device("cpu") == "cpu" and resolve_device(None) in ("cpu", "cuda")
 
 
+def test_a_model_of_another_family_is_refused_with_advice_that_holds(tmp_path, monkeypatch):
+    from lightcache import families
+    from lightcache.presets import check_model_matches_preset
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(LightcacheError) as info:
+        check_model_matches_preset(tmp_path, load_preset("tiny"))
+    assert str(info.value) == (f"'{tmp_path}' holds a FluxPipeline, which lightcache does not run (it runs "
+                               "WanPipeline, WanImageToVideoPipeline); preset 'tiny' needs a WanPipeline.")
+    # A family lightcache runs but no shipped preset does: no advice to choose a preset of it.
+    other = type("OtherFamily", (), {"name": "other", "pipeline_classes": ("FluxPipeline",)})
+    monkeypatch.setitem(families.ADAPTERS, "other", other)
+    with pytest.raises(LightcacheError) as info:
+        check_model_matches_preset(tmp_path, load_preset("tiny"))
+    assert str(info.value).endswith("(the other family), but preset 'tiny' is a wan model; no shipped preset runs "
+                                    "that family.")
+
+
 def test_gpu_preset_without_gpu_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

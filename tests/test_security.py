@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,10 +25,12 @@ import httpx
 import numpy as np
 import pytest
 from conftest import CallGate
+from gradio.utils import get_upload_folder
 from gradio_client import Client
 
 from lightcache.app import build_demo
 from lightcache.app import launch as app_launch
+from lightcache.app.form import FIELDS, initial_values
 from lightcache.app.layout import STOPPED_BEFORE_START
 from lightcache.app.outputs import OutputDirs
 from lightcache.app.pipelines import PipelineCache
@@ -189,6 +192,140 @@ def test_uploads_are_capped_at_what_the_app_needs(app):
 def test_the_file_route_serves_no_server_files(app, path, content):
     response = httpx.get(_api(app, f"file={path}"), timeout=30)
     assert response.status_code in (403, 404) and content not in response.text
+
+
+# --- file references: only uploads are read, nothing is fetched ------------------------------------------------------
+#: A host name that cannot exist (RFC 2606): the server must not even look it up.
+PROBE_HOST = "lightcache-fetch-probe.invalid"
+NOT_AN_UPLOAD = ("only files uploaded through the page or the API's upload route are read; a URL or any other path "
+                 "is refused.")
+
+
+@pytest.fixture
+def lookups(monkeypatch):
+    """Every host name this process resolves while the test runs (the served app runs in this process)."""
+    hosts: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):
+        hosts.append(host)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    return hosts
+
+
+def _file_reference(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def _generate_data(**changes) -> list:
+    """The data list of a ``/generate`` call, by position, with ``changes``."""
+    values = dict(initial_values("tiny", SMALL), **changes)
+    return [values[name] for name in FIELDS]
+
+
+def _call(app, route: str, data: list, fn_index: int | None = None) -> tuple[int, str]:
+    """A call the way each kind of client makes it; (HTTP status, what the client was told).
+
+    ``rest``: ``POST /gradio_api/call/generate`` then its event stream (``rest-v2``: the same with the parameters
+    by name, ``/gradio_api/call/v2/generate``); ``queue``: ``POST /gradio_api/queue/join``
+    (the page's and gradio_client's route) then the session's stream; ``direct``: ``POST /gradio_api/run/predict``
+    naming an event by ``fn_index``. A request the server accepted is followed to its end, so that whatever it
+    resolves is resolved before the test looks.
+    """
+    session = uuid.uuid4().hex
+    if route == "rest":
+        route, body = "call/generate", {"data": data}
+    elif route == "rest-v2":
+        route, body = "call/v2/generate", dict(zip(FIELDS, data))
+    elif route == "queue":
+        fn_index = next(i for i, f in app.demo.fns.items() if f.api_name == "generate")
+        route, body = "queue/join", {"data": data, "fn_index": fn_index, "session_hash": session}
+    else:
+        route, body = "run/predict", {"data": data, "fn_index": fn_index}
+    # json.dumps escapes what UTF-8 cannot encode (a lone surrogate), as a JSON client may send it.
+    response = httpx.post(_api(app, route), content=json.dumps(body), timeout=60,
+                          headers={"content-type": "application/json"})
+    if response.status_code != 200 or route == "run/predict":
+        return response.status_code, response.text
+    stream = (f"{route}/{response.json()['event_id']}" if route.startswith("call/")
+              else f"queue/data?session_hash={session}")
+    with httpx.stream("GET", _api(app, stream), timeout=PATIENCE_S) as events:
+        lines = list(events.iter_lines())  # both streams end once the session has nothing more running
+    return response.status_code, "\n".join(lines)
+
+
+def _validation_message(text: str) -> str:
+    """The refused field's message in Gradio's 422 answer (as gradio_client and the page read it)."""
+    return next(e["message"] for e in json.loads(text)["detail"] if not e["is_valid"])
+
+
+@pytest.mark.parametrize("route", ["rest", "rest-v2", "queue"])
+def test_an_image_given_as_a_url_is_refused_and_nothing_is_fetched(app, lookups, route):
+    name = f"first-frame-{uuid.uuid4().hex}.png"
+    status, told = _call(app, route, _generate_data(image=_file_reference(f"https://{PROBE_HOST}/{name}")))
+    assert PROBE_HOST not in lookups, "the server tried to fetch the URL"
+    assert not list(Path(get_upload_folder()).rglob(name)), "the URL's file is in Gradio's cache"
+    assert status == 422 and _validation_message(told) == f"{FIELDS['image']}: {NOT_AN_UPLOAD}"
+
+
+def test_no_event_and_no_field_resolves_a_url(app, lookups):
+    """Gradio resolves file references in any field of any event: the Prompt of ``/generate``, and the Steps value
+    of the page's own warm-up follower, which the direct route runs by its index."""
+    status, told = _call(app, "queue", _generate_data(prompt=_file_reference(f"https://{PROBE_HOST}/prompt.txt")))
+    assert status == 422 and _validation_message(told) == f"{FIELDS['prompt']}: {NOT_AN_UPLOAD}"
+    steps_id = next(c["id"] for c in app.demo.config["components"] if c.get("props", {}).get("label") == "Steps")
+    follower = next(i for i, fn in app.demo.fns.items() if any(t == (steps_id, "change") for t in fn.targets))
+    status, told = _call(app, "direct", [_file_reference(f"https://{PROBE_HOST}/steps.json"), 2], fn_index=follower)
+    assert status == 422 and _validation_message(told) == f"{FIELDS['steps']}: {NOT_AN_UPLOAD}"
+    response = httpx.get(_api(app, f"file=https://{PROBE_HOST}/x.png"), timeout=30)  # Gradio's file route
+    assert response.status_code == 403
+    assert PROBE_HOST not in lookups
+
+
+def test_a_server_file_named_in_the_image_field_is_not_copied(app, lookups, tmp_path):
+    secret = tmp_path / f"secret-{uuid.uuid4().hex}.png"
+    secret.write_bytes(b"not for visitors")
+    for route in ("rest", "queue"):
+        status, told = _call(app, route, _generate_data(image=_file_reference(str(secret))))
+        assert status == 422 and _validation_message(told) == f"{FIELDS['image']}: {NOT_AN_UPLOAD}"
+    assert not list(Path(get_upload_folder()).rglob(secret.name)), "the server file was copied into Gradio's cache"
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd", "", ["a", "b"], 5, {"path": "/etc/passwd"}])
+def test_an_image_field_of_another_shape_gets_the_apps_message(app, client, value):
+    message = _refused(client, image=value)
+    assert message.endswith(f"{FIELDS['image']}: upload an image file (PNG, JPEG, WebP) and pass the reference the "
+                            "upload route returned, or nothing.")
+    status, told = _call(app, "rest", _generate_data(image=value))
+    assert status == 422 and _validation_message(told).startswith(f"{FIELDS['image']}: upload an image file")
+
+
+def test_an_uploaded_image_passes_the_check_and_reaches_the_form(app, client):
+    """The check lets the upload route's own references through: the form reads the file (and, for the text-to-video
+    tiny preset, refuses an image)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buffer, format="PNG")
+    path = _upload(app, "first-frame.png", buffer.getvalue())
+    message = _refused(client, image=_file_reference(path))
+    assert message == f"{FIELDS['image']}: Preset 'tiny' is text-to-video only; it takes no image."
+
+
+def test_a_prompt_with_a_lone_surrogate_is_refused_by_name(app):
+    status, told = _call(app, "rest", _generate_data(prompt="a red \ud800 circle"))
+    assert status == 200 and "event: error" in told
+    assert ("Prompt: prompt holds a character that is not valid text (U+D800, a lone surrogate, at position 6); "
+            "remove it.") in told
+
+
+def test_a_request_too_large_to_check_is_refused(app):
+    response = httpx.post(_api(app, "call/generate"), json={"data": ["x" * (2 << 20)]}, timeout=60)
+    assert response.status_code == 413
 
 
 # --- error texts ----------------------------------------------------------------------------------------------------

@@ -55,6 +55,12 @@ class _Loader:
         return pipe
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,6 +192,28 @@ def test_python_app_py_imports_spaces_first_and_ends_with_one_line_for_an_unknow
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     # On ZeroGPU importing spaces patches torch, so app.py imports it before anything imports torch.
     assert "IMPORTED ['spaces', 'torch']" in proc.stdout
+
+
+def test_a_gpu_preset_on_a_machine_without_cuda_is_refused_before_anything_loads():
+    loader = _Loader()
+    with pytest.raises(LightcacheError) as info:
+        start_pipelines("wan2.1-t2v-1.3b", loader=loader, zero_gpu=False, device="cpu")
+    assert str(info.value) == (f"{PRESET_VARIABLE}: 'wan2.1-t2v-1.3b' needs a CUDA GPU and this machine has none; "
+                               "set it to 'tiny', which runs on a CPU, or leave it unset.")
+    assert loader.loads == []
+    # ZeroGPU's main process has no GPU either; there the move to CUDA is intercepted, so the model loads at start.
+    assert start_pipelines("wan2.1-t2v-1.3b", loader=loader, zero_gpu=True, device="cpu").loaded == "wan2.1-t2v-1.3b"
+    assert start_pipelines("wan2.1-t2v-1.3b", loader=loader, zero_gpu=False, device="cuda").loaded == "wan2.1-t2v-1.3b"
+    assert loader.loads == [False, False]
+
+
+@pytest.mark.skipif(_cuda_available(), reason="shows what a machine without CUDA prints")
+def test_python_app_py_with_a_gpu_preset_on_a_machine_without_cuda_ends_with_one_line():
+    env = dict(os.environ, **{PRESET_VARIABLE: "wan2.1-t2v-1.3b"})  # it ends before it would serve
+    proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"error: {PRESET_VARIABLE}: 'wan2.1-t2v-1.3b' needs a CUDA GPU and this machine has none; "
+                           "set it to 'tiny', which runs on a CPU, or leave it unset.\n")
 
 
 def test_start_loads_and_warms_up_once_per_process(monkeypatch):

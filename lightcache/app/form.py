@@ -22,14 +22,14 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-from ..errors import LightcacheError
+from ..errors import LightcacheError, shown
 from ..images import check_image_for_preset, open_image
 from ..presets import Preset, list_presets, load_shipped_preset
 from ..settings import RunSettings
+from .uploads import NOT_AN_UPLOAD, uploaded_file
 
 DEFAULT_PRESET = "tiny"
 
@@ -203,7 +203,7 @@ def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | 
         )
     for name in ("prompt", "negative_prompt"):
         if raw[name] is not None and not isinstance(raw[name], str):
-            raise LightcacheError(f"{FIELDS[name]} must be text, got {raw[name]!r}.")
+            raise LightcacheError(f"{FIELDS[name]} must be text, got {shown(raw[name])}.")
     flags = {name: _as_bool(name, raw[name]) for name in _BOOL_FIELDS}
     ints = {name: _as_int(raw[name]) for name in _INT_FIELDS}
     tau = _as_number(raw["tau"])
@@ -236,7 +236,8 @@ def parse_image(raw: Any, upload_dir: str | None = None):
 
     The API is a public endpoint: an image arrives as Gradio's file reference (``{"path": ...}``) of a file its
     upload route stored. Only files inside Gradio's upload folder are read; any other path, a URL to fetch or a
-    plain string is refused, so no client can make the server read a file of its choosing.
+    plain string is refused, so no client can make the server read a file of its choosing. (On the served app a
+    request naming such a file is refused before Gradio resolves it: :mod:`.uploads`.)
     """
     if raw is None or raw == "":
         return None
@@ -247,12 +248,9 @@ def parse_image(raw: Any, upload_dir: str | None = None):
         from gradio.utils import get_upload_folder
 
         upload_dir = get_upload_folder()
-    root = Path(upload_dir).resolve()
-    resolved = Path(path).resolve()
-    if root not in resolved.parents or not resolved.is_file():
-        raise LightcacheError(
-            f"{FIELDS['image']}: only images uploaded through the page or the API's upload route are accepted."
-        )
+    resolved = uploaded_file(path, upload_dir)
+    if resolved is None:
+        raise LightcacheError(f"{FIELDS['image']}: {NOT_AN_UPLOAD}")
     return open_image(resolved, label=FIELDS["image"])
 
 
@@ -301,4 +299,4 @@ def _as_bool(name: str, value: Any) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise LightcacheError(f"{FIELDS[name]} must be true or false, got {value!r}.")
+    raise LightcacheError(f"{FIELDS[name]} must be true or false, got {shown(value)}.")

@@ -57,7 +57,7 @@ class JobUpdate:
 def job_updates(pipelines: PipelineCache, job: Job, out_dir: str, cancel: threading.Event) -> Iterator[JobUpdate]:
     """Run ``job`` on a worker thread and yield its updates as they happen; exceptions surface here.
 
-    Closing this iterator early sets ``cancel``: the worker stops at its next transformer call and cleans up.
+    Closing this iterator early sets ``cancel``: the worker stops at its next model call and cleans up.
     """
     updates: queue.Queue = queue.Queue()
     done = object()
@@ -141,18 +141,27 @@ class Session:
     def __init__(self) -> None:
         self._cancel: threading.Event | None = None
         self._stopped_at: float | None = None
+        self._stopped_last = False
 
     def start(self) -> threading.Event:
         """A fresh cancel switch for a new job (stopping any job this session still had running)."""
         self._cancel_running()
         self._cancel = threading.Event()
+        self._stopped_last = False
         return self._cancel
 
     def stop(self) -> bool:
         """Ask the running job to stop, and every job of this session waiting in the queue not to start; True when
         one was running."""
         self._stopped_at = time.monotonic()
-        return self._cancel_running()
+        running = self._cancel_running()
+        self._stopped_last |= running
+        return running
+
+    @property
+    def stopped_last_job(self) -> bool:
+        """True when this session's last job was ended by :meth:`stop` (and no job started since)."""
+        return self._stopped_last
 
     def stopped_since(self, enqueued_at: float | None) -> bool:
         """True when Stop was pressed after a job entered the queue at ``enqueued_at`` (``time.monotonic()``)."""
@@ -174,3 +183,4 @@ class Session:
     def __setstate__(self, state: dict) -> None:
         self._cancel = None
         self._stopped_at = None
+        self._stopped_last = False

@@ -27,9 +27,9 @@ from typing import Any, Mapping, Sequence
 from ..errors import LightcacheError
 
 DEFAULT_PORT = 7860
-#: Largest upload the server accepts. The app takes no files today; an image for image-to-video presets will be
-#: the one file it needs, and 10 MB is plenty for that. Gradio's upload route is open to anyone who can reach the
-#: page, so it must not take more than that.
+#: Largest upload the server accepts. The one file the app takes is the first-frame image of image-to-video presets,
+#: and 10 MB is plenty for that. Gradio's upload route is open to anyone who can reach the page, so it must not take
+#: more than that.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
@@ -67,15 +67,18 @@ def launch_options(port: int | None, share: bool = False) -> dict[str, Any]:
     """The keyword arguments of ``demo.launch`` (the tests serve the app with the same ones).
 
     The port is explicit (None: Gradio takes the first free one from 7860 on, as the tests do), uploads are capped
-    at :data:`MAX_UPLOAD_BYTES`, and plain REST calls get the form's defaults for the parameters they leave out
-    (:mod:`.rest`).
+    at :data:`MAX_UPLOAD_BYTES`, a request naming a file that is not an upload (a URL, a server path) is refused
+    before Gradio resolves it (:mod:`.uploads`), and plain REST calls get the form's defaults for the parameters
+    they leave out (:mod:`.rest`).
     """
     from starlette.middleware import Middleware
 
     from .rest import RestDefaults
+    from .uploads import UploadsOnly
 
+    # The first is the outermost: the file check sees each request as the client sent it.
     return dict(server_port=port, share=share or None, max_file_size=MAX_UPLOAD_BYTES,
-                app_kwargs={"middleware": [Middleware(RestDefaults)]})
+                app_kwargs={"middleware": [Middleware(UploadsOnly), Middleware(RestDefaults)]})
 
 
 def main(demo, argv: Sequence[str] | None = None) -> None:

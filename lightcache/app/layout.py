@@ -71,6 +71,15 @@ WARMING_UP = ("**Warming up…** a short untimed run first, so that one-time cos
 #: Added to it when Compile is on: the warm-up run is where the blocks compile, so the timed run does not.
 COMPILE_WARMING_UP = " With Compile on, this is where the transformer blocks compile (tens of seconds on a CPU)."
 STOPPED_BEFORE_START = "**Stopped** before it started: Stop was pressed while this run waited in the queue."
+#: The status of a run that ended because Stop was pressed.
+STOPPED = "**Stopped.** The pipeline was released and the next run starts fresh."
+#: What Stop says when it stops the running run: the stop lands at the next model call, the decode's included.
+STOPPING = ("**Stopped.** The run ends at its next transformer call, or within the frame it is decoding; its hooks "
+            "are removed and its memory released before the next run starts.")
+#: What Stop says again, pressed once more after it stopped this session's run (the run may still be unwinding).
+STOPPED_AGAIN = ("**Stopped.** Your run was stopped; its hooks are removed and its memory released before the next "
+                 "run starts.")
+NOTHING_RUNNING = "Nothing is running."
 
 
 def build_demo(
@@ -233,7 +242,7 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
     Output order: status, trace figure, video, timeline figure, stage table, plain video, comparison.
     """
     if session.stopped_since(enqueued_at):
-        yield (STOPPED_BEFORE_START,) + (gr.skip(),) * 6
+        yield (STOPPED_BEFORE_START,) + (None,) * 6  # an API caller's result: nothing was made
         return
     try:
         job = parse_request(raw, pipelines.device, presets)
@@ -245,13 +254,19 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
     cancel = session.start()
     out_dir = outputs.new()
     kept = False
+    latest: list[Any] = [None] * 7  # each output's last value, for the stopped run's final update
     try:
         # A threading.Event cannot cross into a ZeroGPU worker; there Stop ends the run by closing `updates`.
         with contextlib.closing(generation(job, out_dir, None if zero_gpu else cancel)) as updates:
-            yield from _present(job, updates, loading=not pipelines.holds(job.preset), device=pipelines.device)
+            for values in _present(job, updates, loading=not pipelines.holds(job.preset), device=pipelines.device):
+                latest = [old if _skipped(new) else new for old, new in zip(latest, values)]
+                yield values
         kept = True
     except RunCancelled:
-        yield ("**Stopped.** The pipeline was released and the next run starts fresh.",) + (gr.skip(),) * 6
+        # The last update is an API caller's result: real values, the trace and figures so far, and no videos
+        # (their files are removed with the stopped run's directory).
+        trace, _, timeline, stages, _, comparison = latest[1:]
+        yield STOPPED, trace, None, timeline, stages, None, comparison
     except gr.Error:
         raise  # the generation's own message, fit for the page
     except LightcacheError as exc:
@@ -347,15 +362,20 @@ def _status(runs: dict[str, list], done: bool = False) -> str:
 
 
 def stop_job(session: Session, waiting: int = 0) -> str:
-    """The Stop button: ask this session's running job to stop at its next transformer call, and its ``waiting``
-    jobs in the queue not to start."""
+    """The Stop button: ask this session's running job to stop at its next model call, and its ``waiting`` jobs in
+    the queue not to start. Pressed again after it stopped a run, it still says the run was stopped (the page
+    copies its answer into the status line)."""
     running = session.stop()
-    if running:
-        return ("**Stopped.** The run ends at its next transformer call; its hooks are removed and its memory "
-                "released before the next run starts." + (" Your waiting run will not start." if waiting else ""))
+    if running or session.stopped_last_job:
+        return (STOPPING if running else STOPPED_AGAIN) + (" Your waiting run will not start." if waiting else "")
     if waiting:
         return "**Stopped.** Your run waiting in the queue will not start."
-    return "Nothing is running."
+    return NOTHING_RUNNING
+
+
+def _skipped(value: Any) -> bool:
+    """True for ``gr.skip()``: an update that leaves its output as it was."""
+    return isinstance(value, dict) and value == {"__type__": "update"}
 
 
 def preset_updates(name: str, device: str) -> tuple:

@@ -63,18 +63,26 @@ def served_preset(environ: Mapping[str, str] = os.environ, zero_gpu: bool | None
 
 
 def start_pipelines(served: str | None, loader: Loader | None = None,
-                    zero_gpu: bool | None = None) -> PipelineCache:
+                    zero_gpu: bool | None = None, device: str | None = None) -> PipelineCache:
     """The app's pipeline cache, with ``served``'s model loaded now (None: nothing loads before a Run).
 
     The ``spaces`` package is imported first where it is installed: on ZeroGPU, importing it is what patches torch
     so that the model's move to CUDA is intercepted. The warm-up run needs a GPU, which ZeroGPU's main process never
-    has: there it happens on each GPU worker's first run instead (:meth:`PipelineCache.preload`).
+    has: there it happens on each GPU worker's first run instead (:meth:`PipelineCache.preload`). A GPU preset on a
+    machine without CUDA (and outside ZeroGPU) is refused before anything loads. ``device``: where the pipelines go
+    (default: CUDA when available).
     """
     import_spaces()
     zero_gpu = on_zero_gpu() if zero_gpu is None else zero_gpu
-    pipelines = PipelineCache(loader=loader)
+    pipelines = PipelineCache(loader=loader, device=device)
     if served is not None:
-        pipelines.preload(load_shipped_preset(served), warm_up=not zero_gpu)
+        preset = load_shipped_preset(served)
+        if preset.requires_gpu and not zero_gpu and not pipelines.device.startswith("cuda"):
+            raise LightcacheError(
+                f"{PRESET_VARIABLE}: '{preset.name}' needs a CUDA GPU and this machine has none; set it to "
+                f"'{DEFAULT_PRESET}', which runs on a CPU, or leave it unset."
+            )
+        pipelines.preload(preset, warm_up=not zero_gpu)
     return pipelines
 
 

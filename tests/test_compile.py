@@ -23,7 +23,7 @@ import torch
 from lightcache.accelerate import AccelerationConfig, apply_lightcache
 from lightcache.app.form import initial_values, parse_request
 from lightcache.app.view import call_counts, comparison_markdown, stages_markdown, status_markdown
-from lightcache.comparison import call_time_ratio, compare_runs
+from lightcache.comparison import ACCELERATIONS_OFF, call_time_ratio, compare_runs
 from lightcache.compile import (
     COMPILE_HOOK, CompileConfig, check_compiler_available, compile_activity, find_repeated_blocks,
 )
@@ -424,7 +424,8 @@ def test_the_comparison_gives_the_speed_up_without_compiling():
                                                     "warmup_call_seconds": 9.0}),
                               frames=np.zeros((1, 4, 4, 3), np.float32))
     plain = RunFinished(summary=dict(total_seconds=6.0, stages={"denoise": {"seconds": 5.0}}, calls_computed=6,
-                                     calls_reused=0, compile={"active": False, "compile_seconds": 0.0}),
+                                     calls_reused=0, compile={"active": False, "compile_seconds": 0.0},
+                                     settings=dict(ACCELERATIONS_OFF)),
                         frames=np.zeros((1, 4, 4, 3), np.float32))
     steps = [e for e in _events_with_warmup() if isinstance(e, StepRecord)]
     plain_steps = [dataclasses.replace(r, computed=True, compiling=False, compile_ms=0.0, ms=20.0) for r in steps]
@@ -439,7 +440,8 @@ def test_the_comparison_gives_the_speed_up_without_compiling():
     assert "50% shorter in the accelerated run, whose transformer blocks are compiled" in text
     assert "Measurement noise" not in text
     no_compile = comparison_markdown(compare_runs(plain, plain, plain_steps, plain_steps))
-    assert "compil" not in no_compile and "Measurement noise" in no_compile
+    assert "compiling" not in no_compile and "compiled" not in no_compile and "Measurement noise" in no_compile
+    assert "The plain run is the plain pipe(...), every acceleration off" in no_compile
 
 
 def test_the_cli_summary_line_names_the_warm_up(capsys, tmp_path):

@@ -93,7 +93,8 @@ NOT_MEASUREMENTS_IN = {
     },
 }
 # "8x" but not "128 x 128": a size's "x" is followed by the next dimension.
-FIGURE = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?\s?(?:GiB|MiB|KiB|GB|MB|%|x\b(?!\s?\d)|dB|ms\b|s\b|seconds|minutes?)")
+FIGURE = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?\s?"
+                    r"(?:GiB|MiB|KiB|GB|MB|%|x\b(?!\s?\d)|dB|ms\b|s\b|seconds|minutes?)")
 # A count in words ("three of four squares stayed square") is a measured rate as much as "75 %" is.
 _SMALL = r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
 COUNT = re.compile(rf"\b{_SMALL}\s+(?:of|in|out of)\s+{_SMALL}\b", re.I)

@@ -6,7 +6,8 @@ each other (same pipeline objects, same seed) and read torch's own compile count
 eager ones within float rounding (the video, and each transformer block's output, hooked in both), doubling the
 steps compiles nothing more, only the first call of the first run compiles and the trace says so, and removal
 leaves an eager pipeline. A counting backend (the captured graph run as it is) shows the compiled code runs on
-every computed call of both experts, and stays one graph beneath diffusers' group offloading. The refusals and the form, view and figure parts need no compiling.
+every computed call of both experts, and stays one graph beneath diffusers' group offloading. The refusals and
+the form, view and figure parts need no compiling.
 """
 
 from __future__ import annotations

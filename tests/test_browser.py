@@ -6,10 +6,10 @@ Skips (saying why) where the ``playwright`` package or a system Chromium is miss
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import CallGate
 
 from lightcache.app import build_demo
 from lightcache.app.outputs import OutputDirs
@@ -64,23 +64,19 @@ def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_
     pipes = []
     # The first run holds its third transformer call (its first step is on the page by then) until Stop reaches
     # the server, so it cannot end before Stop arrives, however fast or slow this machine is.
-    stop_arrived, calls, hold = threading.Event(), [], {"on": True}
+    gate = CallGate()
+    gate.hold(after_calls=2)
     session_stop = Session.stop
 
     def stop(session):
-        stop_arrived.set()
+        gate.release()
         return session_stop(session)
 
     monkeypatch.setattr(Session, "stop", stop)
 
-    def hold_until_stop(module, args):
-        calls.append(1)
-        if hold["on"] and len(calls) > 2:
-            stop_arrived.wait(timeout=120)  # the bound only keeps a broken Stop from hanging the suite
-
     def loader(preset, device):
         pipe = build_tiny_pipeline(0)
-        pipe.transformer.register_forward_pre_hook(hold_until_stop)
+        pipe.transformer.register_forward_pre_hook(gate)
         pipes.append(pipe)
         return pipe
 
@@ -95,7 +91,6 @@ def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_
             page.wait_for_selector("#trace .js-plotly-plot .scatterlayer .point", timeout=120_000)
             page.locator("#stop").click()
             _wait_for_status(page, "Stopped.", 60)
-            hold["on"] = False
             page.wait_for_timeout(1000)  # any update still in flight would land now and must not undo the stop
             # Nothing reverted it to a running or finished state, and no error frame surrounds it (the status box
             # has no progress tracker of its own, see lightcache.app.layout).

@@ -547,10 +547,6 @@ def _setup_sentences(records: Records) -> str:
     reused: list[tuple[str, float, str]] = []
     released = []
     for stem, record in records.swap_setup.items():
-        for earlier in record["earlier"]:
-            for s in earlier["apply_seconds"]:
-                by_model.setdefault(earlier["model"], []).append(
-                    (s, f"{s:.1f}", f"run {earlier['run']} as noted in `{record['source']}`"))
         for model, result in record["models"].items():
             for run in result["runs"]:
                 if run["reused"]:
@@ -569,8 +565,9 @@ def _setup_sentences(records: Records) -> str:
             sources = sorted({src for *_, src in values})
             # Each timing as precise as its record: two decimals as the tables print the JSON records, one as
             # the logs printed it.
-            parts.append(f"{values[0][1]}-{values[-1][1]} s at {MODEL_SHORT[model]} "
-                         f"({len(values)} timings: {'; '.join(sources)})")
+            span = values[0][1] if len(values) == 1 else f"{values[0][1]}-{values[-1][1]}"
+            parts.append(f"{span} s at {MODEL_SHORT[model]} "
+                         f"({len(values)} timing{'s' if len(values) > 1 else ''}: {'; '.join(sources)})")
     text = ("Two costs outside the stages. Setting swapping up pins a host copy of the transformer's blocks: "
             + ", ".join(parts) + ".")
     if reused:

@@ -50,11 +50,6 @@ _SWAP_RUN = re.compile(r"^(?P<model>\S+) run (?P<run>\d+): apply (?P<apply>\d+(?
                        r"(?P<reused>[^)]*)\), remove (?P<remove>\d+(?:\.\d+)?) s, on GPU (?P<on_gpu>\d+(?:\.\d+)?) GiB$")
 _SWAP_BUILD = re.compile(r"^(?P<model>\S+) build (?P<seconds>\d+(?:\.\d+)?)$")
 _SWAP_RELEASED = re.compile(r"^(?:(?P<model>\S+) released|released the kept copy:) (?P<gib>\d+(?:\.\d+)?) GiB$")
-# A closing comment that records an earlier run whose own output was not kept, e.g.
-# "# Before the change (same script, run 5): apply 44.7 s, 46.7 s, 48.0 s (never reused); 1.3B: 3.1 s, 2.1 s, 1.9 s."
-_SWAP_EARLIER = re.compile(r"^# Before the change \(same script, run (?P<run>\d+)\): apply (?P<first>[^(]*?) "
-                           r"\(never reused\); (?P<model>\S+): (?P<second>.*?)\.$")
-_SECONDS = re.compile(r"(\d+(?:\.\d+)?) s")
 
 # --- host-memory logs --------------------------------------------------------------------------------------------
 _HOST_LINE = re.compile(r"^(?P<time>\d\d:\d\d:\d\d) Mem:\s+(?P<total>\d+)\s+(?P<used>\d+)\s+(?P<free>\d+)\s+"
@@ -142,7 +137,9 @@ def _memory_record(text: str, source: str) -> dict[str, Any]:
 
 
 def _swap_record(text: str, source: str) -> dict[str, Any]:
-    record: dict[str, Any] = {"kind": "swap_setup", "source": source, "comments": [], "models": {}, "earlier": []}
+    # A comment line is kept as text only: figures typed into a comment (say, the timings of an earlier run whose
+    # output was not kept) were never measured by the run this log records, so they never become a record's fields.
+    record: dict[str, Any] = {"kind": "swap_setup", "source": source, "comments": [], "models": {}}
 
     def model(name: str) -> dict[str, Any]:
         return record["models"].setdefault(_model_key(name), {"build_seconds": None, "runs": [],
@@ -152,13 +149,6 @@ def _swap_record(text: str, source: str) -> dict[str, Any]:
     for line in text.splitlines():
         if line.startswith("#"):
             record["comments"].append(line[1:].strip())
-            if m := _SWAP_EARLIER.match(line):
-                # The first list belongs to the model this log measures; the second names its model.
-                first = last or (next(iter(record["models"])) if record["models"] else None)
-                record["earlier"].append({"run": int(m["run"]), "model": first, "reused": False,
-                                          "apply_seconds": [float(v) for v in _SECONDS.findall(m["first"])]})
-                record["earlier"].append({"run": int(m["run"]), "model": _model_key(m["model"]), "reused": False,
-                                          "apply_seconds": [float(v) for v in _SECONDS.findall(m["second"])]})
         elif m := _SWAP_BUILD.match(line):
             model(m["model"])["build_seconds"] = float(m["seconds"])
             last = _model_key(m["model"])

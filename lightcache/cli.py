@@ -90,7 +90,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch.compile the transformer blocks; the first call at a size compiles (marked in "
                         "trace.json, counted apart in the summary), later calls run the compiled code")
     p.add_argument("--compare-baseline", action="store_true",
-                   help="also run the plain pipeline with the same seed; report speed-up, PSNR and SSIM")
+                   help="also run the plain pipeline (every acceleration off) with the same seed; report "
+                        "speed-up, PSNR and SSIM")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory (created; must be empty if it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -199,11 +200,9 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
 
     ``image``: the first frame of an image-to-video run (a PIL image), given to both runs of a comparison.
     """
-    import dataclasses
-
-    from .comparison import call_time_ratio, warm_up
+    from .comparison import compare_runs, plain_settings, warm_up
     from .events import FramesDecoded, StepRecord
-    from .metrics import json_psnr, psnr, ssim
+    from .metrics import json_psnr
     from .runner import run_generation, run_to_completion
     from .video import Mp4Writer
 
@@ -232,7 +231,8 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
         finished = run_to_completion(run_generation(pipe, settings, preset_name, image=image), on_event)
     summary = dict(finished.summary)
     if compare_baseline:
-        plain_settings = dataclasses.replace(settings, easycache=False)
+        # The same plain pipe(...) as the app's Compare: every acceleration off, not only EasyCache.
+        baseline_settings = plain_settings(settings)
         plain_steps: list[StepRecord] = []
 
         def on_plain_event(event):
@@ -240,18 +240,19 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
                 plain_steps.append(event)
                 bar(event)
 
-        with _progress(plain_settings, progress, "plain baseline") as bar:
-            baseline = run_to_completion(run_generation(pipe, plain_settings, preset_name, image=image), on_plain_event)
-        speedup = baseline.summary["total_seconds"] / max(summary["total_seconds"], 1e-9)
+        with _progress(baseline_settings, progress, "plain baseline") as bar:
+            baseline = run_to_completion(run_generation(pipe, baseline_settings, preset_name, image=image),
+                                         on_plain_event)
+        compared = compare_runs(finished, baseline, accelerated_steps, plain_steps)
         summary.update(
-            baseline_seconds=baseline.summary["total_seconds"],
+            baseline_seconds=compared["plain_seconds"],
             baseline_stages=baseline.summary["stages"],
-            speedup=speedup,
-            denoise_speedup=baseline.summary["stages"]["denoise"]["seconds"]
-            / max(summary["stages"]["denoise"]["seconds"], 1e-9),
-            psnr_db=json_psnr(psnr(finished.frames, baseline.frames)),
-            ssim=ssim(finished.frames, baseline.frames),
-            call_time_ratio=call_time_ratio(accelerated_steps, plain_steps),
+            baseline_settings=compared["baseline_settings"],
+            speedup=compared["speedup"],
+            denoise_speedup=compared["denoise_speedup"],
+            psnr_db=json_psnr(compared["psnr_db"]),
+            ssim=compared["ssim"],
+            call_time_ratio=compared["call_time_ratio"],
         )
     (out_dir / "trace.json").write_text(json.dumps(records, indent=1))
     (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
@@ -478,6 +479,8 @@ class _progress:
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    from .comparison import baseline_text
+
     stages = ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in summary["stages"].items())
     line = (f"wrote {out}/video.mp4, trace.json, summary.json, timeline.json, timeline.html | {stages} | "
             f"calls computed {summary['calls_computed']}, reused {summary['calls_reused']}")
@@ -491,7 +494,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         psnr_db = summary["psnr_db"]
         psnr_text = f"{psnr_db:.2f}" if isinstance(psnr_db, float) else psnr_db
         line += (f" | speed-up {summary['speedup']:.2f}x (denoise {summary['denoise_speedup']:.2f}x), "
-                 f"PSNR {psnr_text} dB, SSIM {summary['ssim']:.4f}")
+                 f"PSNR {psnr_text} dB, SSIM {summary['ssim']:.4f} | baseline: "
+                 f"{baseline_text(summary['baseline_settings'])}")
         noise = summary.get("call_time_ratio")
         if isinstance(noise, float) and noise == noise:
             line += f" | noise: a call both runs computed took {noise:.2f}x as long in the accelerated run"

@@ -5,6 +5,10 @@ accelerated run goes first it pays them and the plain run does not, and EasyCach
 caching. :func:`warm_up` runs a short untimed generation first, so neither timed run pays them; the CLI's
 ``--compare-baseline`` and the app's *Compare* both use it.
 
+The baseline is the plain ``pipe(...)``: :func:`plain_settings` turns every acceleration off (EasyCache, the
+memory strategies and torch.compile), for the CLI and the app alike, and :func:`compare_runs` records which
+settings the baseline actually ran (``baseline_settings``; :func:`baseline_text` says it in words).
+
 Even then two runs of the same work differ by some noise. Every transformer call that both runs computed does
 the same work, so the ratio of their median call times (:func:`call_time_ratio`) measures that noise directly
 from the two runs, and the comparison reports it beside the speed-up.
@@ -27,6 +31,44 @@ from typing import Any, Iterable, Sequence
 
 from .events import RunFinished, StepRecord
 from .metrics import psnr, ssim
+
+#: The request fields that switch an acceleration on, each with its "off" value: the plain run has all of them.
+ACCELERATIONS_OFF: dict[str, Any] = {"easycache": False, "async_swap": False, "chunk_ffn": None,
+                                     "sliced_decode": False, "decode_slices": None, "compile": False}
+
+
+def plain_settings(settings):
+    """The same request with every acceleration off: the plain ``pipe(...)`` a comparison is measured against.
+
+    Example:
+        >>> from lightcache.settings import RunSettings
+        >>> plain = plain_settings(RunSettings(prompt="a red circle moving right", async_swap=True, chunk_ffn=4))
+        >>> plain.easycache, plain.async_swap, plain.chunk_ffn, plain.prompt
+        (False, False, None, 'a red circle moving right')
+    """
+    return dataclasses.replace(settings, **ACCELERATIONS_OFF)
+
+
+def baseline_text(baseline_settings: dict[str, Any]) -> str:
+    """Which accelerations the baseline ran with, from its recorded settings (``compare_runs``'s
+    ``baseline_settings``), in words for the CLI's line and the app's comparison.
+
+    Example:
+        >>> print(baseline_text(dict(ACCELERATIONS_OFF)))  # doctest: +NORMALIZE_WHITESPACE
+        the plain pipe(...), every acceleration off (easycache off, async_swap off, chunk_ffn off,
+        sliced_decode off, decode_slices off, compile off)
+        >>> print(baseline_text(dict(ACCELERATIONS_OFF, chunk_ffn=4)))  # doctest: +NORMALIZE_WHITESPACE
+        NOT the plain pipe(...): easycache off, async_swap off, chunk_ffn 4, sliced_decode off,
+        decode_slices off, compile off
+    """
+    def word(value: Any) -> str:
+        return "off" if value in (False, None) else "on" if value is True else str(value)
+
+    parts = ", ".join(f"{name} {word(baseline_settings.get(name))}" for name in ACCELERATIONS_OFF)
+    if all(baseline_settings.get(name) == off for name, off in ACCELERATIONS_OFF.items()):
+        return f"the plain pipe(...), every acceleration off ({parts})"
+    return f"NOT the plain pipe(...): {parts}"
+
 
 #: Denoising steps of the warm-up run: enough for every module to run once (two calls per CFG step).
 WARM_UP_STEPS = 2
@@ -85,4 +127,7 @@ def compare_runs(accelerated: RunFinished, plain: RunFinished,
         "accelerated_calls": (a["calls_computed"], a["calls_computed"] + a["calls_reused"]),
         "plain_calls": (p["calls_computed"], p["calls_computed"] + p["calls_reused"]),
         "call_time_ratio": call_time_ratio(accelerated_steps, plain_steps),
+        # What the baseline ran, as its own run recorded it (not as it was asked), so the summary cannot claim a
+        # plain baseline that was not.
+        "baseline_settings": {name: p["settings"][name] for name in ACCELERATIONS_OFF},
     }

@@ -6,10 +6,10 @@ Skips (saying why) where the ``playwright`` package or a system Chromium is miss
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
+from conftest import CallGate
 
 from lightcache.app import build_demo
 from lightcache.app.outputs import OutputDirs
@@ -37,8 +37,8 @@ def shot():
     return module
 
 
-def _serve(tmp_path, loader, **defaults):
-    demo = build_demo(PipelineCache(loader=loader, device="cpu"), OutputDirs(tmp_path / "outputs"),
+def _serve(tmp_path, loader, warm_up=True, **defaults):
+    demo = build_demo(PipelineCache(loader=loader, device="cpu", warm_up=warm_up), OutputDirs(tmp_path / "outputs"),
                       defaults=dict(SMALL, **defaults))
     demo.launch(prevent_thread_lock=True, quiet=True)
     return demo
@@ -56,19 +56,32 @@ def test_page_runs_in_headless_chromium(shot, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_path):
+def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_path, monkeypatch):
     from playwright.sync_api import sync_playwright
 
+    from lightcache.app.jobs import Session
+
     pipes = []
-    delay = {"s": 0.05}  # at least 50 ms per call while the first run goes: it cannot end before Stop arrives
+    # The first run holds its third transformer call (its first step is on the page by then) until Stop reaches
+    # the server, so it cannot end before Stop arrives, however fast or slow this machine is.
+    gate = CallGate()
+    gate.hold(after_calls=2)
+    session_stop = Session.stop
+
+    def stop(session):
+        gate.release()
+        return session_stop(session)
+
+    monkeypatch.setattr(Session, "stop", stop)
 
     def loader(preset, device):
         pipe = build_tiny_pipeline(0)
-        pipe.transformer.register_forward_pre_hook(lambda module, args: time.sleep(delay["s"]))
+        pipe.transformer.register_forward_pre_hook(gate)
         pipes.append(pipe)
         return pipe
 
-    demo = _serve(tmp_path, loader, steps=100)
+    # No warm-up generation after loading, so the calls counted above are the first run's own.
+    demo = _serve(tmp_path, loader, warm_up=False, steps=100)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shot.chromium_path(), args=shot.CHROMIUM_ARGS)
@@ -78,7 +91,6 @@ def test_stop_in_the_browser_ends_the_run_cleanly_and_run_works_again(shot, tmp_
             page.wait_for_selector("#trace .js-plotly-plot .scatterlayer .point", timeout=120_000)
             page.locator("#stop").click()
             _wait_for_status(page, "Stopped.", 60)
-            delay["s"] = 0.0
             page.wait_for_timeout(1000)  # any update still in flight would land now and must not undo the stop
             # Nothing reverted it to a running or finished state, and no error frame surrounds it (the status box
             # has no progress tracker of its own, see lightcache.app.layout).

@@ -65,6 +65,34 @@ def test_compare_baseline_measures_a_real_difference(tiny_model_dir, tmp_path):
     assert summary["ssim"] < 1.0
 
 
+def test_compare_baseline_runs_the_plain_pipe_with_every_acceleration_off(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    from lightcache import runner
+    from lightcache.comparison import ACCELERATIONS_OFF
+
+    ran = []
+    real_run_generation = runner.run_generation
+
+    def recording(pipe, settings, *args, **kwargs):
+        ran.append(settings)
+        return real_run_generation(pipe, settings, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_generation", recording)
+    out = tmp_path / "run"
+    loud = [a for a in SMALL if a != "--quiet"]
+    assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "a red circle moving right", *loud,
+                 "--out", str(out), "--compare-baseline", "--async-swap", "--chunk-ffn", "2", "--sliced-decode",
+                 "--decode-slices", "2"]) == 0
+    warm_up, accelerated, baseline = ran
+    assert (accelerated.easycache, accelerated.async_swap, accelerated.chunk_ffn, accelerated.sliced_decode,
+            accelerated.decode_slices) == (True, True, 2, True, 2)
+    assert {name: getattr(baseline, name) for name in ACCELERATIONS_OFF} == ACCELERATIONS_OFF
+    assert (baseline.prompt, baseline.seed, baseline.steps) == (accelerated.prompt, accelerated.seed, accelerated.steps)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline_settings"] == ACCELERATIONS_OFF
+    assert "baseline: the plain pipe(...), every acceleration off" in capsys.readouterr().out
+
+
 def test_no_easycache_computes_every_call(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert _generate(tiny_model_dir, out, "--no-easycache") == 0

@@ -15,7 +15,7 @@ import pytest
 from lightcache.app.form import initial_values, parse_request
 from lightcache.app.jobs import ACCELERATED, PLAIN, WARM_UP, stream_job
 from lightcache.app.view import comparison_markdown
-from lightcache.comparison import WARM_UP_STEPS, call_time_ratio, warm_up_settings
+from lightcache.comparison import ACCELERATIONS_OFF, WARM_UP_STEPS, call_time_ratio, warm_up_settings
 from lightcache.errors import RunCancelled
 from lightcache.events import RunStarted, StepRecord
 from lightcache.tiny import build_tiny_pipeline
@@ -72,6 +72,9 @@ def test_compare_warms_up_before_the_timed_runs_and_reports_the_noise(tmp_path):
     assert comparison["call_time_ratio"] == pytest.approx(call_time_ratio(steps[ACCELERATED], steps[PLAIN]))
     assert comparison["call_time_ratio"] > 0
     assert "Measurement noise" in comparison_markdown(comparison)
+    # The baseline is the plain pipe(...), and the comparison says so from what that run recorded.
+    assert comparison["baseline_settings"] == ACCELERATIONS_OFF
+    assert "The plain run is the plain pipe(...), every acceleration off" in comparison_markdown(comparison)
 
 
 def test_a_single_run_has_no_warm_up(tmp_path):
@@ -97,7 +100,7 @@ def test_stop_during_the_warm_up_ends_the_job_before_any_timed_run(tmp_path):
 
 def test_the_comparison_text_states_the_noise_only_when_it_was_measured():
     base = dict(accelerated_seconds=1.0, plain_seconds=2.0, speedup=2.0, denoise_speedup=2.5, psnr_db=30.0,
-                ssim=0.9, accelerated_calls=(4, 8), plain_calls=(8, 8))
+                ssim=0.9, accelerated_calls=(4, 8), plain_calls=(8, 8), baseline_settings=dict(ACCELERATIONS_OFF))
     assert "3% longer" in comparison_markdown(dict(base, call_time_ratio=1.03))
     assert "5% shorter" in comparison_markdown(dict(base, call_time_ratio=0.95))
     assert "Measurement noise" not in comparison_markdown(dict(base, call_time_ratio=math.nan))

@@ -3,14 +3,16 @@
 One tiny Wan2.2 A14B pipeline (two experts) is compiled once for the module (``runs``): eager and compiled runs of
 4 and 8 steps with EasyCache and feature chunking on, then a run with compile off again. The tests compare them with
 each other (same pipeline objects, same seed) and read torch's own compile counters: the compiled runs match the
-eager ones within float rounding, doubling the steps compiles nothing more, only the first call of the first run
-compiles and the trace says so, and removal leaves an eager pipeline. A counting backend (the captured graph run as
-it is) shows the compiled code runs on every computed call of both experts, and stays one graph beneath diffusers'
-group offloading. The refusals and the form, view and figure parts need no compiling.
+eager ones within float rounding (the video, and each transformer block's output, hooked in both), doubling the
+steps compiles nothing more, only the first call of the first run compiles and the trace says so, and removal
+leaves an eager pipeline. A counting backend (the captured graph run as it is) shows the compiled code runs on
+every computed call of both experts, and stays one graph beneath diffusers' group offloading. The refusals and
+the form, view and figure parts need no compiling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -23,7 +25,7 @@ import torch
 from lightcache.accelerate import AccelerationConfig, apply_lightcache
 from lightcache.app.form import initial_values, parse_request
 from lightcache.app.view import call_counts, comparison_markdown, stages_markdown, status_markdown
-from lightcache.comparison import call_time_ratio, compare_runs
+from lightcache.comparison import ACCELERATIONS_OFF, call_time_ratio, compare_runs
 from lightcache.compile import (
     COMPILE_HOOK, CompileConfig, check_compiler_available, compile_activity, find_repeated_blocks,
 )
@@ -40,6 +42,10 @@ from lightcache.tiny_variants import build_tiny_variant
 #: Compiled against eager video, pixel values in [0, 1]: inductor fuses and reorders float arithmetic (the runs
 #: here differ by about 1e-6).
 COMPILE_TOL = 1e-4
+#: Compiled against eager output of each transformer block, as a fraction of the eager output's largest magnitude
+#: (the runs here differ by about 3e-7, float32 rounding). The video bound above lets a block 0.1 % off through
+#: (a planted one moved the video by 3e-5): this bound is read where compile acts, and such a block fails it 100x over.
+BLOCK_TOL = 1e-5
 EXPERTS = ("transformer", "transformer_2")
 
 
@@ -96,10 +102,38 @@ def _assert_clean(pipe) -> None:
     assert getattr(pipe, "_lightcache_acceleration", None) is None
 
 
+def _relative_error(compiled: torch.Tensor, eager: torch.Tensor) -> float:
+    """Largest difference as a fraction of the eager tensor's largest magnitude."""
+    return float((compiled - eager).abs().max() / eager.abs().max())
+
+
+@contextlib.contextmanager
+def _block_outputs(pipe, scale_first: float = 1.0):
+    """Every transformer block's output in call order, both experts. A forward hook on the block runs outside the
+    compiled region (which is the forward beneath the block's compile hook), so it sees what the compiled code
+    returned. ``scale_first`` scales the first output (a planted error, for the test that the bound catches it)."""
+    outputs: list[torch.Tensor] = []
+
+    def record(module, args, output):
+        if not outputs:
+            output = output * scale_first
+        outputs.append(output.detach().clone())
+        return output
+
+    handles = [block.register_forward_hook(record) for name in EXPERTS
+               for block in find_repeated_blocks(getattr(pipe, name))]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class _Run(SimpleNamespace):
     events: list
     frames: np.ndarray
     summary: dict
+    block_outputs: list  # every transformer block's output, in call order
     frames_compiled: int  # dynamo frames converted during the run (each compile and each recompile is one)
     graphs_compiled: int
 
@@ -110,12 +144,13 @@ def runs():
     torch._dynamo.reset()
     pipe = build_tiny_variant("wan2.2-t2v-a14b", seed=0)
 
-    def run(settings: RunSettings) -> _Run:
+    def run(settings: RunSettings, scale_first: float = 1.0) -> _Run:
         before, graphs = compile_activity(), _graphs()
-        events = list(run_generation(pipe, settings))
+        with _block_outputs(pipe, scale_first) as outputs:
+            events = list(run_generation(pipe, settings))
         finished = events[-1]
         assert isinstance(finished, RunFinished)
-        return _Run(events=events, frames=finished.frames, summary=finished.summary,
+        return _Run(events=events, frames=finished.frames, summary=finished.summary, block_outputs=outputs,
                     frames_compiled=compile_activity().since(before).frames, graphs_compiled=_graphs() - graphs)
 
     four, eight = _settings(steps=4), _settings(steps=8)
@@ -124,6 +159,8 @@ def runs():
     result.compiled4 = run(dataclasses.replace(four, compile=True))
     result.compiled8 = run(dataclasses.replace(eight, compile=True))
     result.eager8 = run(eight)
+    # The same compiled run with its first block's output 0.1 % off: what the block bound must catch.
+    result.compiled4_planted = run(dataclasses.replace(four, compile=True), scale_first=1.001)
     result.eager4_again = run(four)  # compile off again, on the same pipeline
     result.graph_breaks = _graph_breaks() - result.graph_breaks_before
     return result
@@ -141,6 +178,23 @@ def test_compiled_runs_match_the_eager_runs(runs):
     assert any(not r.computed for r in records)
     assert {r.denoiser for r in records if r.computed} == set(EXPERTS)
     assert runs.compiled8.summary["strategies"]["feature_chunking"]["active"]
+
+
+@slow
+def test_each_compiled_block_matches_its_eager_output(runs):
+    for compiled, eager in ((runs.compiled4, runs.eager4), (runs.compiled8, runs.eager8)):
+        # Same decisions (above), so the same block calls in the same order: 2 blocks per computed call.
+        computed = sum(r.computed for r in _records(eager.events))
+        assert len(compiled.block_outputs) == len(eager.block_outputs) == 2 * computed
+        errors = [_relative_error(c, e) for c, e in zip(compiled.block_outputs, eager.block_outputs)]
+        assert max(errors) < BLOCK_TOL, f"worst block {max(errors):.2e} of its output's largest magnitude"
+
+
+@slow
+def test_a_block_one_tenth_of_a_percent_off_fails_the_block_bound(runs):
+    planted = runs.compiled4_planted.block_outputs
+    assert _relative_error(planted[0], runs.eager4.block_outputs[0]) > BLOCK_TOL
+    assert _relative_error(planted[0], runs.compiled4.block_outputs[0] * 1.001) < BLOCK_TOL  # the plant, no more
 
 
 @slow
@@ -424,7 +478,8 @@ def test_the_comparison_gives_the_speed_up_without_compiling():
                                                     "warmup_call_seconds": 9.0}),
                               frames=np.zeros((1, 4, 4, 3), np.float32))
     plain = RunFinished(summary=dict(total_seconds=6.0, stages={"denoise": {"seconds": 5.0}}, calls_computed=6,
-                                     calls_reused=0, compile={"active": False, "compile_seconds": 0.0}),
+                                     calls_reused=0, compile={"active": False, "compile_seconds": 0.0},
+                                     settings=dict(ACCELERATIONS_OFF)),
                         frames=np.zeros((1, 4, 4, 3), np.float32))
     steps = [e for e in _events_with_warmup() if isinstance(e, StepRecord)]
     plain_steps = [dataclasses.replace(r, computed=True, compiling=False, compile_ms=0.0, ms=20.0) for r in steps]
@@ -439,7 +494,8 @@ def test_the_comparison_gives_the_speed_up_without_compiling():
     assert "50% shorter in the accelerated run, whose transformer blocks are compiled" in text
     assert "Measurement noise" not in text
     no_compile = comparison_markdown(compare_runs(plain, plain, plain_steps, plain_steps))
-    assert "compil" not in no_compile and "Measurement noise" in no_compile
+    assert "compiling" not in no_compile and "compiled" not in no_compile and "Measurement noise" in no_compile
+    assert "The plain run is the plain pipe(...), every acceleration off" in no_compile
 
 
 def test_the_cli_summary_line_names_the_warm_up(capsys, tmp_path):

@@ -227,10 +227,11 @@ def test_wan22_other_layouts_are_exact_too():
     """A smaller residual layout (one resnet fewer per block, three stages) and a base width the encoder shares."""
     from diffusers import AutoencoderKLWan
 
-    torch.manual_seed(1)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, is_residual=True,
-                           temperal_downsample=[False, True], in_channels=12, out_channels=12, patch_size=2,
-                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    with torch.random.fork_rng():  # the weights' draws seeded here, the process's random state left as it was
+        torch.manual_seed(1)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, is_residual=True,
+                               temperal_downsample=[False, True], in_channels=12, out_channels=12, patch_size=2,
+                               latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
     check_sliced_decode_supported(vae)
     for shape, slices, axis in [((1, 4, 3, 8, 12), 4, "width"), ((1, 4, 2, 11, 7), 3, "height")]:
         z = _latents(shape, seed=9)
@@ -314,6 +315,44 @@ def test_what_waits_between_bands_is_copied_not_viewed(tiny_pipe, wan22_vae, vae
     assert store.puts > 3 * shape[2]  # mid outputs and carries, per band and latent frame
 
 
+class _ReadCountingStore(_CheckingStore):
+    """A host store that counts, per key, the tensors put aside and the reads of each."""
+
+    def __init__(self, vae):
+        super().__init__(vae)
+        self.log: list[tuple[str, tuple]] = []
+
+    def put(self, key, tensor):
+        self.log.append(("put", key))
+        self.store.put(key, tensor)
+
+    def get(self, key):
+        self.log.append(("get", key))
+        return self.store.get(key)
+
+    def unread_puts(self) -> int:
+        """Tensors put aside and replaced, or left at the end, without a read in between."""
+        waiting: dict = {}
+        unread = 0
+        for op, key in self.log:
+            if op == "put":
+                unread += waiting.get(key, False)
+                waiting[key] = True
+            else:
+                waiting[key] = False
+        return unread + sum(waiting.values())
+
+
+@pytest.mark.parametrize("vae_name", ["wan21", "wan22"])
+def test_every_tensor_set_aside_between_bands_is_read_once(tiny_pipe, wan22_vae, vae_name):
+    """The last band hands nothing on: a carry (or, in Wan2.2's residual blocks, a shortcut's columns) copied to
+    the host there would never be read, costing a device-to-host copy and host memory for the same video."""
+    store, shape = _decode_through(_ReadCountingStore, vae_name, tiny_pipe, wan22_vae, seed=13)
+    puts = sum(op == "put" for op, _ in store.log)
+    assert store.unread_puts() == 0
+    assert puts == sum(op == "get" for op, _ in store.log) > 3 * shape[2]
+
+
 def _cuda_path_store(vae=None):
     """The store between bands on its CUDA path, with the CPU standing in for the device (streams: ``fake_cuda``)."""
     from lightcache.decode import _HostStore
@@ -343,6 +382,27 @@ def test_the_host_store_orders_its_copies_on_the_streams(fake_cuda):
     assert store.items["a"] is host and torch.equal(host, torch.ones(2, 4))
     store.put("a", torch.ones(3, 4))
     assert store.items["a"] is not host
+
+
+def test_a_host_store_for_a_cuda_device_takes_its_cuda_path_on_that_device(fake_cuda):
+    """Only built, never copied through (the CPU cannot stand in for a CUDA tensor): its mode and stream's device."""
+    from lightcache.decode import _HostStore
+
+    store = _HostStore(torch.device("cuda"))
+    assert store.device == torch.device("cuda") and store.cuda is True
+    assert store.stream is fake_cuda.sides[0] and fake_cuda.side_devices == [torch.device("cuda")]
+    on_cpu = _HostStore(torch.device("cpu"))
+    assert on_cpu.cuda is False and on_cpu.stream is None and len(fake_cuda.sides) == 1
+
+
+def test_the_host_store_keeps_each_tensors_dtype(fake_cuda):
+    # bf16 is what the big models' VAEs decode in; a host buffer of the default dtype would widen it on the way.
+    store = _cuda_path_store()
+    x = _latents((2, 4), seed=14).to(torch.bfloat16)
+    store.put("a", x)
+    assert store.items["a"].dtype == torch.bfloat16
+    back = store.get("a")
+    assert back.dtype == torch.bfloat16 and torch.equal(back, x)
 
 
 def test_the_decode_on_the_streams_waits_for_every_tensor_it_fetches(tiny_pipe, fake_cuda):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -174,9 +173,7 @@ def test_a_run_that_raises_inside_a_stage_cleans_up(tiny_pipe, monkeypatch):
     monkeypatch.setattr(tiny_pipe.vae.decoder, "forward", broken_decode)
     with pytest.raises(RuntimeError, match="decoder exploded"):
         run_to_completion(run_generation(tiny_pipe, tiny_settings(steps=3, chunk_ffn=2, async_swap=True)))
-    deadline = time.monotonic() + 2
-    while _sampler_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # The run's own cleanup stops and joins the sampler before the error reaches the caller: nothing to wait for.
     assert _sampler_threads() == [] and _no_hooks(tiny_pipe)
 
 

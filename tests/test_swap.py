@@ -348,6 +348,15 @@ def test_the_kept_weight_copy_is_reused_only_while_it_matches(tiny_pipe, fake_cu
     remove_async_swap(tiny_pipe)
 
 
+def test_a_pinned_store_for_a_cuda_device_takes_its_cuda_path_on_that_device(fake_cuda):
+    """Only built, never copied through (the CPU cannot stand in for a CUDA tensor): its mode and stream's device."""
+    store = PinnedTensorStore(torch.device("cuda"))
+    assert store.device == torch.device("cuda") and store.cuda is True
+    assert store.stream is fake_cuda.sides[0] and fake_cuda.side_devices == [torch.device("cuda")]
+    on_cpu = PinnedTensorStore("cpu")
+    assert on_cpu.cuda is False and on_cpu.stream is None and len(fake_cuda.sides) == 1
+
+
 def test_the_pinned_store_orders_its_copies_on_the_streams(fake_cuda):
     """The store's CUDA path on stand-in streams: a copy to the host waits for the compute stream to produce the
     tensor, and the compute stream waits for a copy back before it reads it."""

@@ -11,7 +11,6 @@ Run ``pytest tests/test_tiny_model.py -s`` to see the per-prompt table and the p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -175,13 +174,19 @@ def test_frame_measure_reads_blobs_and_wrong_shapes_as_such():
 
 @pytest.fixture(scope="module")
 def pipe():
-    os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from diffusers import WanPipeline
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     assert (ASSETS / "model_index.json").is_file(), f"the shipped model is missing from {ASSETS}"
-    return WanPipeline.from_pretrained(str(ASSETS))
+    threads = torch.get_num_threads()
+    # The environment and torch's thread count are restored after this module, for the tests that follow it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        torch.set_num_threads(min(2, threads))
+        try:
+            yield WanPipeline.from_pretrained(str(ASSETS))
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _generate(pipe, prompts, seed, steps=STEPS, frames=FRAMES):

@@ -23,11 +23,11 @@ def small():
     from lightcache.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed=0)
-    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)  # a local generator: the process's random state is left alone
     for module in (pipe.vae, pipe.transformer):  # random non-zero weights everywhere, so a wrong copy shows
         with torch.no_grad():
             for p in module.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return pipe
 
 
@@ -36,13 +36,14 @@ def test_widened_vae_decodes_what_the_old_one_decoded(small):
     z0 = old.config.z_dim
     new = widen_vae(old, z0 + 4).eval()
     assert new.config.z_dim == z0 + 4 and len(new.config.latents_mean) == z0 + 4
-    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 3, 5, 32, 32, generator=g) * 2 - 1
     with torch.no_grad():
         a, b = old.encode(x).latent_dist, new.encode(x).latent_dist
         assert torch.allclose(a.mean, b.mean[:, :z0], atol=1e-5)
         assert torch.allclose(a.logvar, b.logvar[:, :z0], atol=1e-5)
         # Whatever the new channels hold, the decoder does not read them yet.
-        z = torch.cat([a.mean, 3 * torch.randn_like(b.mean[:, z0:])], 1)
+        z = torch.cat([a.mean, 3 * torch.randn(b.mean[:, z0:].shape, generator=g)], 1)
         assert torch.allclose(old.decode(a.mean).sample, new.decode(z).sample, atol=1e-5)
 
 
@@ -55,11 +56,13 @@ def test_widened_transformer_predicts_the_old_channels_unchanged_and_zero_for_th
     old = small.transformer.eval()
     c0 = old.config.in_channels
     new = widen_transformer(old, c0 + 4).eval()
-    h = torch.randn(1, c0, 2, 8, 8)
-    ctx = torch.randn(1, 6, old.config.text_dim)
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(1, c0, 2, 8, 8, generator=g)
+    ctx = torch.randn(1, 6, old.config.text_dim, generator=g)
+    extra = torch.randn(1, 4, 2, 8, 8, generator=g)
     with torch.no_grad():
         a = old(h, torch.tensor([500.0]), ctx, return_dict=False)[0]
-        b = new(torch.cat([h, torch.randn(1, 4, 2, 8, 8)], 1), torch.tensor([500.0]), ctx, return_dict=False)[0]
+        b = new(torch.cat([h, extra], 1), torch.tensor([500.0]), ctx, return_dict=False)[0]
     assert b.shape[1] == c0 + 4
     assert torch.allclose(a, b[:, :c0], atol=1e-5)
     assert torch.count_nonzero(b[:, c0:]) == 0
@@ -68,8 +71,9 @@ def test_widened_transformer_predicts_the_old_channels_unchanged_and_zero_for_th
 def test_deepened_transformer_computes_what_the_shallow_one_did(small):
     old = small.transformer.eval()
     big = deepen(old, 2 * len(old.blocks)).eval()
-    h = torch.randn(1, old.config.in_channels, 2, 8, 8)
-    ctx = torch.randn(1, 6, old.config.text_dim)
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(1, old.config.in_channels, 2, 8, 8, generator=g)
+    ctx = torch.randn(1, 6, old.config.text_dim, generator=g)
     with torch.no_grad():
         a = old(h, torch.tensor([300.0]), ctx, return_dict=False)[0]
         b = big(h, torch.tensor([300.0]), ctx, return_dict=False)[0]

@@ -18,13 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from ..comparison import plain_settings
 from ..errors import LightcacheError, shown
 from ..images import check_image_for_preset, open_image
 from ..presets import Preset, list_presets, load_shipped_preset
@@ -82,10 +82,7 @@ class Job:
     @property
     def plain_settings(self) -> RunSettings:
         """The same request with every acceleration off: the reference the comparison is measured against."""
-        return dataclasses.replace(
-            self.settings, easycache=False, async_swap=False, chunk_ffn=None, sliced_decode=False,
-            decode_slices=None, compile=False,
-        )
+        return plain_settings(self.settings)
 
 
 def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ..comparison import baseline_text
 from ..events import Event, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import peak_by_stage
 
@@ -140,6 +141,8 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     lines = [
         f"**Speed-up {c['speedup']:.2f}x** (denoise stage {c['denoise_speedup']:.2f}x) · "
         f"**PSNR {psnr_text}** · **SSIM {c['ssim']:.4f}** against the plain run",
+        "",
+        f"The plain run is {baseline_text(c['baseline_settings'])}.",
         "",
         "| | accelerated | plain |",
         "|---|---:|---:|",

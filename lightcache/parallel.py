@@ -142,11 +142,14 @@ def launched_world_size() -> int:
 
 
 @contextlib.contextmanager
-def process_group(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[ProcessGroup]:
+def process_group(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  init_method: str | None = None) -> Iterator[ProcessGroup]:
     """The default process group for the length of the block, from the launcher's environment.
 
     ``device``: ``cpu`` (gloo) or ``cuda`` (NCCL, this process on GPU ``LOCAL_RANK``); default CUDA when available.
     ``timeout_s`` bounds every collective: a process left waiting for another fails after it instead of hanging.
+    ``init_method``: where the processes meet, e.g. ``file:///shared/path`` (default: torchrun's
+    ``MASTER_ADDR``/``MASTER_PORT``); ``RANK`` and ``WORLD_SIZE`` come from the environment either way.
     A group that is already set up is used as it is and left up.
     """
     dist = torch.distributed
@@ -160,11 +163,13 @@ def process_group(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_
         torch.cuda.set_device(local_rank)
     owned = not dist.is_initialized()
     if owned:
-        if "MASTER_ADDR" not in os.environ or "RANK" not in os.environ:
+        if "RANK" not in os.environ or (init_method is None and "MASTER_ADDR" not in os.environ):
             raise LightcacheError("no process group to join: launch with `torchrun --nproc-per-node N ...` "
                                   "(it sets RANK, WORLD_SIZE and MASTER_ADDR).")
+        meeting = {} if init_method is None else {
+            "init_method": init_method, "rank": int(os.environ["RANK"]), "world_size": launched_world_size()}
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=timeout_s), **meeting)
     group = ProcessGroup(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                          device=device)
     try:
@@ -298,14 +303,6 @@ def apply_context_parallel(pipe, config: ParallelConfig | str = "ulysses", *, ad
     ``transformer.set_attention_backend(...)``, e.g. ``"_native_cudnn"`` or ``"flash"``).
     """
     config = config if isinstance(config, ParallelConfig) else ParallelConfig(config)
-    dist = torch.distributed
-    if not dist.is_available() or not dist.is_initialized():
-        raise LightcacheError("context parallelism needs a process group: launch with `torchrun --nproc-per-node N` "
-                              "and set it up first (lightcache.parallel.process_group()).")
-    world_size = dist.get_world_size()
-    if world_size < 2:
-        raise LightcacheError("context parallelism splits each call over several processes; this group has one. "
-                              "Launch with `torchrun --nproc-per-node N` and N >= 2.")
     if getattr(pipe, _ATTRIBUTE, None) is not None:
         raise LightcacheError("context parallelism is already applied to this pipeline.")
     if adapter is None:
@@ -315,6 +312,14 @@ def apply_context_parallel(pipe, config: ParallelConfig | str = "ulysses", *, ad
     denoisers = adapter.denoisers(pipe)
     for name, module in denoisers.items():
         _check_splittable(name, module)
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_initialized():
+        raise LightcacheError("context parallelism needs a process group: launch with `torchrun --nproc-per-node N` "
+                              "and set it up first (lightcache.parallel.process_group()).")
+    world_size = dist.get_world_size()
+    if world_size < 2:
+        raise LightcacheError("context parallelism splits each call over several processes; this group has one. "
+                              "Launch with `torchrun --nproc-per-node N` and N >= 2.")
     on_cpu = all(p.device.type == "cpu" for m in denoisers.values() for p in m.parameters())
     if config.mode == "ring" and not on_cpu and _uses_native_attention(denoisers):
         raise LightcacheError(

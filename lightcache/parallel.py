@@ -219,8 +219,10 @@ def unsupported_with_context_parallel(*, chunk_ffn: int | None = None, async_swa
 class ContextParallel:
     """Context parallelism on one pipeline's denoisers. Made by :func:`apply_context_parallel`."""
 
-    def __init__(self, pipe, config: ParallelConfig, denoisers: dict[str, torch.nn.Module], world_size: int):
+    def __init__(self, pipe, config: ParallelConfig, denoisers: dict[str, torch.nn.Module], world_size: int,
+                 channel_axis: int = 1):
         self.pipe = pipe
+        self.channel_axis = channel_axis  # of the denoisers' latent input, as the family adapter says
         self.config = config
         self.denoisers = denoisers
         self.world_size = world_size
@@ -330,7 +332,7 @@ def apply_context_parallel(pipe, config: ParallelConfig | str = "ulysses", *, ad
 
     from diffusers import ContextParallelConfig
 
-    handle = ContextParallel(pipe, config, denoisers, world_size)
+    handle = ContextParallel(pipe, config, denoisers, world_size, channel_axis=adapter.latent_channel_axis)
     setattr(pipe, _ATTRIBUTE, handle)
     try:
         if config.mode == "ring" and on_cpu:
@@ -480,7 +482,11 @@ def _shape_guard(handle: ContextParallel, name: str):
 
     def guard(_module, args, kwargs):
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        check_shape(handle.mode, handle.world_size, _tokens(module, tuple(hidden.shape[-3:])), heads)
+        if hidden.ndim != 5:
+            return  # a packed (batch, tokens, channels) latent: diffusers' sharder checks it
+        # frames, height, width: after the channels for (B, C, F, H, W), around them for (B, F, C, H, W).
+        fhw = hidden.shape[2:] if handle.channel_axis == 1 else (hidden.shape[1], *hidden.shape[3:])
+        check_shape(handle.mode, handle.world_size, _tokens(module, tuple(fhw)), heads)
 
     return guard
 

@@ -267,6 +267,42 @@ def test_cli_refuses_parallel_without_processes_and_leaves_nothing(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+# --- EasyCache's agreement hook, in one process -----------------------------------------------------------------
+def test_an_agreement_to_compute_overrules_a_reuse(tiny_pipe):
+    from lightcache.easycache import EasyCacheConfig, apply_easycache, remove_easycache
+
+    asked: list[bool] = []
+
+    def everyone_computes(compute: bool) -> bool:
+        asked.append(compute)
+        return True
+
+    settings = dataclasses.replace(BASE, steps=6)
+    plain = _plain(tiny_pipe, settings)
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=1e9, warmup_steps=1,
+                                                                  agree=everyone_computes))
+    try:
+        video = _plain(tiny_pipe, settings)
+    finally:
+        remove_easycache(tiny_pipe.transformer)
+    assert len(asked) == 2 * settings.steps and not all(asked)  # it would have reused some calls on its own
+    assert all(r.computed for r in hook.records)
+    overruled = [r.reason for r in hook.records if "agreed across processes" in r.reason]
+    assert len(overruled) == asked.count(False) and "(here: E < tau)" in overruled[0]
+    assert np.array_equal(video, plain)  # every call computed: the plain run, on the same objects
+
+
+def test_an_agreement_to_reuse_without_a_cached_transformation_is_an_error(tiny_pipe):
+    from lightcache.easycache import EasyCacheConfig, apply_easycache, remove_easycache
+
+    apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.0, agree=lambda compute: False))
+    try:
+        with pytest.raises(RuntimeError, match="no cached transformation"):
+            _plain(tiny_pipe, BASE)
+    finally:
+        remove_easycache(tiny_pipe.transformer)
+
+
 # --- the command line under torchrun ---------------------------------------------------------------------------
 def test_torchrun_generate_writes_once_from_process_zero(tiny_model_dir, tmp_path):
     out = tmp_path / "out"

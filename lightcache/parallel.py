@@ -83,7 +83,8 @@ CONTEXT_PARALLEL_CLASSES = (
 )
 
 #: How long a collective waits for the other processes before it fails (and the run with it) instead of hanging.
-DEFAULT_TIMEOUT_S = 600.0
+#: Generous: the first collective comes after every process has loaded the model, which can take minutes at 14B.
+DEFAULT_TIMEOUT_S = 1800.0
 
 _ATTRIBUTE = "_lightcache_context_parallel"
 

@@ -31,6 +31,7 @@ from lightcache.parallel_run import DECISION_FIELDS
 from lightcache.runner import run_generation, run_to_completion
 from lightcache.settings import RunSettings
 from lightcache.tiny import build_tiny_pipeline
+from lightcache.tiny_variants import build_tiny_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = 2
@@ -39,6 +40,7 @@ COLLECTIVE_TIMEOUT_S = 60
 
 BASE = RunSettings(prompt="a red circle moving right", seed=3, steps=4, frames=5, height=32, width=32,
                    guidance_scale=5.0, warmup=1, threshold=0.0, max_sequence_length=16)
+A14B = dataclasses.replace(BASE, steps=8, threshold=1e9)  # reuses every step it may, in both experts
 #: name -> (mode, settings of process 0, settings of process 1)
 SCENARIOS = {
     "ulysses-tau0": ("ulysses", BASE, BASE),
@@ -82,6 +84,12 @@ def _process(rank: int, rendezvous: str, out_dir: str) -> None:
             except LightcacheError as exc:
                 results["odd_tokens"] = str(exc)
         results["clean_at_end"] = _clean(pipe, native)
+        # Two experts (Wan2.2 A14B): both split over one device mesh, EasyCache's one state across the switch.
+        experts = build_tiny_variant("wan2.2-t2v-a14b")
+        with apply_context_parallel(experts, ParallelConfig("ulysses")):
+            events = list(run_generation(experts, A14B))
+        results["a14b"] = {"frames": run_to_completion(iter(events)).frames,
+                           "records": [e.to_dict() for e in events if isinstance(e, StepRecord)]}
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
 
@@ -199,6 +207,17 @@ def test_only_process_zero_gets_the_outputs_with_every_process_memory(ranks):
     assert result["series"] == ["rss (process 0)", "rss (process 1)"]
     assert result["parallel"]["decisions_identical_across_processes"] is True
     assert len(result["parallel"]["peak_bytes_by_process"]) == WORLD
+
+
+def test_two_experts_split_over_one_mesh_match_one_process(ranks):
+    events = list(run_generation(build_tiny_variant("wan2.2-t2v-a14b"), A14B))
+    alone = run_to_completion(iter(events))
+    records = [e.to_dict() for e in events if isinstance(e, StepRecord)]
+    assert {r["denoiser"] for r in records if not r["computed"]} == {"transformer", "transformer_2"}
+    for rank in ranks:
+        assert np.abs(rank["a14b"]["frames"] - alone.frames).max() <= FLOAT_TOL
+        assert [(r["denoiser"], r["computed"]) for r in rank["a14b"]["records"]] == [
+            (r["denoiser"], r["computed"]) for r in records]
 
 
 def test_a_shape_that_cannot_be_split_is_refused_on_every_process(ranks):

@@ -84,8 +84,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-baseline", action="store_true",
                    help="also run the plain pipeline with the same seed; report speed-up, PSNR and SSIM")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    multi = p.add_argument_group("several GPUs", "launch with `torchrun --nproc-per-node N -m lightcache generate ...`; "
-                                 "every process runs the request, process 0 writes --out")
+    multi = p.add_argument_group("several GPUs", "launch with `torchrun --nproc-per-node N -m lightcache generate "
+                                 "...`; every process runs the request, process 0 writes --out")
     multi.add_argument("--parallel", choices=("ulysses", "ring"),
                        help="split each transformer call over the N processes with diffusers' context parallelism: "
                             "ulysses (attention heads, a multiple of N) or ring (keys and values passed round)")

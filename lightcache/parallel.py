@@ -160,6 +160,9 @@ def process_group(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise LightcacheError(f"process {local_rank} of this machine has no GPU of its own: torch sees "
+                                  f"{torch.cuda.device_count()}; start at most that many (--nproc-per-node).")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
     owned = not dist.is_initialized()

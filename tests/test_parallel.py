@@ -263,6 +263,45 @@ def test_shape_limits(tokens, heads, mode, message):
     check_shape("ring", 2, 76, 3)  # ring splits tokens only
 
 
+def _handle_without_processes(pipe, mode: str, world_size: int):
+    """What apply_context_parallel would attach for ``world_size`` processes, without turning anything on: enough
+    for the checks that read it."""
+    from lightcache.parallel import ContextParallel
+
+    return ContextParallel(pipe, ParallelConfig(mode), {"transformer": pipe.transformer}, world_size)
+
+
+@pytest.mark.parametrize("mode, world_size, message", [
+    ("ulysses", 3, "2 heads, not a multiple of 3"),
+    ("ring", 5, "48 transformer tokens, not a multiple of 5"),
+])
+def test_a_request_is_checked_against_the_split_before_it_runs(tiny_pipe, mode, world_size, message):
+    settings = dataclasses.replace(BASE, frames=5, height=32, width=32)  # 3 latent frames x 4 x 4 patches
+    handle = _handle_without_processes(tiny_pipe, mode, world_size)
+    with pytest.raises(LightcacheError, match=message):
+        handle.check_request(tiny_pipe, settings)
+    _handle_without_processes(tiny_pipe, "ring", 3).check_request(tiny_pipe, settings)  # 48 = 3 x 16
+    with pytest.raises(LightcacheError, match="feature chunking"):
+        handle.check_request(tiny_pipe, dataclasses.replace(settings, chunk_ffn=2))
+
+
+def test_apply_lightcache_refuses_what_does_not_combine_and_installs_the_agreement(tiny_pipe):
+    from lightcache.accelerate import AccelerationConfig, apply_lightcache
+    from lightcache.easycache import EasyCacheConfig
+
+    handle = _handle_without_processes(tiny_pipe, "ulysses", 2)
+    tiny_pipe._lightcache_context_parallel = handle
+    try:
+        for config in (AccelerationConfig(chunk_ffn=2), AccelerationConfig(async_swap=True),
+                       AccelerationConfig(compile=True)):
+            with pytest.raises(LightcacheError, match="does not combine with --parallel"):
+                apply_lightcache(tiny_pipe, config)
+        with apply_lightcache(tiny_pipe, AccelerationConfig(easycache=EasyCacheConfig(), sliced_decode=True)) as acc:
+            assert acc.easycache.config.agree == handle.agree_compute
+    finally:
+        tiny_pipe._lightcache_context_parallel = None
+
+
 def test_strategies_that_do_not_combine_are_named():
     assert "feature chunking" in unsupported_with_context_parallel(chunk_ffn=2)
     assert "swapping" in unsupported_with_context_parallel(async_swap=True)

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,6 +47,7 @@ from .errors import LightcacheError
 from .events import Event, StepRecord
 from .families import FamilyAdapter, adapter_for
 from .observe import RunObserver
+from .parallel import context_parallel_of, unsupported_with_context_parallel
 from .swap import AsyncSwap, AsyncSwapConfig, apply_async_swap, remove_async_swap
 
 _ATTRIBUTE = "_lightcache_acceleration"
@@ -167,6 +169,7 @@ def apply_lightcache(
     adapter = adapter if adapter is not None else adapter_for(pipe)
     if getattr(pipe, _ATTRIBUTE, None) is not None:
         raise LightcacheError("lightcache is already applied to this pipeline; remove it first.")
+    config = _agreed_across_processes(pipe, config)
     for wanted, why in ((config.chunk_ffn is not None, adapter.chunking_unsupported),
                         (config.sliced_decode, adapter.sliced_decode_unsupported)):
         reason = why(pipe) if wanted else None
@@ -224,6 +227,21 @@ def remove_lightcache(pipe) -> None:
 def get_acceleration(pipe) -> Acceleration | None:
     """The acceleration attached to ``pipe``, or None."""
     return getattr(pipe, _ATTRIBUTE, None)
+
+
+def _agreed_across_processes(pipe, config: AccelerationConfig) -> AccelerationConfig:
+    """With context parallelism on ``pipe``: refuse what does not combine with it, and have EasyCache take the
+    decision every process agrees on (a process that reused alone would leave the others in a collective)."""
+    parallel = context_parallel_of(pipe)
+    if parallel is None:
+        return config
+    reason = unsupported_with_context_parallel(chunk_ffn=config.chunk_ffn, async_swap=config.async_swap,
+                                               compile=config.compile)
+    if reason:
+        raise LightcacheError(reason)
+    if config.easycache is None or config.easycache.agree is not None:
+        return config
+    return dataclasses.replace(config, easycache=dataclasses.replace(config.easycache, agree=parallel.agree_compute))
 
 
 def _slice_vae_decode(vae, num_slices: int | None) -> None:

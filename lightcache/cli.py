@@ -93,6 +93,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also run the plain pipeline (every acceleration off) with the same seed; report "
                         "speed-up, PSNR and SSIM")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    multi = p.add_argument_group("several GPUs", "launch with `torchrun --nproc-per-node N -m lightcache generate "
+                                 "...`; every process runs the request, process 0 writes --out")
+    multi.add_argument("--parallel", choices=("ulysses", "ring"),
+                       help="split each transformer call over the N processes with diffusers' context parallelism: "
+                            "ulysses (attention heads, a multiple of N) or ring (keys and values passed round)")
     p.add_argument("--out", required=True, help="output directory (created; must be empty if it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -170,6 +175,7 @@ def cmd_presets(args) -> int:
 
 def cmd_generate(args) -> int:
     from .extras import CLI_MODULES, require_extra
+    from .parallel import launched_world_size
     from .presets import load_preset, resolve_device
     from .images import check_image_for_preset, open_image
     from .settings import RunSettings
@@ -180,6 +186,8 @@ def cmd_generate(args) -> int:
     image = open_image(args.image, label="--image") if args.image else None
     check_image_for_preset(preset, image)
     args.device = resolve_device(args.device)
+    if getattr(args, "parallel", None) is not None or launched_world_size() > 1:
+        return _generate_parallel(args, preset, settings, image)
     out = Path(args.out)
     _check_out_dir(out)
     # Validate everything that can fail cheaply before loading a model, and write into a staging directory
@@ -258,6 +266,43 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
     (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     _write_timeline(timeline, out_dir)
     return summary
+
+
+def _generate_parallel(args, preset, settings, image) -> int:
+    """``generate --parallel``: one of the processes torchrun started. Each loads the model and runs the request
+    with its transformer calls split over all of them; process 0 alone writes --out (and prints)."""
+    from .parallel import ParallelConfig, apply_context_parallel, launched_world_size, process_group
+    from .parallel_run import check_parallel_request, run_parallel
+    from .video import Mp4Writer
+
+    check_parallel_request(args.parallel, settings, launched_world_size(), args.compare_baseline)
+    out = Path(args.out)
+    with process_group(args.device) as group, contextlib.ExitStack() as stack:
+        staging = pipe = failure = None
+        try:
+            if group.rank == 0:
+                _check_out_dir(out)
+                staging = stack.enter_context(_staging_for(out))
+            args.device = group.device
+            pipe = _load(preset, args)
+            stack.enter_context(apply_context_parallel(pipe, ParallelConfig(args.parallel))).check_request(pipe,
+                                                                                                          settings)
+        except Exception as exc:  # noqa: BLE001 - raised again by all_ok, after every process has heard of it
+            failure = exc
+        group.all_ok(failure)  # a process that refused stops them all here, before any collective of the run
+        with _progress(settings, staging is not None and not args.quiet, f"--parallel {args.parallel}") as bar:
+            result = run_parallel(pipe, group, settings, preset.name, image=image, on_step=bar)
+        if result is None:
+            return 0
+        with Mp4Writer(staging / "video.mp4", fps=settings.fps) as writer:
+            writer.write(result.frames)
+        (staging / "trace.json").write_text(json.dumps(result.trace, indent=1))
+        (staging / "summary.json").write_text(json.dumps(json_safe(result.summary), indent=2))
+        _write_timeline(result.timeline, staging)
+        _publish(staging, out)
+    if not args.quiet:
+        _print_summary(result.summary, out)
+    return 0
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

@@ -75,12 +75,17 @@ class EasyCacheConfig:
             pipelines do, through ``cache_context``; the scheduler does for the others when a
             :class:`~lightcache.calls.CallLocator` is given one). Used to force the last step.
         on_record: optional callback receiving every :class:`~lightcache.events.StepRecord` as it is made.
+        agree: optional callback for runs split over several processes (context parallelism): called on every
+            call with this process's decision (True: compute) and returning the one every process takes, so that
+            no process skips the transformer's collectives while another runs them
+            (:meth:`lightcache.parallel.ContextParallel.agree_compute`). None: each process decides alone.
     """
 
     threshold: float = 0.05
     warmup_steps: int = 10
     num_inference_steps: int | None = None
     on_record: Callable[[StepRecord], None] | None = None
+    agree: Callable[[bool], bool] | None = None
 
     def __post_init__(self):
         if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold < 0:
@@ -280,6 +285,8 @@ class EasyCacheHook(ModelHook):
         else:
             compute, reason, eps = self._decide(x_t, site)
             state.compute_current = compute
+        if cfg.agree is not None:
+            compute, reason = self._agree(compute, reason, site, branch)
 
         if compute:
             state.store.release()
@@ -339,6 +346,21 @@ class EasyCacheHook(ModelHook):
             return False, "E < tau", eps
         state.error = 0.0
         return True, "E >= tau", eps
+
+    def _agree(self, compute: bool, reason: str, site: CallSite, branch: str) -> tuple[bool, str]:
+        """The decision every process takes (``config.agree``); where it differs from this process's own, the
+        state follows it as if this process had decided so."""
+        agreed = bool(self.config.agree(compute))
+        if agreed == compute:
+            return compute, reason
+        if not agreed and branch not in self.state.deltas:
+            raise RuntimeError(f"EasyCache was told to reuse step {site.step} ('{branch}') but this process has no "
+                               "cached transformation for it; the processes' runs have diverged.")
+        if site.decides:
+            self.state.compute_current = agreed
+            if agreed:
+                self.state.error = 0.0  # a computed step resets E, whoever decided it
+        return agreed, f"{'computed' if agreed else 'reused'} as agreed across processes (here: {reason})"
 
     def _remember_computed(self, x_t: torch.Tensor, v_t: torch.Tensor) -> None:
         state = self.state

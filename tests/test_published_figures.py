@@ -81,6 +81,10 @@ NOT_MEASUREMENTS = {
     "10 MB": "the app's upload limit, a setting",
     "2.54x": "the EasyCache paper's own result, cited as such",
     "25.24 dB": "the EasyCache paper's own result, cited as such",
+    "1904 s": "xDiT's published HunyuanVideo latency on one H100, cited as such",
+    "338 s": "xDiT's published HunyuanVideo latency on eight H100s, cited as such",
+    "1.96x": "diffusers' published ring-against-Ulysses time on four H100s, cited as such",
+    "1.25x": "diffusers' published ring-against-Ulysses time on four L20s, cited as such",
 }
 MODEL_CARD = "lightcache/data/tiny-wan/MODEL_CARD.md"
 # The same, allowed in one document only.

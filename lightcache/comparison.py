@@ -85,4 +85,5 @@ def compare_runs(accelerated: RunFinished, plain: RunFinished,
         "accelerated_calls": (a["calls_computed"], a["calls_computed"] + a["calls_reused"]),
         "plain_calls": (p["calls_computed"], p["calls_computed"] + p["calls_reused"]),
         "call_time_ratio": call_time_ratio(accelerated_steps, plain_steps),
+        "cache": a.get("cache"),
     }

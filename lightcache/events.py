@@ -135,7 +135,7 @@ def call_kind(record: "StepRecord | dict[str, Any]") -> str:
     """``computed`` (the whole call ran), ``partial`` (some blocks or layers were skipped) or ``reused`` (no block
     ran), from what was measured, or from ``computed`` where nothing was.
 
-    >>> call_kind({"computed": True, "work_fraction": 0.25}), call_kind({"computed": False})
+    >>> call_kind({"computed": False, "work_fraction": 0.5, "blocks_run": 1}), call_kind({"computed": False})
     ('partial', 'reused')
     """
     get = record.get if isinstance(record, dict) else lambda key, default=None: getattr(record, key, default)

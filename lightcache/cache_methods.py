@@ -128,7 +128,8 @@ class CacheMethod:
 
 
 CACHE_METHODS: Mapping[str, CacheMethod] = MappingProxyType({m.name: m for m in (
-    CacheMethod("easycache", "EasyCache", "tau", "larger: more reused calls", 0.0, 0.3, 0.005, None, 0.0),
+    CacheMethod("easycache", "EasyCache", "tau", "larger: more reused calls", 0.0, 0.3, 0.005, None, 0.0,
+                fixed=MappingProxyType({"warm-up": "the request's"})),
     CacheMethod("fbc", "FirstBlockCache", "threshold", "larger: more calls skip the blocks after the first",
                 0.0, 0.2, 0.005, 0.1, 0.0, diffusers=True, to_params=lambda v: {"threshold": v}),
     CacheMethod("magcache", "MagCache", "threshold", "larger: more calls skip every block", 0.0, 0.5, 0.01, 0.06, 0.0,

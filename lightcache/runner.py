@@ -87,11 +87,15 @@ def run_generation(
     reason = cache_unsupported(_acceleration_config(settings, magcache_ratios=()), adapter.denoisers(pipe))
     if reason:
         raise LightcacheError(reason)
-    # MagCache's calibration is a run of its own, before this run's clock starts: its time is no part of this run's.
-    magcache_ratios, calibration = _magcache_calibration(pipe, adapter, call_pipe, settings, image, cancel)
-    clock = _Clock()
     device = pipe._execution_device
     yield RunStarted(preset=preset_name, settings=settings.to_dict(), device=str(device))
+    # MagCache's calibration is a run of its own, before this run's clock starts: its time is no part of this run's.
+    if _needs_calibration(pipe, settings, image):
+        yield Note(message=f"MagCache calibration: running one run of {settings.steps} steps with every call "
+                           "computed, before the run (MagCache skips blocks by the residual ratios it measures).",
+                   t=0.0)
+    magcache_ratios, calibration = _magcache_calibration(pipe, adapter, call_pipe, settings, image, cancel)
+    clock = _Clock()
 
     stages: dict[str, dict[str, Any]] = {}
     records: list[StepRecord] = []
@@ -123,8 +127,8 @@ def run_generation(
     frames = None
     try:
         # Attaching moves and copies weights (swapping's host stores): heavy work, so on the torch thread too.
-        acc = torch_thread.call(apply_lightcache, pipe, _acceleration_config(settings, magcache_ratios), on_event=on_event,
-                                cancel=stop, clock=clock, adapter=adapter)
+        acc = torch_thread.call(apply_lightcache, pipe, _acceleration_config(settings, magcache_ratios),
+                                on_event=on_event, cancel=stop, clock=clock, adapter=adapter)
         swap, compiled = acc.swap, acc.compiled
         for note in cache_notes(settings, calibration) + _strategy_notes(settings, swap, slice_plan, compiled):
             yield from order.emit(Note(message=note, t=clock()))
@@ -230,7 +234,7 @@ def _magcache_calibration(pipe, adapter: FamilyAdapter, call_pipe, settings, ima
     """
     if getattr(settings, "step_cache", None) != "magcache":
         return None, None
-    key = calibration_key(settings) + (None if image is None else image.size,)
+    key = _calibration_key(settings, image)
     transformer = pipe.transformer
     ratios = MAGCACHE_CALIBRATIONS.get(transformer, key)
     if ratios is not None:
@@ -250,6 +254,15 @@ def _magcache_calibration(pipe, adapter: FamilyAdapter, call_pipe, settings, ima
     ratios = torch_thread.call(calibrate_magcache, pipe, run_once, settings.steps)
     MAGCACHE_CALIBRATIONS.put(transformer, key, ratios)
     return ratios, {"ran": True, "seconds": time.perf_counter() - start, "steps": len(ratios)}
+
+
+def _calibration_key(settings, image) -> tuple:
+    return calibration_key(settings) + (None if image is None else image.size,)
+
+
+def _needs_calibration(pipe, settings, image) -> bool:
+    return getattr(settings, "step_cache", None) == "magcache" and MAGCACHE_CALIBRATIONS.get(
+        pipe.transformer, _calibration_key(settings, image)) is None
 
 
 def cache_notes(settings, calibration: dict | None) -> list[str]:

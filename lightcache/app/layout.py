@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import gradio as gr
 
 from ..errors import LightcacheError, RunCancelled
-from ..events import RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from ..events import Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import timeline_figure, trace_figure
 from ..presets import load_shipped_preset
 from . import texts, view
@@ -330,6 +330,8 @@ def _present(job, updates, loading: bool, device: str, clock: Callable[[], float
             if accelerated and not quiet and now - last_timeline > TIMELINE_REFRESH_S:
                 timeline, last_timeline = timeline_figure(events), now
             yield (_status(runs), trace_figure(events), skip(), timeline, skip(), skip(), skip())
+        elif isinstance(event, Note) and event.message.startswith(view.CALIBRATING):
+            yield (_status(runs),) + (skip(),) * 6  # MagCache calibrates before the run: say so while it does
         elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
             if accelerated and not quiet:
                 last_timeline = clock()

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Sequence
 from ..events import Event, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord, call_kind
 from ..plots import peak_by_stage
 
+#: How the runner's note before MagCache's calibration run begins (the status line shows the run as calibrating).
+CALIBRATING = "MagCache calibration: running"
 # Which memory series best stands for "how much memory the run needed", in order of preference.
 _PEAK_SERIES = ("cuda_allocated", "cuda_reserved", "rss")
 
@@ -72,7 +74,9 @@ def status_markdown(events: Sequence[Event], label: str = "", headline: str | No
     branches = max(1, len({r.branch for r in records}))
     stage = "starting"
     for e in events:
-        if isinstance(e, StageStarted):
+        if isinstance(e, Note) and e.message.startswith(CALIBRATING) and stage == "starting":
+            stage = "MagCache calibration run (every call computed)"
+        elif isinstance(e, StageStarted):
             stage = e.stage
         elif isinstance(e, StageFinished):
             stage = f"{e.stage} done"

@@ -290,3 +290,15 @@ def test_app_compare_works_for_a_diffusers_cache(pipe, tmp_path):
     assert any("ran: first block only" in row[3] for row in partial.customdata)
     assert any(t.name == "block work run, cond" for t in fig.data)
     assert isinstance(accelerated[0], RunStarted)
+
+
+def test_app_dropdown_offers_every_cache_and_the_setting_control_follows_it():
+    from lightcache.app.layout import cache_choices, cache_updates
+
+    assert [label for label, _ in cache_choices()] == ["EasyCache", "FirstBlockCache", "MagCache", "TaylorSeer",
+                                                       "SeaCache", "PAB", "none"]
+    control, tau, warmup = cache_updates("taylorseer")
+    assert control["label"].startswith("TaylorSeer interval (1-4") and control["visible"] and control["step"] == 1
+    assert tau["visible"] is False and warmup["visible"] is False
+    control, tau, _ = cache_updates("easycache")
+    assert control["visible"] is False and tau["visible"] is True

@@ -289,8 +289,10 @@ def cache_unsupported(config: AccelerationConfig, denoisers: dict[str, torch.nn.
 
 
 def _has_blocks(module: torch.nn.Module) -> bool:
+    """A block list the work meter knows how to read (Wan's); another family's calls are traced unmeasured."""
     blocks = getattr(module, "blocks", None)
-    return isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0
+    return (isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0 and hasattr(module, "patch_embedding")
+            and all(hasattr(blocks[0], name) for name in ("norm1", "attn1", "attn2", "ffn")))
 
 
 def remove_lightcache(pipe) -> None:

@@ -35,10 +35,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
+from .cache_methods import attach_diffusers_cache, detach_diffusers_cache, get_cache_method, unsupported_reason
+from .call_work import CallWork
 from .calls import CallLocator
 from .chunk import apply_feature_chunking, remove_feature_chunking
 from .compile import CUDA_GRAPH_MODES, CompileConfig, CompiledBlocks, apply_compile, remove_compile
@@ -67,6 +69,13 @@ class AccelerationConfig:
         device: where swapping moves things to (default: the pipeline's execution device).
         compile: True (or a :class:`~lightcache.compile.CompileConfig`) to torch.compile every denoiser's
             repeated blocks. The first calls of a run at a new size compile (tens of seconds); the trace marks them.
+        cache: the step cache (see :mod:`lightcache.cache_methods`): ``easycache`` (the default; it runs when
+            ``easycache`` holds its settings), or one of diffusers' caches ``fbc``, ``magcache``, ``taylorseer``,
+            ``seacache``, ``pab``, or ``none``.
+        cache_setting: the main setting of a diffusers cache (FirstBlockCache's threshold, TaylorSeer's interval ...;
+            None: its default). EasyCache's tau is ``easycache.threshold``.
+        magcache_ratios: MagCache's calibration, one ratio per step
+            (:func:`lightcache.cache_methods.calibrate_magcache`; the runner calibrates and keeps them itself).
     """
 
     easycache: EasyCacheConfig | None = None
@@ -76,8 +85,21 @@ class AccelerationConfig:
     decode_slices: int | None = None
     device: str | torch.device | None = None
     compile: bool | CompileConfig = False
+    cache: str = "easycache"
+    cache_setting: float | None = None
+    magcache_ratios: Sequence[float] | None = None
 
     def __post_init__(self):
+        method = get_cache_method(self.cache)
+        if self.easycache is not None and self.cache != "easycache":
+            raise LightcacheError(f"easycache settings were given with cache='{self.cache}'; give one step cache.")
+        if self.cache_setting is not None:
+            if not method.diffusers:
+                raise LightcacheError(f"cache_setting is the main setting of diffusers' caches; cache='{self.cache}' "
+                                      "has none (EasyCache's tau is easycache.threshold).")
+            self.cache_setting = method.check(self.cache_setting)
+        if self.magcache_ratios is not None and self.cache != "magcache":
+            raise LightcacheError("magcache_ratios are MagCache's calibration; they need cache='magcache'.")
         if self.decode_slices is not None and not self.sliced_decode:
             raise LightcacheError("decode_slices is the band count of sliced decoding; turn sliced_decode on too.")
         if not isinstance(self.compile, (bool, CompileConfig)):
@@ -88,6 +110,11 @@ class AccelerationConfig:
                 "asynchronous swapping moves the weights on every call. Use mode None or "
                 "'max-autotune-no-cudagraphs' with swapping."
             )
+
+    @property
+    def step_cache(self) -> str:
+        """The step cache that runs: ``none`` when EasyCache is chosen without its settings."""
+        return "none" if self.cache == "easycache" and self.easycache is None else self.cache
 
     @property
     def compile_config(self) -> CompileConfig | None:
@@ -110,6 +137,8 @@ class Acceleration:
         self.chunked: list[torch.nn.Module] = []
         self.compiled: CompiledBlocks | None = None
         self.sliced_vae = None
+        self.diffusers_cache: str | None = None  # the diffusers cache enabled on the denoiser, by name
+        self.work: dict[str, CallWork] = {}
         self._last_records: list[StepRecord] = []
 
     @property
@@ -124,6 +153,13 @@ class Acceleration:
                 remove_async_swap(self.pipe)
                 self.swap = None
             self.observer.detach()
+            for work in self.work.values():
+                work.detach()
+            self.work = {}
+            if self.diffusers_cache is not None:
+                for module in self.adapter.denoisers(self.pipe).values():
+                    detach_diffusers_cache(module, self.diffusers_cache)
+                self.diffusers_cache = None
             if self.sliced_vae is not None:
                 self.sliced_vae.__dict__.pop("decode", None)
                 self.sliced_vae = None
@@ -175,8 +211,11 @@ def apply_lightcache(
         reason = why(pipe) if wanted else None
         if reason:
             raise LightcacheError(reason)
-
     denoisers = adapter.denoisers(pipe)
+    reason = cache_unsupported(config, denoisers)
+    if reason:
+        raise LightcacheError(reason)
+
     locator = CallLocator(scheduler=lambda: getattr(pipe, "scheduler", None))
     swap_holder: list[AsyncSwap] = []
 
@@ -186,8 +225,11 @@ def apply_lightcache(
         if on_stage is not None:
             on_stage(stage)
 
+    # What each call ran is read from the blocks' layers; compiled blocks hide them, so compiled runs are not measured.
+    work = {} if config.compile_config is not None else {
+        name: CallWork(module) for name, module in denoisers.items() if _has_blocks(module)}
     observer = RunObserver(pipe, on_event=on_event, adapter=adapter, locator=locator, cancel=cancel, clock=clock,
-                           on_stage=stage_changed)
+                           on_stage=stage_changed, work=work, cache=config.step_cache)
     acc = Acceleration(pipe, adapter, config, observer)
     setattr(pipe, _ATTRIBUTE, acc)
     try:
@@ -203,6 +245,16 @@ def apply_lightcache(
             acc.easycache = apply_easycache(denoisers, config.easycache, locator=locator,
                                             channel_axis=adapter.latent_channel_axis,
                                             extra_inputs=adapter.extra_outputs)
+        method = get_cache_method(config.cache)
+        if method.diffusers:
+            params = method.params(config.cache_setting)
+            for module in denoisers.values():
+                acc.diffusers_cache = config.cache
+                attach_diffusers_cache(module, config.cache, params,
+                                       list(config.magcache_ratios) if config.magcache_ratios is not None else None)
+        for work_meter in work.values():
+            acc.work = work
+            work_meter.attach()
         if config.sliced_decode:
             _slice_vae_decode(pipe.vae, config.decode_slices)
             acc.sliced_vae = pipe.vae
@@ -215,6 +267,35 @@ def apply_lightcache(
         acc.remove()
         raise
     return acc
+
+
+def cache_unsupported(config: AccelerationConfig, denoisers: dict[str, torch.nn.Module]) -> str | None:
+    """Why ``config``'s step cache cannot run on these denoisers with the other accelerations asked for, or None."""
+    method = get_cache_method(config.cache)
+    if not method.diffusers:
+        return None
+    reason = unsupported_reason(config.cache, denoisers)
+    if reason:
+        return reason
+    if config.compile_config is not None:
+        return (f"{method.label} with compile: diffusers' cache hooks sit on the blocks that compile replaces, and the "
+                "trace could not see which of their layers ran; use EasyCache with compile, or run without compile.")
+    if config.chunk_ffn is not None and config.cache in ("taylorseer", "pab"):
+        return (f"{method.label} with feature chunking: {method.label} caches the output of layers that feature "
+                "chunking runs slice by slice (or not as a module at all), so it would hold one slice; use "
+                "FirstBlockCache, MagCache or SeaCache with chunking.")
+    if config.cache == "magcache" and config.magcache_ratios is None:
+        return ("MagCache needs its calibration: pass magcache_ratios "
+                "(lightcache.cache_methods.calibrate_magcache), or run through lightcache.run_generation, which "
+                "calibrates once per model and settings.")
+    return None
+
+
+def _has_blocks(module: torch.nn.Module) -> bool:
+    """A block list the work meter knows how to read (Wan's); another family's calls are traced unmeasured."""
+    blocks = getattr(module, "blocks", None)
+    return (isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0 and hasattr(module, "patch_embedding")
+            and all(hasattr(blocks[0], name) for name in ("norm1", "attn1", "attn2", "ffn")))
 
 
 def remove_lightcache(pipe) -> None:

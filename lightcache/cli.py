@@ -27,10 +27,14 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .cache_methods import CACHE_METHODS
 from .errors import LightcacheError, RunCancelled
 from .events import json_safe
 
 EXIT_USAGE = 2
+#: ``--cache``'s names, exactly the library's (lightcache.cache_methods).
+CACHE_CHOICES = tuple(CACHE_METHODS)
+CACHE_SETTINGS = tuple((m.name, m.setting, m.minimum, m.maximum) for m in CACHE_METHODS.values() if m.name != "none")
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -76,7 +80,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", dest="guidance_scale", type=float, help="classifier-free guidance scale")
     p.add_argument("--threshold", type=float, help="EasyCache threshold tau (0 never reuses)")
     p.add_argument("--warmup", type=int, help="EasyCache warm-up steps that always compute")
-    p.add_argument("--no-easycache", action="store_true", help="run every step in full")
+    p.add_argument("--no-easycache", action="store_true", help="run every step in full (the same as --cache none)")
+    p.add_argument("--cache", choices=CACHE_CHOICES, default=None,
+                   help="the step cache: easycache (default), or diffusers' fbc (FirstBlockCache), magcache "
+                        "(calibrated once per model and settings), taylorseer, seacache, pab (Pyramid Attention "
+                        "Broadcast), or none")
+    p.add_argument("--cache-setting", dest="cache_setting", type=float, metavar="VALUE",
+                   help="the chosen cache's main setting: " + "; ".join(
+                       f"{name} {setting} ({low:g}-{high:g})" for name, setting, low, high in CACHE_SETTINGS)
+                   + "; for easycache the same as --threshold")
     p.add_argument("--async-swap", dest="async_swap", action="store_true",
                    help="keep idle weights and cache tensors in pinned CPU memory, streamed in on a side CUDA stream "
                         "(a no-op on a CPU, and the summary says so)")
@@ -336,12 +348,36 @@ def _settings_overrides(args) -> dict[str, Any]:
     overrides = {name: getattr(args, name, None) for name in names}
     if getattr(args, "no_easycache", False):
         overrides["easycache"] = False
+    overrides.update(_cache_overrides(args, overrides))
     overrides["chunk_ffn"] = getattr(args, "chunk_ffn", None)
     overrides["decode_slices"] = getattr(args, "decode_slices", None)
     for flag in ("async_swap", "sliced_decode", "compile"):
         if getattr(args, flag, False):
             overrides[flag] = True
     return overrides
+
+
+def _cache_overrides(args, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--cache`` and ``--cache-setting`` as settings: ``--cache none`` is ``--no-easycache``; the setting of
+    EasyCache is its tau (``--threshold``)."""
+    cache, value = getattr(args, "cache", None), getattr(args, "cache_setting", None)
+    if cache is None and value is None:
+        return {}
+    if getattr(args, "no_easycache", False) and cache not in (None, "none"):
+        raise LightcacheError(f"--no-easycache runs every step in full; it cannot go with --cache {cache}.")
+    cache = cache or ("none" if getattr(args, "no_easycache", False) else "easycache")
+    out: dict[str, Any] = {"cache": cache}
+    if cache == "none":
+        out["easycache"] = False
+        if value is not None:
+            raise LightcacheError("--cache-setting needs a cache; --cache none (or --no-easycache) has no setting.")
+    elif cache == "easycache" and value is not None:
+        if overrides.get("threshold") is not None and overrides["threshold"] != value:
+            raise LightcacheError("--cache-setting is EasyCache's tau, and --threshold gives another; give one.")
+        out["threshold"] = value
+    elif value is not None:
+        out["cache_setting"] = value
+    return out
 
 
 def _write_timeline(events: list[dict[str, Any]], out_dir: Path) -> None:
@@ -529,6 +565,12 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     stages = ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in summary["stages"].items())
     line = (f"wrote {out}/video.mp4, trace.json, summary.json, timeline.json, timeline.html | {stages} | "
             f"calls computed {summary['calls_computed']}, reused {summary['calls_reused']}")
+    cache = summary.get("cache") or {}
+    if cache.get("method") not in (None, "easycache", "none"):
+        line += (f" (of these, {cache['calls_partial']} ran part of their blocks) | {cache['label']} "
+                 f"{cache['setting']}={cache['value']:g}")
+        if cache.get("work_fraction") is not None:
+            line += f", block work run {100 * cache['work_fraction']:.0f}% of plain"
     compiled = summary.get("compile") or {}
     if compiled.get("active"):
         after = compiled.get("call_ms_after_warmup")

@@ -5,9 +5,9 @@ accelerated run goes first it pays them and the plain run does not, and EasyCach
 caching. :func:`warm_up` runs a short untimed generation first, so neither timed run pays them; the CLI's
 ``--compare-baseline`` and the app's *Compare* both use it.
 
-The baseline is the plain ``pipe(...)``: :func:`plain_settings` turns every acceleration off (EasyCache, the
-memory strategies and torch.compile), for the CLI and the app alike, and :func:`compare_runs` records which
-settings the baseline actually ran (``baseline_settings``; :func:`baseline_text` says it in words).
+The baseline is the plain ``pipe(...)``: :func:`plain_settings` turns every acceleration off (EasyCache or any
+other step cache, the memory strategies and torch.compile), for the CLI and the app alike, and
+:func:`compare_runs` records which settings the baseline actually ran (``baseline_settings``; :func:`baseline_text` says it in words).
 
 Even then two runs of the same work differ by some noise. Every transformer call that both runs computed does
 the same work, so the ratio of their median call times (:func:`call_time_ratio`) measures that noise directly
@@ -33,7 +33,7 @@ from .events import RunFinished, StepRecord
 from .metrics import psnr, ssim
 
 #: The request fields that switch an acceleration on, each with its "off" value: the plain run has all of them.
-ACCELERATIONS_OFF: dict[str, Any] = {"easycache": False, "async_swap": False, "chunk_ffn": None,
+ACCELERATIONS_OFF: dict[str, Any] = {"easycache": False, "cache": "none", "async_swap": False, "chunk_ffn": None,
                                      "sliced_decode": False, "decode_slices": None, "compile": False}
 
 
@@ -130,4 +130,5 @@ def compare_runs(accelerated: RunFinished, plain: RunFinished,
         # What the baseline ran, as its own run recorded it (not as it was asked), so the summary cannot claim a
         # plain baseline that was not.
         "baseline_settings": {name: p["settings"][name] for name in ACCELERATIONS_OFF},
+        "cache": a.get("cache"),
     }

@@ -102,6 +102,12 @@ class StepRecord(Event):
         compiling: torch.compile compiled code during this call (read from torch's own counters), so ``ms``
             includes compiling: a warm-up call, not the speed of the compiled model.
         compile_ms: of ``ms``, the time torch spent compiling (0 when ``compiling`` is False).
+        ran: what of the call ran, measured from the modules that ran (``"whole call"``, ``"first block only (1 of
+            30)"``, ``"no block ran: cached residual"``...; see :mod:`lightcache.call_work`); empty when not measured
+            (compiled blocks).
+        blocks_run, blocks_total: blocks whose body ran, of how many (None when not measured).
+        work_fraction: the share of a whole call's block work (FLOPs) that ran, 0 to 1 (None when not measured).
+        cache: the step cache of the run (``easycache``, ``fbc``, ... ``none``; see :mod:`lightcache.cache_methods`).
     """
 
     step: int
@@ -118,6 +124,27 @@ class StepRecord(Event):
     denoiser: str = "transformer"
     compiling: bool = False
     compile_ms: float = 0.0
+    ran: str = ""
+    blocks_run: int | None = None
+    blocks_total: int | None = None
+    work_fraction: float | None = None
+    cache: str = "easycache"
+
+
+def call_kind(record: "StepRecord | dict[str, Any]") -> str:
+    """``computed`` (the whole call ran), ``partial`` (some blocks or layers were skipped) or ``reused`` (no block
+    ran), from what was measured, or from ``computed`` where nothing was.
+
+    >>> call_kind({"computed": False, "work_fraction": 0.5, "blocks_run": 1}), call_kind({"computed": False})
+    ('partial', 'reused')
+    """
+    get = record.get if isinstance(record, dict) else lambda key, default=None: getattr(record, key, default)
+    fraction = get("work_fraction")
+    if fraction is None:
+        return "computed" if get("computed") else "reused"
+    if fraction >= 1.0:
+        return "computed"
+    return "partial" if get("blocks_run") else "reused"
 
 
 @dataclass

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from .cache_methods import CACHE_METHODS
 from .calls import CallLocator, timestep_value
 from .compile import compile_activity
 from .easycache import EasyCacheState, get_easycache_hook
@@ -66,12 +67,18 @@ class RunObserver:
         clock: seconds since the run started (default: since the observer was made).
         on_stage: called with the new stage's name before its first call runs (asynchronous swapping moves
             modules there), after the ``StageStarted`` event.
+        work: per denoiser name, the :class:`~lightcache.call_work.CallWork` that measures what each of its calls
+            ran (none: not measured).
+        cache: the run's step cache (:mod:`lightcache.cache_methods`), named in every record.
     """
 
     def __init__(self, pipe, on_event: Callable[[Event], None] | None = None, adapter: FamilyAdapter | None = None,
                  locator: CallLocator | None = None, cancel: threading.Event | None = None,
-                 clock: Callable[[], float] | None = None, on_stage: Callable[[str], None] | None = None):
+                 clock: Callable[[], float] | None = None, on_stage: Callable[[str], None] | None = None,
+                 work: Mapping[str, Any] | None = None, cache: str = "easycache"):
         self.pipe = pipe
+        self.work = dict(work or {})
+        self.cache = cache
         self.adapter = adapter if adapter is not None else adapter_for(pipe)
         self.locator = locator if locator is not None else CallLocator(scheduler=getattr(pipe, "scheduler", None))
         self.cancel = cancel
@@ -202,17 +209,28 @@ class _TraceHook(ModelHook):
         # Compared by identity: EasyCache starts a new list when a new run begins.
         before = easycache.records[-1] if easycache is not None and easycache.records else None
         compiled_before = compile_activity()
+        work = observer.work.get(self.name)
+        if work is not None:
+            work.start()
         start = time.perf_counter()
         with observer.locator.pin(site):
             output = self.fn_ref.original_forward(*args, **kwargs)
         _sync(module)
         ms = (time.perf_counter() - start) * 1000.0
+        measured = work.finish() if work is not None else None
         compiled = compile_activity().since(compiled_before)
         if easycache is not None and easycache.records and easycache.records[-1] is not before:
             record = easycache.records[-1]
         else:
             record = StepRecord(step=site.step, timestep=timestep_value(timestep), branch=site.branch, computed=True,
-                                reason="EasyCache off", denoiser=self.name)
+                                reason=_reason(observer.cache), denoiser=self.name)
+        record.cache = observer.cache if easycache is None else "easycache"
+        if measured is not None:
+            # What ran, from the modules themselves; a diffusers cache's call counts as computed only when whole.
+            record.ran, record.work_fraction = measured.ran, measured.work_fraction
+            record.blocks_run, record.blocks_total = measured.blocks_run, measured.blocks_total
+            if easycache is None:
+                record.computed = measured.work_fraction >= 1.0
         record.ms = ms
         record.t = observer.clock()
         # From torch's counters, not from the time: a slow call is not necessarily a compiling one.
@@ -220,6 +238,12 @@ class _TraceHook(ModelHook):
         record.compile_ms = compiled.seconds * 1000.0 if record.compiling else 0.0
         observer.on_event(record)
         return output
+
+
+def _reason(cache: str) -> str:
+    """A record's reason when EasyCache did not decide the call: the diffusers cache that ran, or that none did."""
+    method = CACHE_METHODS.get(cache)
+    return method.label if method is not None and method.diffusers else "EasyCache off"
 
 
 def _sync(module: torch.nn.Module) -> None:

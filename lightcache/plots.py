@@ -34,7 +34,8 @@ from typing import Any, Iterable, Mapping
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .events import STAGES, Event
+from .cache_methods import CACHE_METHODS
+from .events import STAGES, Event, call_kind
 
 #: One colour per meaning, shared by both figures so a reader learns them once.
 COLOURS = {
@@ -42,6 +43,7 @@ COLOURS = {
     "reused": "#2f9e44",  # EasyCache returned x_t + delta: this call was (almost) free
     "error": "#862e9c",
     "tau": "#e03131",
+    "partial": "#0c8599",  # a diffusers cache skipped part of this call (blocks after the first, attention...)
     "compiling": "#f08c00",  # torch.compile compiled during this call: warm-up time, not the model's speed
     "warm-up": "rgba(134, 142, 150, 0.15)",
 }
@@ -58,16 +60,22 @@ SERIES_LABELS = {
     "cuda_reserved": "CUDA reserved",
 }
 _BRANCH_ORDER = ("uncond", "cond")  # bottom to top
+#: The kinds of call the figures draw apart (see :func:`lightcache.events.call_kind`), and their markers.
+CALL_KINDS = ("computed", "reused", "partial")
+_CALL_SYMBOLS = {"computed": "square", "reused": "circle-open", "partial": "square-open-dot"}
 _FONT = dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=12)
 
 
 def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360) -> go.Figure:
     """The step trace of a (possibly still running) generation.
 
-    Top: one marker per transformer call at (step, branch), filled blue when computed, open green when reused;
-    hovering shows the reason ("warm-up", "E < tau", ...). Bottom: the accumulated error ``E`` as EasyCache tested
-    it at each step (it climbs while steps are reused and drops to 0 when one is computed) and ``tau`` as a dashed
-    line. The x axis spans all steps from the start, so the chart fills in from left to right as the run goes.
+    Top: one marker per transformer call at (step, branch), filled blue when computed, open green when reused (no
+    block ran), open teal with a dot when a diffusers cache skipped part of it (blocks after the first, attention
+    layers...); hovering shows the reason ("warm-up", "E < tau", ...) and what ran, measured from the modules that
+    ran. Bottom, for EasyCache: the accumulated error ``E`` as it was tested at each step (it climbs while steps are
+    reused and drops to 0 when one is computed) and ``tau`` as a dashed line; for a diffusers cache: the share of
+    each call's block work that ran. The x axis spans all steps from the start, so the chart fills in from left to
+    right as the run goes.
     """
     # Only these kinds matter here; skipping the rest before converting keeps a per-step redraw cheap when the
     # memory sampler has added thousands of samples.
@@ -79,9 +87,10 @@ def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360)
     tau = _tau(settings, records) if easycache else None
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.38, 0.62], vertical_spacing=0.08)
-    for computed in (True, False):
-        rows = [r for r in records if bool(r["computed"]) == computed]
-        name = "computed" if computed else "reused"
+    for name in CALL_KINDS:
+        rows = [r for r in records if call_kind(r) == name]
+        if name == "partial" and not rows:
+            continue  # only caches that skip part of a call (diffusers' FirstBlockCache, PAB...) draw these
         fig.add_trace(
             go.Scatter(
                 x=[r["step"] for r in rows],
@@ -89,21 +98,24 @@ def trace_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 360)
                 mode="markers",
                 name=name,
                 marker=dict(
-                    symbol="square" if computed else "circle-open",
+                    symbol=_CALL_SYMBOLS[name],
                     size=11,
                     color=COLOURS[name],
                     line=dict(width=2, color=COLOURS[name]),
                 ),
-                customdata=[[r.get("reason", ""), _fmt_ms(r.get("ms")), r.get("denoiser") or "transformer"]
-                            for r in rows],
+                customdata=[[r.get("reason", ""), _fmt_ms(r.get("ms")), r.get("denoiser") or "transformer",
+                             _ran_text(r)] for r in rows],
                 hovertemplate="step %{x} · %{y} · %{customdata[2]}<br>" + name
-                + ": %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+                + ": %{customdata[0]}%{customdata[3]}<br>%{customdata[1]}<extra></extra>",
             ),
             row=1,
             col=1,
         )
 
     _add_compiling(fig, records, x="step")
+    method = _step_cache(settings)
+    if method not in ("easycache", "none"):
+        return _work_panel(fig, records, steps, method, height)
     tested = _tested_error(records)
     fig.add_trace(
         go.Scatter(
@@ -200,9 +212,8 @@ def timeline_figure(events: Iterable[Event | Mapping[str, Any]], height: int = 3
             row=1,
             col=1,
         )
-    for computed in (True, False):
-        rows = [r for r in records if bool(r["computed"]) == computed]
-        name = "computed" if computed else "reused"
+    for name in CALL_KINDS:
+        rows = [r for r in records if call_kind(r) == name]
         fig.add_trace(
             go.Scatter(
                 x=[r["t"] for r in rows],
@@ -286,6 +297,62 @@ def _add_compiling(fig: go.Figure, records: list[Mapping[str, Any]], x: str, row
         row=row,
         col=1,
     )
+
+
+def _step_cache(settings: Mapping[str, Any]) -> str:
+    """The cache the run used, from its settings: ``none`` when caching was off (older records: EasyCache's switch)."""
+    if settings.get("easycache") is False:
+        return "none"
+    return str(settings.get("cache") or "easycache")
+
+
+def _ran_text(r: Mapping[str, Any]) -> str:
+    """What of the call ran, for the hover: the measured modules and the share of the block work."""
+    if not r.get("ran"):
+        return ""
+    fraction = r.get("work_fraction")
+    share = f" ({100 * fraction:.0f}% of the block work)" if isinstance(fraction, (int, float)) else ""
+    return f"<br>ran: {r['ran']}{share}"
+
+
+def _work_panel(fig: go.Figure, records: list[Mapping[str, Any]], steps: int, method: str, height: int) -> go.Figure:
+    """The lower half for a diffusers cache: per call, the share of its block work that ran, measured."""
+    for branch in [b for b in _BRANCH_ORDER[::-1] if any(r["branch"] == b for r in records)] + sorted(
+            {r["branch"] for r in records} - set(_BRANCH_ORDER)):
+        rows = [r for r in records if r["branch"] == branch and r.get("work_fraction") is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["step"] for r in rows],
+                y=[100 * r["work_fraction"] for r in rows],
+                mode="lines+markers",
+                name=f"block work run, {branch}",
+                line=dict(width=2, dash="solid" if branch == "cond" else "dot"),
+                marker=dict(size=6),
+                customdata=[r.get("ran", "") for r in rows],
+                hovertemplate="step %{x} · " + branch + "<br>%{y:.0f}% of the block work ran<br>%{customdata}"
+                "<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    _mark_expert_switches(fig, records)
+    label = CACHE_METHODS[method].label if method in CACHE_METHODS else method
+    fig.add_annotation(
+        x=0.5, y=0.02, xref="paper", yref="paper", showarrow=False, yanchor="bottom",
+        text=f"{label}: below, the share of each call's block work that ran (counted from the layers that ran)",
+        font=dict(size=11, color="#868e96"),
+    )
+    branches = [b for b in _BRANCH_ORDER if any(r["branch"] == b for r in records)] or ["cond"]
+    branches += sorted({r["branch"] for r in records} - set(branches))
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=branches, row=1, col=1)
+    fig.update_yaxes(title_text="block work run (%)", range=[-5, 105], row=2, col=1)
+    fig.update_xaxes(range=[-0.5, steps - 0.5], row=1, col=1)
+    fig.update_xaxes(range=[-0.5, steps - 0.5], title_text="denoising step", row=2, col=1)
+    fig.update_layout(height=height, margin=dict(l=60, r=20, t=30, b=40),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+                      font=_FONT, plot_bgcolor="white", uirevision="trace")
+    _grid(fig)
+    return fig
 
 
 def _mark_expert_switches(fig: go.Figure, records: list[Mapping[str, Any]]) -> None:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import statistics
 import threading
@@ -35,12 +36,24 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .accelerate import AccelerationConfig, apply_lightcache
+from .accelerate import AccelerationConfig, apply_lightcache, cache_unsupported
+from .cache_methods import CACHE_METHODS, MAGCACHE_CALIBRATIONS, calibrate_magcache, calibration_key
 from .chunk import check_num_chunks, num_tokens
 from .easycache import EasyCacheConfig
 from .errors import LightcacheError
-from .events import Event, FramesDecoded, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from .events import (
+    Event,
+    FramesDecoded,
+    Note,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+    StepRecord,
+    call_kind,
+)
 from .families import FamilyAdapter, adapter_for
+from .observe import RunObserver
 from .telemetry import MemorySampler
 from .torch_thread import torch_thread
 
@@ -70,9 +83,19 @@ def run_generation(
     _check_prompt_length(pipe, settings)
     latent_shape = adapter.latent_shape(pipe, settings)
     slice_plan = _check_strategies(pipe, adapter, settings, latent_shape)
-    clock = _Clock()
+    # Refused before anything runs (MagCache's calibration included) where the family or the strategies rule it out.
+    reason = cache_unsupported(_acceleration_config(settings, magcache_ratios=()), adapter.denoisers(pipe))
+    if reason:
+        raise LightcacheError(reason)
     device = pipe._execution_device
     yield RunStarted(preset=preset_name, settings=settings.to_dict(), device=str(device))
+    # MagCache's calibration is a run of its own, before this run's clock starts: its time is no part of this run's.
+    if _needs_calibration(pipe, settings, image):
+        yield Note(message=f"MagCache calibration: running one run of {settings.steps} steps with every call "
+                           "computed, before the run (MagCache skips blocks by the residual ratios it measures).",
+                   t=0.0)
+    magcache_ratios, calibration = _magcache_calibration(pipe, adapter, call_pipe, settings, image, cancel)
+    clock = _Clock()
 
     stages: dict[str, dict[str, Any]] = {}
     records: list[StepRecord] = []
@@ -104,10 +127,10 @@ def run_generation(
     frames = None
     try:
         # Attaching moves and copies weights (swapping's host stores): heavy work, so on the torch thread too.
-        acc = torch_thread.call(apply_lightcache, pipe, _acceleration_config(settings), on_event=on_event, cancel=stop,
-                                clock=clock, adapter=adapter)
+        acc = torch_thread.call(apply_lightcache, pipe, _acceleration_config(settings, magcache_ratios),
+                                on_event=on_event, cancel=stop, clock=clock, adapter=adapter)
         swap, compiled = acc.swap, acc.compiled
-        for note in _strategy_notes(settings, swap, slice_plan, compiled):
+        for note in cache_notes(settings, calibration) + _strategy_notes(settings, swap, slice_plan, compiled):
             yield from order.emit(Note(message=note, t=clock()))
         kwargs = adapter.call_kwargs(call_pipe, settings, image)
         done = object()
@@ -166,6 +189,7 @@ def run_generation(
         },
         "strategies": _strategies_summary(settings, swap, slice_plan),
         "compile": compile_summary(settings, compiled, records),
+        "cache": cache_summary(settings, records, calibration),
     }
     yield from order.flush()
     yield RunFinished(summary=summary, frames=frames)
@@ -184,16 +208,100 @@ def run_to_completion(events: Iterator[Event], on_event: Callable[[Event], None]
     return finished
 
 
-def _acceleration_config(settings) -> AccelerationConfig:
+def _acceleration_config(settings, magcache_ratios=None) -> AccelerationConfig:
+    cache = getattr(settings, "step_cache", "easycache" if settings.easycache else "none")
     return AccelerationConfig(
         easycache=EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup)
-        if settings.easycache else None,
+        if cache == "easycache" else None,
+        cache=cache,
+        cache_setting=getattr(settings, "cache_setting", None) if cache not in ("easycache", "none") else None,
+        magcache_ratios=magcache_ratios if cache == "magcache" else None,
         chunk_ffn=settings.chunk_ffn,
         async_swap=settings.async_swap,
         sliced_decode=settings.sliced_decode,
         decode_slices=settings.decode_slices,
         compile=bool(getattr(settings, "compile", False)),
     )
+
+
+def _magcache_calibration(pipe, adapter: FamilyAdapter, call_pipe, settings, image, cancel):
+    """MagCache's ratios for this run and what the trace says of them: ``(None, None)`` for any other cache.
+
+    As the benchmark does it: one run of the same model, steps and shape with MagCache calibrating and every call
+    computed, its branches' ratios averaged. Kept per loaded transformer and settings
+    (:data:`~lightcache.cache_methods.MAGCACHE_CALIBRATIONS`), so the next run of this model at these settings
+    skips it.
+    """
+    if getattr(settings, "step_cache", None) != "magcache":
+        return None, None
+    key = _calibration_key(settings, image)
+    transformer = pipe.transformer
+    ratios = MAGCACHE_CALIBRATIONS.get(transformer, key)
+    if ratios is not None:
+        return ratios, {"ran": False, "seconds": 0.0, "steps": len(ratios)}
+    plain = dataclasses.replace(settings, easycache=False)
+    kwargs = adapter.call_kwargs(call_pipe, plain, image)
+
+    def run_once() -> None:
+        # Watched for Stop only: a stop request lands in the calibration run as in any other.
+        observer = RunObserver(pipe, adapter=adapter, cancel=cancel).attach()
+        try:
+            call_pipe(**kwargs)
+        finally:
+            observer.detach()
+
+    start = time.perf_counter()
+    ratios = torch_thread.call(calibrate_magcache, pipe, run_once, settings.steps)
+    MAGCACHE_CALIBRATIONS.put(transformer, key, ratios)
+    return ratios, {"ran": True, "seconds": time.perf_counter() - start, "steps": len(ratios)}
+
+
+def _calibration_key(settings, image) -> tuple:
+    return calibration_key(settings) + (None if image is None else image.size,)
+
+
+def _needs_calibration(pipe, settings, image) -> bool:
+    return getattr(settings, "step_cache", None) == "magcache" and MAGCACHE_CALIBRATIONS.get(
+        pipe.transformer, _calibration_key(settings, image)) is None
+
+
+def cache_notes(settings, calibration: dict | None) -> list[str]:
+    """What the trace says of the step cache: which diffusers cache runs with which settings, and its calibration."""
+    method = CACHE_METHODS.get(getattr(settings, "step_cache", ""))
+    if method is None or not method.diffusers:
+        return []
+    fixed = ", ".join(f"{k} {v}" for k, v in method.fixed.items())
+    notes = [f"{method.label} (diffusers), {method.describe(settings.cache_setting)}"
+             + (f"; {fixed}" if fixed else "") + ": what each call ran is counted from the blocks and layers that "
+             "ran."]
+    if calibration is not None and calibration["ran"]:
+        notes.append(f"MagCache calibration: one run of {calibration['steps']} steps with every call computed "
+                     f"({calibration['seconds']:.1f} s, before this run and not in its time) measured the residual "
+                     "ratios; they are kept for the next run of this model at these settings.")
+    elif calibration is not None:
+        notes.append("MagCache calibration: the ratios measured by an earlier run of this model at these settings "
+                     "(no calibration run).")
+    return notes
+
+
+def cache_summary(settings, records: list[StepRecord], calibration: dict | None) -> dict[str, Any]:
+    """The step cache of a run: which, its main setting, what share of the block work its calls ran, and MagCache's
+    calibration."""
+    name = getattr(settings, "step_cache", "easycache" if settings.easycache else "none")
+    method = CACHE_METHODS[name]
+    value = settings.threshold if name == "easycache" else (
+        settings.cache_setting if settings.cache_setting is not None else method.default)
+    fractions = [r.work_fraction for r in records if r.work_fraction is not None]
+    return {
+        "method": name,
+        "label": method.label,
+        "setting": None if name == "none" else method.setting,
+        "value": None if name == "none" else value,
+        "fixed": dict(method.fixed),
+        "work_fraction": sum(fractions) / len(fractions) if fractions and len(fractions) == len(records) else None,
+        "calls_partial": sum(call_kind(r) == "partial" for r in records),
+        "calibration": calibration,
+    }
 
 
 def _pipeline_for(adapter: FamilyAdapter, pipe, image):
@@ -297,7 +405,7 @@ def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> d
 
 def _strategy_notes(settings, swap=None, slice_plan=None, compiled=None) -> list[str]:
     notes = []
-    if not settings.easycache:
+    if getattr(settings, "step_cache", "none" if not settings.easycache else "easycache") == "none":
         notes.append("EasyCache is off: every step runs the transformer.")
     if swap is not None and swap.note:
         notes.append(swap.note)

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+from .cache_methods import CACHE_METHODS
 from .errors import LightcacheError, shown
 
 
@@ -67,6 +68,16 @@ class RunSettings:
     # torch.compile the denoisers' repeated blocks (see lightcache.compile). The first calls at a new size compile;
     # the trace and the summary keep that warm-up apart from the speed of the compiled model.
     compile: bool = False
+    # The step cache (lightcache.cache_methods): "easycache" (tau is ``threshold``), one of diffusers' caches, or
+    # "none"; ``easycache=False`` turns whichever is chosen off. ``cache_setting``: a diffusers cache's main setting
+    # (None: its default).
+    cache: str = "easycache"
+    cache_setting: float | None = None
+
+    @property
+    def step_cache(self) -> str:
+        """The cache that runs: ``cache``, or ``none`` when caching is switched off (``easycache=False``)."""
+        return self.cache if self.easycache else "none"
 
     @classmethod
     def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
@@ -120,7 +131,15 @@ class RunSettings:
             _check_float("boundary_ratio", self.boundary_ratio, 0.0, 1.0)
         _check_float("flow_shift", self.flow_shift, 0.0, 100.0)
         _check_float("threshold", self.threshold, 0.0, math.inf)
-        if self.easycache:  # the warm-up is EasyCache's; a run without EasyCache never reads it
+        if self.cache not in CACHE_METHODS:
+            raise LightcacheError(f"cache must be one of {', '.join(CACHE_METHODS)}, got {self.cache!r}.")
+        if self.cache_setting is not None:
+            method = CACHE_METHODS[self.cache]
+            if not method.diffusers:
+                raise LightcacheError(f"cache_setting is the main setting of diffusers' caches; cache "
+                                      f"'{self.cache}' has none (EasyCache's tau is the threshold).")
+            method.check(self.cache_setting)
+        if self.step_cache == "easycache":  # the warm-up is EasyCache's; a run without EasyCache never reads it
             _check_int("warmup", self.warmup, 0, self.steps - 1)
         _check_int("fps", self.fps, 1, 60)
         _check_int("max_sequence_length", self.max_sequence_length, 1, 512)

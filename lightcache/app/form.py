@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
+from ..cache_methods import CACHE_LABELS, CACHE_METHODS
 from ..comparison import plain_settings
 from ..errors import LightcacheError, shown
 from ..images import check_image_for_preset, open_image
@@ -62,6 +63,8 @@ FIELDS: Mapping[str, str] = MappingProxyType({
     "image": "Image (first frame)",
     # Last, so that API clients that pass the parameters by position keep working.
     "compile": "Compile (torch.compile)",
+    "cache": "Cache method",
+    "cache_setting": "Cache setting",
 })
 
 # RunSettings names some fields differently from the form; its messages start with its own name.
@@ -110,6 +113,8 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
         "compare": False,
         "image": None,
         "compile": False,
+        "cache": "easycache",
+        "cache_setting": None,
     }
     for key, value in (overrides or {}).items():
         if key not in values:
@@ -204,6 +209,7 @@ def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | 
     flags = {name: _as_bool(name, raw[name]) for name in _BOOL_FIELDS}
     ints = {name: _as_int(raw[name]) for name in _INT_FIELDS}
     tau = _as_number(raw["tau"])
+    cache, cache_setting = parse_cache(raw["cache"], raw["cache_setting"])
     chunk = int(preset.defaults.get("chunk_ffn", FEATURE_CHUNKS)) if flags["feature_chunking"] else None
     try:
         settings = RunSettings.from_preset(
@@ -211,7 +217,9 @@ def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | 
             prompt=(raw["prompt"] or "").strip(),
             negative_prompt=raw["negative_prompt"] or "",
             threshold=tau,
-            easycache=flags["easycache"],
+            easycache=flags["easycache"] and cache != "none",
+            cache=cache,
+            cache_setting=cache_setting,
             async_swap=flags["async_swap"],
             chunk_ffn=chunk,
             sliced_decode=flags["sliced_decode"],
@@ -226,6 +234,44 @@ def parse_request(raw: Mapping[str, Any], device: str, presets: Sequence[str] | 
     except LightcacheError as exc:
         raise LightcacheError(f"{FIELDS['image']}: {exc}") from None
     return Job(preset=preset, settings=settings, compare=flags["compare"], image=image)
+
+
+def parse_cache(raw_cache: Any, raw_setting: Any) -> tuple[str, Any]:
+    """The cache method (its name or its label, as the dropdown shows it) and its setting, as settings take them.
+
+    The setting control is read for diffusers' caches only (EasyCache's is tau); empty means the method's default.
+
+    >>> parse_cache("FirstBlockCache", "0.15"), parse_cache("easycache", 0.3)
+    (('fbc', 0.15), ('easycache', None))
+    """
+    name = raw_cache if raw_cache not in (None, "") else "easycache"
+    name = CACHE_LABELS.get(name, name) if isinstance(name, str) else name
+    if name not in CACHE_METHODS:
+        choices = ", ".join(m.label for m in CACHE_METHODS.values())
+        raise LightcacheError(f"{FIELDS['cache']}: choose one of {choices}, got {raw_cache!r}.")
+    method = CACHE_METHODS[name]
+    if not method.diffusers or raw_setting in (None, ""):
+        return name, None
+    value = _as_number(raw_setting)
+    try:
+        method.check(value)
+    except LightcacheError as exc:
+        raise LightcacheError(f"{FIELDS['cache_setting']}: {exc}") from None
+    return name, value
+
+
+def cache_setting_control(name: str) -> dict[str, Any]:
+    """The setting control for cache ``name``: its label (the setting's name and range), bounds, value and whether it
+    shows (diffusers' caches; EasyCache's setting is the tau slider), and the other settings as its help.
+
+    >>> cache_setting_control("seacache")["label"]
+    'SeaCache threshold (0-0.5; larger: more calls skip every block)'
+    """
+    method = CACHE_METHODS[CACHE_LABELS.get(name, name)]
+    fixed = ", ".join(f"{k} {v}" for k, v in method.fixed.items())
+    return dict(label=method.control_label, minimum=method.minimum, maximum=method.maximum, step=method.step or 1,
+                value=method.default if method.default is not None else 0, visible=method.diffusers,
+                info=f"{method.label}'s other settings: {fixed}" if fixed else f"{method.label}: diffusers' defaults")
 
 
 def parse_image(raw: Any, upload_dir: str | None = None):

@@ -133,7 +133,9 @@ def estimate_gpu_seconds(preset: Any, steps: Any, frames: Any, height: Any, widt
 def job_gpu_seconds(job: "Job", *args: Any, **kwargs: Any) -> int:
     """:func:`estimate_gpu_seconds` of a validated job (``spaces.GPU`` calls it with the generation's arguments)."""
     s = job.settings
-    return estimate_gpu_seconds(job.preset.name, s.steps, s.frames, s.height, s.width, job.compare)
+    # MagCache's calibration (when no earlier run kept it) is one more whole run, as long as the plain one of Compare.
+    two_runs = job.compare or getattr(s, "step_cache", None) == "magcache"
+    return estimate_gpu_seconds(job.preset.name, s.steps, s.frames, s.height, s.width, two_runs)
 
 
 def gpu_generation(pipelines: "PipelineCache") -> Callable[..., Iterator["JobUpdate"]]:

@@ -31,13 +31,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import gradio as gr
 
 from ..errors import LightcacheError, RunCancelled
-from ..events import RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from ..events import Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from ..plots import timeline_figure, trace_figure
 from ..presets import load_shipped_preset
 from . import texts, view
+from ..cache_methods import CACHE_METHODS
 from .form import (
     DEFAULT_PRESET,
     FIELDS,
+    cache_setting_control,
     initial_values,
     labelled,
     parse_request,
@@ -134,6 +136,8 @@ def build_demo(
                     with gr.Row():
                         easycache = gr.Checkbox(start["easycache"], label=FIELDS["easycache"],
                                                 info="reuse steps while E < tau")
+                        cache = gr.Dropdown(cache_choices(), value=start["cache"], label=FIELDS["cache"],
+                                            elem_id="cache", info="EasyCache, or one of diffusers' caches")
                         async_swap = gr.Checkbox(start["async_swap"], label=FIELDS["async_swap"],
                                                  info="idle weights and caches to CPU (GPU only)")
                     with gr.Row():
@@ -149,6 +153,7 @@ def build_demo(
                                         info="larger: more reuse, faster, less exact", **bounds["tau"])
                         warmup = gr.Slider(value=start["warmup"], label=FIELDS["warmup"],
                                            info="first steps always computed", **bounds["warmup"])
+                    cache_setting = gr.Slider(elem_id="cache-setting", **cache_setting_control(start["cache"]))
                 compare = gr.Checkbox(start["compare"], label=FIELDS["compare"],
                                       info="run again with every acceleration off; speed-up, PSNR, SSIM")
                 with gr.Row():
@@ -173,7 +178,7 @@ def build_demo(
                                                  elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
-                  async_swap, chunking, sliced, compare, image, compile_box, session]
+                  async_swap, chunking, sliced, compare, image, compile_box, cache, cache_setting, session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
         # Decorated here, while the page is built at import: ZeroGPU registers its GPU functions before launch.
         generation = gpu_generation(pipelines)
@@ -182,10 +187,11 @@ def build_demo(
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
                      warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, compile=False,
-                     session: Session | None = None, request: gr.Request = None):
+                     cache="easycache", cache_setting=None, session: Session | None = None,
+                     request: gr.Request = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
-                                    image, compile)))
+                                    image, compile, cache, cache_setting)))
             yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash),
                                generation=generation, presets=presets, zero_gpu=zero_gpu)
 
@@ -217,6 +223,11 @@ def build_demo(
         # The warm-up slider ends at steps - 1 and follows the Steps slider.
         steps.change(
             lambda n, w: gr.update(**warmup_for_steps(n, w)), inputs=[steps, warmup], outputs=[warmup],
+            api_visibility="private", queue=False, show_progress="hidden",
+        )
+        # The setting control follows the cache: its name, range and default; tau and warm-up are EasyCache's.
+        cache.change(
+            cache_updates, inputs=[cache], outputs=[cache_setting, tau, warmup],
             api_visibility="private", queue=False, show_progress="hidden",
         )
         preset_dd.change(
@@ -334,6 +345,8 @@ def _present(job, updates, loading: bool, device: str, clock: Callable[[], float
             if accelerated and not quiet and now - last_timeline > TIMELINE_REFRESH_S:
                 timeline, last_timeline = timeline_figure(events), now
             yield (_status(runs), trace_figure(events), skip(), timeline, skip(), skip(), skip())
+        elif isinstance(event, Note) and event.message.startswith(view.CALIBRATING):
+            yield (_status(runs),) + (skip(),) * 6  # MagCache calibrates before the run: say so while it does
         elif isinstance(event, (StageStarted, StageFinished, RunFinished)):
             if accelerated and not quiet:
                 last_timeline = clock()
@@ -376,6 +389,21 @@ def stop_job(session: Session, waiting: int = 0) -> str:
 def _skipped(value: Any) -> bool:
     """True for ``gr.skip()``: an update that leaves its output as it was."""
     return isinstance(value, dict) and value == {"__type__": "update"}
+
+
+def cache_choices() -> list[tuple[str, str]]:
+    """``(label, name)`` pairs for the cache dropdown: EasyCache, FirstBlockCache, MagCache, TaylorSeer, SeaCache,
+    PAB, none."""
+    return [(m.label, m.name) for m in CACHE_METHODS.values()]
+
+
+def cache_updates(name: str) -> tuple:
+    """The controls when the cache changes: its setting control, and tau and warm-up shown for EasyCache only."""
+    if name not in CACHE_METHODS:
+        raise gr.Error(f"{FIELDS['cache']}: choose one of {', '.join(m.label for m in CACHE_METHODS.values())}.",
+                       print_exception=False)
+    easy = name == "easycache"
+    return gr.update(**cache_setting_control(name)), gr.update(visible=easy), gr.update(visible=easy)
 
 
 def preset_updates(name: str, device: str) -> tuple:

@@ -28,6 +28,16 @@ again from 0. The first **warm-up** steps (grey band) and the last step always r
 trace the purple line is E climbing towards the red dashed tau and dropping back to 0. A larger tau reuses more:
 faster, and further from the plain result; tau = 0 reuses nothing and gives the plain video exactly.
 
+### Other caches: skip part of a call instead of all of it
+
+The **Cache method** beside the EasyCache switch swaps EasyCache for one of the caches diffusers ships, each with
+its one setting: **FirstBlockCache** runs the first block and skips the others while that block's output barely
+changed; **MagCache** (after one calibration run, reused by later runs of the same model and settings) and
+**SeaCache** skip every block and reuse the cached residual; **TaylorSeer** computes every few steps and predicts
+in between; **PAB** reuses the attention layers' outputs. The trace counts what really ran in each call: a call
+that ran only part of its blocks or layers is a teal square with a dot (hover to see what ran), a call where no
+block ran is a green circle, and the lower half shows the share of each call's block work that ran.
+
 ### Asynchronous swapping: keep only what is needed on the GPU
 
 Whatever is idle (the text encoder once the prompt is encoded, transformer blocks between their turns, the VAE

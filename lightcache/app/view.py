@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..comparison import baseline_text
-from ..events import Event, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from ..events import Event, Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord, call_kind
 from ..plots import peak_by_stage
 
+#: How the runner's note before MagCache's calibration run begins (the status line shows the run as calibrating).
+CALIBRATING = "MagCache calibration: running"
 # Which memory series best stands for "how much memory the run needed", in order of preference.
 _PEAK_SERIES = ("cuda_allocated", "cuda_reserved", "rss")
 
@@ -73,7 +75,9 @@ def status_markdown(events: Sequence[Event], label: str = "", headline: str | No
     branches = max(1, len({r.branch for r in records}))
     stage = "starting"
     for e in events:
-        if isinstance(e, StageStarted):
+        if isinstance(e, Note) and e.message.startswith(CALIBRATING) and stage == "starting":
+            stage = "MagCache calibration run (every call computed)"
+        elif isinstance(e, StageStarted):
             stage = e.stage
         elif isinstance(e, StageFinished):
             stage = f"{e.stage} done"
@@ -85,6 +89,9 @@ def status_markdown(events: Sequence[Event], label: str = "", headline: str | No
     if steps:
         parts.append(f"step {min(step_done, steps)} / {steps}")
     parts.append(f"transformer calls: **{counts.computed} computed**, **{counts.reused} reused**")
+    partial = sum(call_kind(r) == "partial" for r in records)
+    if partial:
+        parts.append(f"of these reused, **{partial} partial** (part of their blocks ran)")
     if records and settings.get("easycache", True):
         parts.append(f"est. denoise speed-up **{counts.estimated_speedup:.2f}x**")
     if records and branches > 1:
@@ -149,6 +156,12 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         f"| total time | {c['accelerated_seconds']:.2f} s | {c['plain_seconds']:.2f} s |",
         f"| transformer calls computed | {a_done} / {a_all} | {p_done} / {p_all} |",
     ]
+    cache = c.get("cache") or {}
+    if cache.get("method") not in (None, "none"):
+        setting = f" {cache['setting']}={cache['value']:g}" if cache.get("value") is not None else ""
+        lines.insert(4, f"| step cache | {cache['label']}{setting} | none |")
+    if isinstance(cache.get("work_fraction"), (int, float)):
+        lines.append(f"| block work run (measured) | {100 * cache['work_fraction']:.0f}% | 100% |")
     if c.get("accelerated_compile_seconds"):
         lines += [f"| of which torch.compile compiling | {c['accelerated_compile_seconds']:.2f} s | |", "",
                   f"Without the compiling (torch keeps the compiled code for the next run at this size): speed-up "

@@ -26,13 +26,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..cache_methods import (  # noqa: F401 - shared with the app and the CLI, re-exported for the benchmark
+    TAYLORSEER_WAN_PATTERNS,
+    attach_diffusers_cache,
+    attach_magcache_calibration,
+    capture_magcache_calibration,
+    combine_calibration,
+    detach_diffusers_cache,
+    hook_names,
+)
 from ..errors import LightcacheError
 
 #: What a method is allowed to skip; the work meter checks each run against it.
@@ -42,12 +48,6 @@ SKIPS_BLOCKS = "all blocks of a call"
 SKIPS_BLOCKS_AFTER_FIRST = "blocks after the first"
 SKIPS_ATTENTION = "attention layers"
 SKIPS_ATTENTION_FFN = "attention and feed-forward layers"
-
-#: Module patterns TaylorSeer needs on Wan: its defaults (``^blocks.*attn``, matched with ``re.fullmatch``) miss
-#: ``blocks.0.attn1`` because of the trailing digit, so out of the box it hooks nothing on Wan.
-TAYLORSEER_WAN_PATTERNS = (r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn")
-
-_PAB_ADAPTER = "lightcache_bench_pab_branches"
 
 
 @dataclass(frozen=True)
@@ -91,22 +91,15 @@ class Method:
 
     def attach(self, pipe, params: dict[str, Any], calibration: list[float] | None = None) -> None:
         """Enable this method's diffusers cache on ``pipe.transformer`` (nothing for plain and EasyCache)."""
-        transformer = pipe.transformer
         if self.kind != "diffusers":
             return
-        transformer.enable_cache(_diffusers_config(self.name, params, transformer, calibration))
-        if self.name == "pab":
-            _attach_pab_adapter(transformer)
+        attach_diffusers_cache(pipe.transformer, self.name, params, calibration)
 
     def detach(self, pipe) -> None:
         """Undo :meth:`attach` completely: hooks removed, cached tensors dropped."""
-        transformer = pipe.transformer
         if self.kind != "diffusers":
             return
-        if self.name == "pab":
-            _detach_pab_adapter(transformer)
-        if getattr(transformer, "_cache_config", None) is not None:
-            transformer.disable_cache()
+        detach_diffusers_cache(pipe.transformer, self.name)
 
 
 def _fmt(value: float) -> str:
@@ -185,195 +178,6 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise LightcacheError(f"Unknown benchmark method '{name}'. Valid methods: {', '.join(METHODS)}.")
     return METHODS[name]
-
-
-# --- MagCache calibration ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def capture_magcache_calibration():
-    """Collect the ratios MagCache's calibration mode reports at the end of a run.
-
-    diffusers exposes them only by printing them and logging ``MagCache Calibration Results: [...]`` at INFO level
-    (one message per cache context, so cond and uncond each give one). The print is swallowed and the log records
-    parsed; the yielded list fills with one list of floats per context.
-    """
-    import ast
-
-    results: list[list[float]] = []
-
-    class _Grab(logging.Handler):
-        def emit(self, record):
-            message = record.getMessage()
-            prefix = "MagCache Calibration Results:"
-            if message.startswith(prefix):
-                results.append([float(v) for v in ast.literal_eval(message[len(prefix):].strip())])
-
-    logger = logging.getLogger("diffusers.hooks.mag_cache")
-    handler = _Grab(level=logging.INFO)
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield results
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
-
-
-def attach_magcache_calibration(pipe, steps: int) -> None:
-    """MagCache in calibration mode: computes everything, measures the residual magnitude ratios."""
-    from diffusers.hooks import MagCacheConfig
-
-    pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
-
-
-def combine_calibration(per_context: list[list[float]], steps: int) -> list[float]:
-    """One ratio per step for ``MagCacheConfig.mag_ratios``: the mean over the CFG branches' calibrations.
-
-    diffusers' MagCache uses one ratio array for every cache context; the branches' ratios are close, and their
-    mean treats both alike.
-    """
-    usable = [r for r in per_context if len(r) == steps]
-    if not usable:
-        raise LightcacheError(
-            f"MagCache calibration reported no ratios for {steps} steps (got lengths "
-            f"{[len(r) for r in per_context]}); MagCache cannot be configured for this model."
-        )
-    return [sum(values) / len(values) for values in zip(*usable)]
-
-
-# --- diffusers configs ------------------------------------------------------------------------------------
-def _diffusers_config(name: str, params: dict[str, Any], transformer, calibration: list[float] | None):
-    import torch
-    from diffusers.hooks import (
-        FirstBlockCacheConfig,
-        MagCacheConfig,
-        PyramidAttentionBroadcastConfig,
-        SeaCacheConfig,
-        TaylorSeerCacheConfig,
-    )
-
-    if name == "fbc":
-        return FirstBlockCacheConfig(threshold=float(params["threshold"]))
-    if name == "magcache":
-        if calibration is None:
-            raise LightcacheError("MagCache needs its calibration ratios; run the calibration first.")
-        return MagCacheConfig(
-            threshold=float(params["threshold"]), num_inference_steps=len(calibration),
-            mag_ratios=torch.tensor(calibration), max_skip_steps=int(params.get("max_skip_steps", 3)),
-            retention_ratio=float(params.get("retention_ratio", 0.2)),
-        )
-    if name == "taylorseer":
-        # Taylor factors in the transformer's own dtype: the default bfloat16 would add rounding error that has
-        # nothing to do with the method when the model runs in float32.
-        lite = bool(params.get("lite", False))
-        return TaylorSeerCacheConfig(
-            cache_interval=int(params["cache_interval"]), max_order=int(params.get("max_order", 1)),
-            disable_cache_before_step=int(params.get("disable_cache_before_step", 3)),
-            taylor_factors_dtype=transformer.dtype if transformer.dtype.is_floating_point else torch.float32,
-            # Lite mode brings its own patterns (blocks.N skipped, proj_out predicted), which do match Wan.
-            cache_identifiers=None if lite else list(TAYLORSEER_WAN_PATTERNS),
-            use_lite_mode=lite,
-        )
-    if name == "seacache":
-        return SeaCacheConfig(threshold=float(params["threshold"]), residual_order=int(params.get("residual_order", 1)))
-    if name == "pab":
-        clock = _TimestepClock()
-        transformer._lightcache_bench_clock = clock
-        return PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=params["self"],
-            cross_attention_block_skip_range=params["cross"],
-            current_timestep_callback=clock,
-        )
-    raise LightcacheError(f"'{name}' is not a diffusers cache.")
-
-
-# --- Pyramid Attention Broadcast on separate CFG calls ----------------------------------------------------
-class _TimestepClock:
-    """PAB asks a callback for the current timestep; the runner does not set ``pipe._current_timestep``, so the
-    adapter hook records the timestep of each transformer call here."""
-
-    def __init__(self):
-        self.value = -1.0
-
-    def __call__(self) -> float:
-        return self.value
-
-
-def _attach_pab_adapter(transformer) -> None:
-    """Give every PAB hook one state per CFG branch, and feed PAB the timestep.
-
-    diffusers' PAB keeps a single state per attention module. Wan's pipeline calls the transformer once for cond and
-    once for uncond, so with one shared state the uncond call would reuse the attention the cond call just computed
-    (and the skip counter would alternate between branches). With a state per branch each branch reuses only its own
-    attention, which is what PAB means.
-    """
-    from diffusers.hooks import HookRegistry, ModelHook
-    from diffusers.hooks.hooks import BaseState, StateManager
-    from diffusers.hooks.pyramid_attention_broadcast import (
-        _PYRAMID_ATTENTION_BROADCAST_HOOK,
-        PyramidAttentionBroadcastState,
-    )
-
-    pab_hooks = [
-        module._diffusers_hook.get_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK)
-        for module in transformer.modules()
-        if getattr(module, "_diffusers_hook", None) is not None
-        and module._diffusers_hook.get_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK) is not None
-    ]
-    if not pab_hooks:
-        raise LightcacheError("Pyramid Attention Broadcast found no attention layer to hook on this transformer.")
-    clock = transformer._lightcache_bench_clock
-
-    class _Unused(BaseState):
-        def reset(self):
-            pass
-
-    class _BranchStates(ModelHook):
-        _is_stateful = True
-
-        def __init__(self):
-            super().__init__()
-            # Receives the pipeline's cache context (diffusers sets it on every StateManager of a stateful hook).
-            self.context = StateManager(_Unused)
-            self.states: dict[tuple[int, str], PyramidAttentionBroadcastState] = {}
-
-        def pre_forward(self, module, *args, **kwargs):
-            timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            clock.value = float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else float(timestep)
-            branch = self.context._context.name if self.context._context is not None else "default"
-            for i, hook in enumerate(pab_hooks):
-                hook.state = self.states.setdefault((i, branch), PyramidAttentionBroadcastState())
-            return args, kwargs
-
-        def reset_state(self, module):
-            self.states.clear()
-            return module
-
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(_BranchStates(), _PAB_ADAPTER)
-    registry.invalidate_child_registries_cache()
-
-
-def _detach_pab_adapter(transformer) -> None:
-    registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is not None and registry.get_hook(_PAB_ADAPTER) is not None:
-        registry.remove_hook(_PAB_ADAPTER, recurse=False)
-        registry.invalidate_child_registries_cache()
-    if hasattr(transformer, "_lightcache_bench_clock"):
-        del transformer._lightcache_bench_clock
-
-
-def hook_names(transformer) -> list[str]:
-    """Every diffusers hook registered anywhere in ``transformer``, as ``module.path:hook`` (for leak checks)."""
-    names = []
-    for path, module in transformer.named_modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        if registry is not None:
-            names.extend(f"{path or '<root>'}:{hook}" for hook in registry._hook_order)
-    return sorted(names)
 
 
 def slug(method: str, setting: str) -> str:

@@ -280,6 +280,10 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         "",
         *chart_lines,
         "",
+        "## The same methods in the app and the CLI",
+        "",
+        app_settings_section(results),
+        "",
         "## Targets",
         "",
         targets_section(results),
@@ -308,6 +312,32 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         "",
     ]
     return "\n".join(parts)
+
+
+def app_settings_section(results: dict[str, Any]) -> str:
+    """Which app setting and CLI flag run each benchmarked method, from :data:`lightcache.cache_methods.CACHE_METHODS`
+    (the one table the app, the CLI and the library read)."""
+    from ..cache_methods import CACHE_METHODS
+
+    lines = [
+        "Each cache of this page is one choice of the app's **Cache method** dropdown and of `python -m lightcache "
+        "generate --cache NAME`, with its main setting on one control (`--cache-setting`; EasyCache's tau is "
+        "`--threshold`) spanning the range swept here, and its other settings as run here. The live step trace "
+        "shows, call by call, which blocks and layers each one ran.",
+        "",
+        "| method | app (Cache method) | CLI | setting (range) | default | other settings |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in results["methods"]:
+        method = CACHE_METHODS.get(entry["method"])
+        if method is None or method.name == "none":
+            continue
+        fixed = ", ".join(f"{k} {v}" for k, v in method.fixed.items()) or "diffusers' defaults"
+        default = "the preset's" if method.default is None else f"{method.default:g}"
+        lines.append(f"| {entry['label']} | {method.label} | `--cache {method.name}` | {method.setting} "
+                     f"({method.minimum:g}-{method.maximum:g}) | {default} | {fixed} |")
+    lines.append(f"| plain | **EasyCache** switch off, or {CACHE_METHODS['none'].label} | `--cache none` | | | |")
+    return "\n".join(lines)
 
 
 # --- the analysis ------------------------------------------------------------------------------------------

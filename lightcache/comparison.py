@@ -55,14 +55,14 @@ def baseline_text(baseline_settings: dict[str, Any]) -> str:
 
     Example:
         >>> print(baseline_text(dict(ACCELERATIONS_OFF)))  # doctest: +NORMALIZE_WHITESPACE
-        the plain pipe(...), every acceleration off (easycache off, async_swap off, chunk_ffn off,
+        the plain pipe(...), every acceleration off (easycache off, cache off, async_swap off, chunk_ffn off,
         sliced_decode off, decode_slices off, compile off)
         >>> print(baseline_text(dict(ACCELERATIONS_OFF, chunk_ffn=4)))  # doctest: +NORMALIZE_WHITESPACE
-        NOT the plain pipe(...): easycache off, async_swap off, chunk_ffn 4, sliced_decode off,
+        NOT the plain pipe(...): easycache off, cache off, async_swap off, chunk_ffn 4, sliced_decode off,
         decode_slices off, compile off
     """
     def word(value: Any) -> str:
-        return "off" if value in (False, None) else "on" if value is True else str(value)
+        return "off" if value in (False, None, "none") else "on" if value is True else str(value)
 
     parts = ", ".join(f"{name} {word(baseline_settings.get(name))}" for name in ACCELERATIONS_OFF)
     if all(baseline_settings.get(name) == off for name, off in ACCELERATIONS_OFF.items()):

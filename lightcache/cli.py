@@ -69,6 +69,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="EasyCache threshold tau (0 never reuses)")
     p.add_argument("--warmup", type=int, help="EasyCache warm-up steps that always compute")
     p.add_argument("--no-easycache", action="store_true", help="run every step in full")
+    p.add_argument("--easycache-order", dest="easycache_order", type=int, choices=(0, 1),
+                   help="0: reuse the last transformation, as the EasyCache paper (default); 1: reuse an "
+                        "extrapolation of the last two (goes beyond the paper)")
     p.add_argument("--async-swap", dest="async_swap", action="store_true",
                    help="keep idle weights and cache tensors in pinned CPU memory, streamed in on a side CUDA stream "
                         "(a no-op on a CPU, and the summary says so)")
@@ -254,7 +257,7 @@ def _quiet_libraries() -> None:
 
 def _settings_overrides(args) -> dict[str, Any]:
     names = ("prompt", "negative_prompt", "seed", "steps", "frames", "height", "width", "guidance_scale",
-             "threshold", "warmup")
+             "threshold", "warmup", "easycache_order")
     overrides = {name: getattr(args, name, None) for name in names}
     if getattr(args, "no_easycache", False):
         overrides["easycache"] = False

@@ -186,7 +186,9 @@ def run_to_completion(events: Iterator[Event], on_event: Callable[[Event], None]
 
 def _acceleration_config(settings) -> AccelerationConfig:
     return AccelerationConfig(
-        easycache=EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup)
+        easycache=EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup,
+                                  order=getattr(settings, "easycache_order", 0),
+                                  force_last_step=getattr(settings, "force_last_step", True))
         if settings.easycache else None,
         chunk_ffn=settings.chunk_ffn,
         async_swap=settings.async_swap,

@@ -62,11 +62,15 @@ FIELDS: Mapping[str, str] = MappingProxyType({
     "image": "Image (first frame)",
     # Last, so that API clients that pass the parameters by position keep working.
     "compile": "Compile (torch.compile)",
+    "easycache_order": "EasyCache order",
 })
+
+#: The EasyCache order control's choices: (label, value). 0 is the paper's rule; 1 goes beyond it.
+EASYCACHE_ORDERS = (("0: reuse (the paper)", 0), ("1: extrapolate (beyond the paper)", 1))
 
 # RunSettings names some fields differently from the form; its messages start with its own name.
 _SETTING_TO_FIELD = {"threshold": "tau", "chunk_ffn": "feature_chunking"}
-_INT_FIELDS = ("seed", "steps", "frames", "height", "width", "warmup")
+_INT_FIELDS = ("seed", "steps", "frames", "height", "width", "warmup", "easycache_order")
 _BOOL_FIELDS = ("easycache", "async_swap", "feature_chunking", "sliced_decode", "compare", "compile")
 
 
@@ -113,6 +117,7 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
         "compare": False,
         "image": None,
         "compile": False,
+        "easycache_order": int(d.get("easycache_order", 0)),
     }
     for key, value in (overrides or {}).items():
         if key not in values:

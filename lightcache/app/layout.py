@@ -37,6 +37,7 @@ from ..presets import load_shipped_preset
 from . import texts, view
 from .form import (
     DEFAULT_PRESET,
+    EASYCACHE_ORDERS,
     FIELDS,
     initial_values,
     labelled,
@@ -140,6 +141,10 @@ def build_demo(
                                         info="larger: more reuse, faster, less exact", **bounds["tau"])
                         warmup = gr.Slider(value=start["warmup"], label=FIELDS["warmup"],
                                            info="first steps always computed", **bounds["warmup"])
+                    order = gr.Radio(list(EASYCACHE_ORDERS), value=start["easycache_order"],
+                                     label=FIELDS["easycache_order"], elem_id="easycache-order",
+                                     info="what a reused step returns: the last transformation, or its "
+                                          "extrapolation from the last two")
                 compare = gr.Checkbox(start["compare"], label=FIELDS["compare"],
                                       info="run again with every acceleration off; speed-up, PSNR, SSIM")
                 with gr.Row():
@@ -164,7 +169,7 @@ def build_demo(
                                                  elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
-                  async_swap, chunking, sliced, compare, image, compile_box, session]
+                  async_swap, chunking, sliced, compare, image, compile_box, order, session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
         # Decorated here, while the page is built at import: ZeroGPU registers its GPU functions before launch.
         generation = gpu_generation(pipelines)
@@ -173,10 +178,10 @@ def build_demo(
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
                      warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, compile=False,
-                     session: Session | None = None, request: gr.Request = None):
+                     easycache_order=0, session: Session | None = None, request: gr.Request = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
-                                    image, compile)))
+                                    image, compile, easycache_order)))
             yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash),
                                generation=generation, presets=presets, zero_gpu=zero_gpu)
 

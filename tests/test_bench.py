@@ -32,6 +32,7 @@ SMALL = {"steps": 10, "warmup": 2, "frames": 9, "height": 32, "width": 32}
 # Settings that make every adaptive method skip on a random model (whose features change a lot between steps).
 AGGRESSIVE = {
     "easycache": ({"threshold": 5.0},),
+    "easycache-order1": ({"threshold": 5.0},),
     "fbc": ({"threshold": 5.0},),
     "magcache": ({"threshold": 5.0},),
     "taylorseer": ({"cache_interval": 3},),
@@ -136,7 +137,8 @@ def test_every_method_changes_the_block_calls_it_claims_to(tiny_pipe, name, para
 
 def test_the_benchmark_reports_the_skips_it_measured(bench_results):
     records = _by_method(bench_results)
-    expected = {"plain", "easycache", "fbc", "magcache", "taylorseer", "seacache", "pab", "easycache+memory"}
+    expected = {"plain", "easycache", "easycache-order1", "fbc", "magcache", "taylorseer", "seacache", "pab",
+                "easycache+memory"}
     assert set(records) == expected
     for name, record in records.items():
         check = record["skip_check"]

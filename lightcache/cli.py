@@ -89,6 +89,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the chosen cache's main setting: " + "; ".join(
                        f"{name} {setting} ({low:g}-{high:g})" for name, setting, low, high in CACHE_SETTINGS)
                    + "; for easycache the same as --threshold")
+    p.add_argument("--easycache-order", dest="easycache_order", type=int, choices=(0, 1),
+                   help="0: reuse the last transformation, as the EasyCache paper (default); 1: reuse an "
+                        "extrapolation of the last two (goes beyond the paper)")
     p.add_argument("--async-swap", dest="async_swap", action="store_true",
                    help="keep idle weights and cache tensors in pinned CPU memory, streamed in on a side CUDA stream "
                         "(a no-op on a CPU, and the summary says so)")
@@ -344,7 +347,7 @@ def _quiet_libraries() -> None:
 
 def _settings_overrides(args) -> dict[str, Any]:
     names = ("prompt", "negative_prompt", "seed", "steps", "frames", "height", "width", "guidance_scale",
-             "threshold", "warmup")
+             "threshold", "warmup", "easycache_order")
     overrides = {name: getattr(args, name, None) for name in names}
     if getattr(args, "no_easycache", False):
         overrides["easycache"] = False

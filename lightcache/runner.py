@@ -211,7 +211,9 @@ def run_to_completion(events: Iterator[Event], on_event: Callable[[Event], None]
 def _acceleration_config(settings, magcache_ratios=None) -> AccelerationConfig:
     cache = getattr(settings, "step_cache", "easycache" if settings.easycache else "none")
     return AccelerationConfig(
-        easycache=EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup)
+        easycache=EasyCacheConfig(threshold=settings.threshold, warmup_steps=settings.warmup,
+                                  order=getattr(settings, "easycache_order", 0),
+                                  force_last_step=getattr(settings, "force_last_step", True))
         if cache == "easycache" else None,
         cache=cache,
         cache_setting=getattr(settings, "cache_setting", None) if cache not in ("easycache", "none") else None,

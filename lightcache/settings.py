@@ -56,6 +56,10 @@ class RunSettings:
     easycache: bool = True
     threshold: float = 0.05
     warmup: int = 4
+    # 0: EasyCache as the reference (reuse the last transformation); 1: extrapolate the last two (beyond the paper).
+    easycache_order: int = 0
+    # Compute the last step whatever EasyCache's estimate says (the reference does, except for Wan2.2 TI2V-5B).
+    force_last_step: bool = True
     fps: int = 12
     max_sequence_length: int = 16
     # LightCache memory strategies; each is off unless asked for.
@@ -141,6 +145,11 @@ class RunSettings:
             method.check(self.cache_setting)
         if self.step_cache == "easycache":  # the warm-up is EasyCache's; a run without EasyCache never reads it
             _check_int("warmup", self.warmup, 0, self.steps - 1)
+        if isinstance(self.easycache_order, bool) or self.easycache_order not in (0, 1):
+            raise LightcacheError(f"easycache_order must be 0 (reuse, the reference) or 1 (extrapolate), "
+                                  f"got {str(self.easycache_order)[:40]}.")
+        if not isinstance(self.force_last_step, bool):
+            raise LightcacheError("force_last_step must be true or false.")
         _check_int("fps", self.fps, 1, 60)
         _check_int("max_sequence_length", self.max_sequence_length, 1, 512)
         if self.chunk_ffn is not None:

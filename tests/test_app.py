@@ -1008,3 +1008,12 @@ def test_a_stopped_job_ends_at_its_first_call_and_leaves_no_video(tiny_pipe, tmp
     with pytest.raises(RunCancelled):
         list(stream_job(tiny_pipe, _small_job(), str(tmp_path), cancel))
     assert os.listdir(tmp_path) == []
+
+
+def test_the_easycache_order_control_reaches_the_run_and_defaults_to_the_reference():
+    assert initial_values("tiny")["easycache_order"] == 0
+    assert parse_request(_raw(), device="cpu").settings.easycache_order == 0
+    assert parse_request(_raw(easycache_order="1"), device="cpu").settings.easycache_order == 1
+    with pytest.raises(LightcacheError) as info:
+        parse_request(_raw(easycache_order=2), device="cpu")
+    assert str(info.value).startswith("EasyCache order: easycache_order must be 0")

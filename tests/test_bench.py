@@ -32,6 +32,7 @@ SMALL = {"steps": 10, "warmup": 2, "frames": 9, "height": 32, "width": 32}
 # Settings that make every adaptive method skip on a random model (whose features change a lot between steps).
 AGGRESSIVE = {
     "easycache": ({"threshold": 5.0},),
+    "easycache-order1": ({"threshold": 5.0},),
     "fbc": ({"threshold": 5.0},),
     "magcache": ({"threshold": 5.0},),
     "taylorseer": ({"cache_interval": 3},),
@@ -136,7 +137,8 @@ def test_every_method_changes_the_block_calls_it_claims_to(tiny_pipe, name, para
 
 def test_the_benchmark_reports_the_skips_it_measured(bench_results):
     records = _by_method(bench_results)
-    expected = {"plain", "easycache", "fbc", "magcache", "taylorseer", "seacache", "pab", "easycache+memory"}
+    expected = {"plain", "easycache", "easycache-order1", "fbc", "magcache", "taylorseer", "seacache", "pab",
+                "easycache+memory"}
     assert set(records) == expected
     for name, record in records.items():
         check = record["skip_check"]
@@ -194,8 +196,8 @@ def test_tau_zero_is_reported_identical_to_plain(tiny_pipe):
 def test_results_schema_is_stable(bench_results, tmp_path):
     assert tuple(bench_results) == TOP_KEYS
     assert TOP_KEYS == (
-        "schema", "created", "command", "environment", "preset", "model", "quick", "settings", "cases", "methods",
-        "skipped", "records", "aggregates", "targets", "overhead", "checks", "notes",
+        "schema", "created", "command", "environment", "preset", "model", "model_sha256", "quick", "settings", "cases",
+        "methods", "skipped", "records", "aggregates", "targets", "overhead", "checks", "notes",
     )
     assert RECORD_KEYS == (
         "method", "label", "kind", "setting", "params", "case", "prompt", "seed", "repeats",
@@ -318,3 +320,46 @@ def test_memory_strategies_method_runs(tiny_pipe):
     assert {r["method"] for r in results["records"]} == {"plain", "easycache+memory"} and results["skipped"] == []
     record = next(r for r in results["records"] if r["method"] == "easycache+memory")
     assert record["skip_check"]["holds"] and record["calls_reused"] > 0
+
+
+def test_either_easycache_order_counts_for_dominance_and_is_named_when_nearest():
+    aggs = [_agg("easycache", "ours", 3.0, 25.0), _agg("easycache-order1", "ours", 2.0, 40.0),
+            _agg("fbc", "diffusers", 1.5, 35.0), _agg("magcache", "diffusers", 2.5, 45.0)]
+    result = dominance(aggs, "denoise")
+    assert result["dominated"] == 1  # fbc, by the order-1 point alone
+    (exception,) = result["exceptions"]
+    assert exception["method"] == "magcache"
+    assert exception["nearest_easycache"]["setting"] == "order 1, s2.0"
+
+
+def test_dominance_per_case_judges_each_prompt_and_seed_on_its_own():
+    from lightcache.bench.results import dominance_per_case
+
+    def rec(case, method, kind, speedup, psnr_db):
+        return dict(_agg(method, kind, speedup, psnr_db), case=case, prompt=f"prompt {case}", seed=int(case[-1]))
+
+    records = [rec("p0-s0", "easycache", "ours", 2.0, 40.0), rec("p0-s0", "fbc", "diffusers", 1.5, 35.0),
+               rec("p1-s1", "easycache", "ours", 2.0, 30.0), rec("p1-s1", "fbc", "diffusers", 1.5, 35.0)]
+    by_case = {d["case"]: d for d in dominance_per_case(records, "denoise")}
+    assert by_case["p0-s0"]["dominated"] == 1 and by_case["p1-s1"]["dominated"] == 0
+    assert by_case["p1-s1"]["seed"] == 1
+
+
+def test_the_order_one_method_runs_easycache_at_order_one():
+    from lightcache.bench.methods import get_method
+
+    overrides = get_method("easycache-order1").settings_overrides({"threshold": 0.05})
+    assert overrides == {"easycache": True, "threshold": 0.05, "easycache_order": 1}
+    assert "easycache_order" not in get_method("easycache").settings_overrides({"threshold": 0.05})
+
+
+def test_the_page_says_when_the_machine_was_loaded():
+    from lightcache.bench.report import load_sentence
+
+    busy = load_sentence({"load_average_start": [6.0, 5.0, 4.0], "load_average_end": [7.0, 6.0, 5.0],
+                          "cpu_count": 2})
+    quiet = load_sentence({"load_average_start": [0.1, 0.2, 0.2], "load_average_end": [0.3, 0.2, 0.2],
+                           "cpu_count": 2})
+    assert "loaded by other work" in busy and "6.00 / 5.00 / 4.00" in busy
+    assert "quiet" in quiet and "loaded" not in quiet
+    assert load_sentence({}) == ""

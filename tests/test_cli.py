@@ -338,3 +338,19 @@ def test_an_offline_hub_id_prints_no_library_warning(tmp_path, capsys):
         assert main(["generate", "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "--out", str(tmp_path / "o")]) == 2
     _one_error_line(capsys, "HF_HUB_OFFLINE")
     assert not [w for w in caught if "local_dir_use_symlinks" in str(w.message)]
+
+
+def test_easycache_order_flag_reaches_the_settings_and_defaults_to_the_reference():
+    from lightcache import cli
+    from lightcache.presets import load_preset
+    from lightcache.settings import RunSettings
+
+    def settings(*flags):
+        args = cli.build_parser().parse_args(["generate", "--preset", "tiny", "--out", "unused", *flags])
+        return RunSettings.from_preset(load_preset("tiny"), **cli._settings_overrides(args))
+
+    assert settings().easycache_order == 0
+    assert settings("--easycache-order", "1").easycache_order == 1
+    assert settings("--easycache-order", "0").easycache_order == 0
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["generate", "--out", "unused", "--easycache-order", "2"])

@@ -133,8 +133,9 @@ class _Recorder(ModelHook):
         return output
 
 
-def _reference_decisions(xs, vs_if_computed, tau, warmup, steps):
-    """The §3 rules written out plainly for the cond branch; returns (computed, eps) per step."""
+def _reference_decisions(xs, vs_if_computed, tau, warmup, steps, force_last=True):
+    """The §3 rules written out plainly for the cond branch; returns (computed, eps) per step. ``force_last``: the
+    last step always computes (the reference's Wan2.1 and A14B paths; its TI2V-5B path never forces it)."""
     mean_abs = lambda t: t.float().abs().mean().item()  # noqa: E731
     decisions = []
     k = None
@@ -142,7 +143,7 @@ def _reference_decisions(xs, vs_if_computed, tau, warmup, steps):
     err = 0.0
     for i, x in enumerate(xs):
         eps = None
-        if i < warmup or i == steps - 1:
+        if i < warmup or (force_last and i == steps - 1):
             compute, err = True, 0.0
         elif k is None or x_prev is None or v_last is None:
             compute, err = True, 0.0
@@ -667,3 +668,123 @@ def test_the_record_callback_gets_every_record_as_it_is_made():
     for step in range(3):
         _call(model, torch.randn(1, 4, 2, 4, 4), step, "cond", 3)
     assert len(seen) == 3 and all(a is b for a, b in zip(seen, hook.records))
+
+
+# --- force_last_step: the reference's TI2V-5B path never forces the last step ---------------------------------
+def test_without_a_forced_last_step_the_last_step_is_decided_like_any_other():
+    model = _FakeTransformer()
+    apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=2, force_last_step=False))
+    steps = 6
+    for step in range(steps):
+        for branch in ("cond", "uncond"):
+            _call(model, torch.full((1, 4, 2, 4, 4), 1.0 - 0.1 * step), step, branch, steps)
+    cond = [r for r in get_easycache_hook(model).records if r.branch == "cond"]
+    assert [r.computed for r in cond] == [True, True, False, False, False, False]
+    assert cond[-1].reason == "E < tau"
+
+
+def test_hook_matches_the_transcription_without_a_forced_last_step(tiny_pipe):
+    steps, warmup, tau = 50, 5, 0.1
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=tau, warmup_steps=warmup,
+                                                                  force_last_step=False))
+    recorder = _Recorder()
+    HookRegistry.check_if_exists_or_initialize(tiny_pipe.transformer).register_hook(recorder, "test_recorder")
+    pipe_video(tiny_pipe, tiny_settings(steps=steps, warmup=warmup, threshold=tau))
+    cond = [r for r in hook.records if r.branch == "cond"]
+    xs = [x for x, _ in recorder.calls[0::2]]
+    vs = [v if r.computed else None for (_, v), r in zip(recorder.calls[0::2], cond)]
+    expected = _reference_decisions(xs, vs, tau, warmup, steps, force_last=False)
+    assert [c for c, _ in expected] == [r.computed for r in cond]
+    assert cond[-1].reason in ("E < tau", "E >= tau")  # decided by the estimate, not forced
+
+
+#: The reference's setting per model (EasyCache4Wan2.1 and EasyCache4Wan2.2 easycache_generate.py): tau, warm-up
+#: steps, whether the last step is forced.
+REFERENCE_SETTINGS = {
+    "wan2.1-t2v-1.3b": (0.05, 10, True),
+    "wan2.1-t2v-14b": (0.05, 10, True),
+    "wan2.1-i2v-14b-480p": (0.05, 10, True),  # ret_steps 10 of 40 in its image-to-video path
+    "wan2.1-i2v-14b-720p": (0.05, 10, True),
+    "wan2.2-ti2v-5b": (0.05, 7, False),  # its cut-off is past the run's last call: never forced
+    "wan2.2-t2v-a14b": (0.06, 7, True),
+    "wan2.2-i2v-a14b": (0.05, 7, True),  # --thresh_i2v, one state over both experts as for T2V-A14B
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SETTINGS))
+def test_each_preset_runs_easycache_as_the_reference_does_for_its_model(name):
+    from lightcache.presets import load_preset
+    from lightcache.runner import _acceleration_config
+    from lightcache.settings import RunSettings
+
+    config = _acceleration_config(RunSettings.from_preset(load_preset(name))).easycache
+    assert (config.threshold, config.warmup_steps, config.force_last_step) == REFERENCE_SETTINGS[name]
+    assert config.order == 0  # every preset runs the reference mode
+
+
+# --- order 1: extrapolating instead of repeating ---------------------------------------------------------------
+def test_order_one_at_tau_zero_is_bit_identical_to_the_plain_pipeline(tiny_pipe):
+    settings = tiny_settings(threshold=0.0)
+    plain = pipe_video(tiny_pipe, settings)
+    hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.0, warmup_steps=2, order=1))
+    cached = pipe_video(tiny_pipe, settings)
+    assert hook.records and all(r.computed for r in hook.records)
+    assert np.array_equal(plain, cached)
+
+
+def test_order_one_returns_the_extrapolated_transformation_and_says_so():
+    model, plain = _FakeTransformer(), _FakeTransformer()
+    apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=3, order=1))
+    gen = torch.Generator().manual_seed(0)
+    history = {"cond": [], "uncond": []}  # (step, delta) of every computed call, computed here independently
+    steps = 8
+    for step in range(steps):
+        for branch, scale in (("cond", 1.0), ("uncond", 0.5)):
+            x = torch.randn(1, 4, 2, 4, 4, generator=gen) * scale
+            out = _call(model, x, step, branch, steps)
+            if step < 3 or step == steps - 1:
+                real = _call(plain, x, step, branch, steps)
+                assert torch.equal(out, real)
+                history[branch].append((step, real - x))
+            else:
+                (i0, d0), (i1, d1) = history[branch][-2:]
+                factor = min((step - i1) / (i1 - i0), 1.0)  # followed at most one gap ahead
+                assert torch.allclose(out, x + d1 + (d1 - d0) * factor, atol=1e-6), (step, branch)
+                assert not torch.allclose(out, x + d1, atol=1e-3)  # not the last delta as it is
+    records = get_easycache_hook(model).records
+    reused = [r for r in records if not r.computed]
+    assert reused and {r.reason for r in reused} == {"E < tau, extrapolated", "follows cond, extrapolated"}
+
+
+def test_order_one_estimates_the_error_of_what_it_returns():
+    """k of order 1 is the computed transformation's distance from the line through the two before it, per unit of
+    input change; eps = k * mean|x_t - x_prev| / mean|v_last| as in order 0."""
+    model, plain = _FakeTransformer(), _FakeTransformer()
+    apply_easycache(model, EasyCacheConfig(threshold=1e9, warmup_steps=3, order=1))
+    xs = [torch.full((1, 4, 2, 4, 4), 1.0) * (1.0 - 0.2 * i) + 0.05 * i * i for i in range(5)]
+    vs = []
+    for step, x in enumerate(xs):
+        _call(model, x, step, "cond", 5)
+        vs.append(_call(plain, x, step, "cond", 5))
+    mean_abs = lambda t: t.float().abs().mean().item()  # noqa: E731
+    d = [v - x for v, x in zip(vs, xs)]
+    k = mean_abs(d[2] - (d[1] + (d[1] - d[0]))) / mean_abs(xs[2] - xs[1])
+    records = get_easycache_hook(model).records
+    assert records[1].k is None and math.isclose(records[2].k, k, rel_tol=1e-6)
+    assert not records[3].computed
+    assert math.isclose(records[3].eps, k * mean_abs(xs[3] - xs[2]) / mean_abs(vs[2]), rel_tol=1e-6)
+
+
+def test_order_one_with_a_high_tau_reuses_and_differs_from_order_zero(tiny_pipe):
+    orders = {}
+    for order in (0, 1):
+        finished = _run(tiny_pipe, steps=12, warmup=3, threshold=1e9, easycache_order=order)
+        assert finished.summary["calls_reused"] > 0
+        orders[order] = finished.frames
+    assert not np.array_equal(orders[0], orders[1])
+
+
+@pytest.mark.parametrize("order", [2, -1, True, 0.5, "1"])
+def test_bad_orders_are_rejected(order):
+    with pytest.raises(ValueError, match="order must be 0"):
+        EasyCacheConfig(order=order)

@@ -65,11 +65,15 @@ FIELDS: Mapping[str, str] = MappingProxyType({
     "compile": "Compile (torch.compile)",
     "cache": "Cache method",
     "cache_setting": "Cache setting",
+    "easycache_order": "EasyCache order",
 })
+
+#: The EasyCache order control's choices: (label, value). 0 is the paper's rule; 1 goes beyond it.
+EASYCACHE_ORDERS = (("0: reuse (the paper)", 0), ("1: extrapolate (beyond the paper)", 1))
 
 # RunSettings names some fields differently from the form; its messages start with its own name.
 _SETTING_TO_FIELD = {"threshold": "tau", "chunk_ffn": "feature_chunking"}
-_INT_FIELDS = ("seed", "steps", "frames", "height", "width", "warmup")
+_INT_FIELDS = ("seed", "steps", "frames", "height", "width", "warmup", "easycache_order")
 _BOOL_FIELDS = ("easycache", "async_swap", "feature_chunking", "sliced_decode", "compare", "compile")
 
 
@@ -115,6 +119,7 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
         "compile": False,
         "cache": "easycache",
         "cache_setting": None,
+        "easycache_order": int(d.get("easycache_order", 0)),
     }
     for key, value in (overrides or {}).items():
         if key not in values:

@@ -38,6 +38,7 @@ from . import texts, view
 from ..cache_methods import CACHE_METHODS
 from .form import (
     DEFAULT_PRESET,
+    EASYCACHE_ORDERS,
     FIELDS,
     cache_setting_control,
     initial_values,
@@ -154,6 +155,10 @@ def build_demo(
                         warmup = gr.Slider(value=start["warmup"], label=FIELDS["warmup"],
                                            info="first steps always computed", **bounds["warmup"])
                     cache_setting = gr.Slider(elem_id="cache-setting", **cache_setting_control(start["cache"]))
+                    order = gr.Radio(list(EASYCACHE_ORDERS), value=start["easycache_order"],
+                                     label=FIELDS["easycache_order"], elem_id="easycache-order",
+                                     info="what a reused step returns: the last transformation, or its "
+                                          "extrapolation from the last two")
                 compare = gr.Checkbox(start["compare"], label=FIELDS["compare"],
                                       info="run again with every acceleration off; speed-up, PSNR, SSIM")
                 with gr.Row():
@@ -178,7 +183,8 @@ def build_demo(
                                                  elem_id="comparison")
 
         inputs = [preset_dd, prompt, negative, seed, steps, frames, height, width, easycache, tau, warmup,
-                  async_swap, chunking, sliced, compare, image, compile_box, cache, cache_setting, session]
+                  async_swap, chunking, sliced, compare, image, compile_box, cache, cache_setting, order,
+                  session]
         results = [status, trace, video, timeline, stages, plain_video, comparison]
         # Decorated here, while the page is built at import: ZeroGPU registers its GPU functions before launch.
         generation = gpu_generation(pipelines)
@@ -187,11 +193,12 @@ def build_demo(
         # ``image`` defaults to None so that API clients may leave it out (text-to-video presets take none).
         def generate(preset, prompt, negative_prompt, seed, steps, frames, height, width, easycache, tau,
                      warmup, async_swap, feature_chunking, sliced_decode, compare, image=None, compile=False,
-                     cache="easycache", cache_setting=None, session: Session | None = None,
+                     cache="easycache", cache_setting=None, easycache_order=0,
+                     session: Session | None = None,
                      request: gr.Request = None):
             raw = dict(zip(FIELDS, (preset, prompt, negative_prompt, seed, steps, frames, height, width,
                                     easycache, tau, warmup, async_swap, feature_chunking, sliced_decode, compare,
-                                    image, compile, cache, cache_setting)))
+                                    image, compile, cache, cache_setting, easycache_order)))
             yield from run_job(pipelines, outputs, raw, session, enqueued_at(demo, request.session_hash),
                                generation=generation, presets=presets, zero_gpu=zero_gpu)
 

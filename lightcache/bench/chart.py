@@ -31,6 +31,7 @@ AXIS_TITLES = {
 # One fixed colour per method so that the charts of different runs read alike.
 COLOURS = {
     "easycache": "#d62728",
+    "easycache-order1": "#e377c2",
     "easycache+memory": "#ff7f0e",
     "fbc": "#1f77b4",
     "magcache": "#2ca02c",

@@ -209,6 +209,7 @@ def run_benchmark(
     config = config or BenchConfig()
     log = log or (lambda message: None)
     started = time.perf_counter()
+    load_at_start = _load_average()
     prompts, seeds = config.resolved_prompts(preset.name), config.resolved_seeds()
     cases = [{"id": f"p{i}-s{seed}", "prompt": p, "seed": seed} for i, p in enumerate(prompts) for seed in seeds]
     entries = _entries(config)
@@ -250,6 +251,7 @@ def run_benchmark(
         "environment": environment(pipe),
         "preset": preset.name,
         "model": _model_name(pipe),
+        "model_sha256": _model_digest(pipe),
         "quick": config.quick,
         "settings": {k: v for k, v in settings[(cases[0]["id"], _key(plain))].to_dict().items()
                      if k not in ("prompt", "seed")},
@@ -268,6 +270,9 @@ def run_benchmark(
         "notes": notes,
     }
     results["environment"]["benchmark_seconds"] = round(time.perf_counter() - started, 1)
+    # Timings on a shared machine are slower and noisier: the page says how loaded it was at both ends.
+    results["environment"]["load_average_start"] = load_at_start
+    results["environment"]["load_average_end"] = _load_average()
     return results
 
 
@@ -614,6 +619,27 @@ def _model_name(pipe) -> str:
         return str(Path(name).resolve().relative_to(PROJECT_ROOT)) if name and Path(name).exists() else name
     except ValueError:
         return name
+
+
+def _model_digest(pipe) -> str | None:
+    """The SHA-256 of the model files measured (:func:`lightcache.fingerprint.model_digest`), or None when the
+    pipeline was not loaded from a local model directory (a Hub id, or built in memory)."""
+    from pathlib import Path
+
+    from ..fingerprint import MODEL_INDEX, model_digest
+
+    name = str(getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", "") or "")
+    return model_digest(name) if name and (Path(name) / MODEL_INDEX).is_file() else None
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the platform has them."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _warm_up(pipe, settings: RunSettings, preset_name: str) -> None:

@@ -4,6 +4,8 @@ Every method runs through :func:`lightcache.runner.run_generation`, so all of th
 
 * ``plain``: the pipeline as it is, every transformer call computed;
 * ``easycache``: this project's EasyCache (the runner applies it when ``settings.easycache`` is on);
+* ``easycache-order1``: EasyCache reusing an extrapolation of the last two transformations instead of the last one
+  (``easycache_order=1``, beyond the paper);
 * ``easycache+memory``: EasyCache with LightCache's three memory strategies (asynchronous swapping, feature chunking,
   sliced decoding), available once the runner honours those settings;
 * diffusers' own caches on the same transformer, enabled with ``transformer.enable_cache(config)``:
@@ -19,7 +21,7 @@ Each method says what it skips (:attr:`Method.skips`); the benchmark's work mete
 Example:
     >>> from lightcache.bench.methods import METHODS, sweep
     >>> [m.name for m in METHODS.values()][:3]
-    ['plain', 'easycache', 'easycache+memory']
+    ['plain', 'easycache', 'easycache-order1']
     >>> [p["threshold"] for p in sweep("easycache", quick=True)]
     [0.025, 0.05, 0.075, 0.1, 0.2]
 """
@@ -84,6 +86,8 @@ class Method:
         """RunSettings fields this method sets (EasyCache on or off, its threshold, the memory strategies)."""
         if self.name == "easycache":
             return {"easycache": True, "threshold": float(params["threshold"])}
+        if self.name == "easycache-order1":
+            return {"easycache": True, "threshold": float(params["threshold"]), "easycache_order": 1}
         if self.name == "easycache+memory":
             return {"easycache": True, "threshold": float(params["threshold"]), "async_swap": True,
                     "chunk_ffn": int(params["chunk_ffn"]), "sliced_decode": True}
@@ -117,6 +121,14 @@ METHODS: dict[str, Method] = {
             quick=tuple({"threshold": t} for t in (0.025, 0.05, 0.075, 0.1, 0.2)),
             full=tuple({"threshold": t} for t in (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.125, 0.15,
                                                   0.2, 0.3)),
+            describe=lambda p: f"tau={_fmt(p['threshold'])}",
+        ),
+        Method(
+            "easycache-order1", "EasyCache, order 1 (extrapolating)", "ours", SKIPS_CALLS,
+            # Extrapolating keeps more of the quality per reused step than repeating, so the same tau reuses about
+            # as much at a higher PSNR; past tau ~0.2 the lines it follows stray and order 0 is the better of the two.
+            quick=tuple({"threshold": t} for t in (0.02, 0.05, 0.1)),
+            full=tuple({"threshold": t} for t in (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15)),
             describe=lambda p: f"tau={_fmt(p['threshold'])}",
         ),
         Method(

@@ -20,7 +20,7 @@ import math
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from .results import TARGET_PCT, as_float, speed
+from .results import BUILT_IN, OURS, TARGET_PCT, as_float, dominance_per_case, easycache_setting, pareto_front, speed
 
 
 def format_bytes(value: int | None) -> str:
@@ -133,8 +133,8 @@ def targets_section(results: dict[str, Any]) -> str:
     dom = t["pareto_dominance"]
     names = {"denoise": "measured denoise time", "end_to_end": "measured end-to-end time",
              "work": "counted work (1 / work computed)"}
-    lines.append("**EasyCache Pareto-dominates every built-in** (for each built-in point there is an EasyCache point "
-                 "at least as fast with at least as high PSNR):\n")
+    lines.append("**EasyCache Pareto-dominates every built-in** (for each built-in point there is an EasyCache point, "
+                 "of either order, at least as fast with at least as high PSNR):\n")
     for axis, d in dom.items():
         verdict = "met" if d["holds"] else ("not met" if d["built_in_points"] else "not measured")
         lines.append(f"- speed by {names[axis]}: **{verdict}**, {d['dominated']} of {d['built_in_points']} "
@@ -265,6 +265,9 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         f"- Machine: {env['device']}, {env['cpu_count']} CPU cores ({env['cpu_threads']} torch threads)"
         + (f", {env['gpu']}" if env.get("gpu") else "") + f"; torch {env['torch']}, diffusers {env['diffusers']}; "
         f"{env.get('benchmark_seconds', '?')} s for the whole benchmark. Created {results['created']}.",
+        *([load_sentence(env)] if load_sentence(env) else []),
+        f"- Weights measured: SHA-256 of the model files `{results['model_sha256']}`."
+        if results.get("model_sha256") else "- Weights measured: not from a local model directory (no digest).",
         f"- Peak memory per stage from: {memory_source(results)}.",
         "",
         "## Results",
@@ -287,6 +290,14 @@ def benchmarks_doc(results: dict[str, Any], command: str, chart: dict[str, Any],
         "## Targets",
         "",
         targets_section(results),
+        "",
+        "## The two EasyCache modes and the frontier",
+        "",
+        modes_section(results),
+        "",
+        frontier_table(results),
+        "",
+        per_case_section(results),
         "",
         "## Checks",
         "",
@@ -338,6 +349,77 @@ def app_settings_section(results: dict[str, Any]) -> str:
                      f"({method.minimum:g}-{method.maximum:g}) | {default} | {fixed} |")
     lines.append(f"| plain | **EasyCache** switch off, or {CACHE_METHODS['none'].label} | `--cache none` | | | |")
     return "\n".join(lines)
+
+
+def load_sentence(env: dict[str, Any]) -> str:
+    """Says how loaded the machine was (load averages at both ends) and whether that makes it a shared machine."""
+    start, end = env.get("load_average_start"), env.get("load_average_end")
+    if not start or not end:
+        return ""
+    cores = env.get("cpu_count") or 1
+    loaded = max(start[0], end[0], end[2]) > 0.5 * cores
+    return (f"- Load average (1 / 5 / 15 min) at the start {' / '.join(f'{v:.2f}' for v in start)}, at the end "
+            f"{' / '.join(f'{v:.2f}' for v in end)} on {cores} cores: "
+            + ("**the machine was loaded by other work during the run**, so its times are slower and noisier than a "
+               "quiet machine's; the ratios are of interleaved runs, and the computed-call fractions have no timing "
+               "noise." if loaded else "a quiet machine."))
+
+
+def computed_fraction(results: dict[str, Any], method: str, setting: str) -> float | None:
+    """Transformer calls computed / all calls, mean over the cases of one method x setting (no timing noise)."""
+    fractions = [r["calls_computed"] / (r["calls_computed"] + r["calls_reused"]) for r in results["records"]
+                 if r["method"] == method and r["setting"] == setting and r["calls_computed"] + r["calls_reused"]]
+    return sum(fractions) / len(fractions) if fractions else None
+
+
+def modes_section(results: dict[str, Any]) -> str:
+    """Both EasyCache curves side by side: tau, calls computed, denoise speed-up and PSNR of each point."""
+    rows = ["Order 0 is EasyCache as the paper and its reference code define it: a reused call returns the input plus "
+            "the last computed transformation. Order 1 (`--easycache-order 1`) goes beyond the paper: it returns the "
+            "input plus an extrapolation of the last two computed transformations, and its error estimate measures "
+            "that extrapolation's error (see `lightcache/easycache.py`).", "",
+            "| mode | tau | calls computed | speed-up (denoise) | work computed | PSNR dB |", "|---|---:|---:|---:|---:|---:|"]
+    for a in results["aggregates"]:
+        if a["method"] not in OURS:
+            continue
+        fraction = computed_fraction(results, a["method"], a["setting"])
+        rows.append(f"| order {OURS.index(a['method'])} | {_fmt_tau(a['params'].get('threshold'))} | {_pct(fraction)} | "
+                    f"{_x(a['speedup_denoise'])} | {_pct(a['work_fraction'])} | {_psnr(a['psnr_db'])} |")
+    return "\n".join(rows)
+
+
+def _fmt_tau(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def frontier_table(results: dict[str, Any]) -> str:
+    """The frontier over every method together (denoise speed-up against PSNR): the points nothing beats on both."""
+    points = [a for a in results["aggregates"] if a["method"] != "plain"]
+    flags = pareto_front([(speed(a, "denoise"), as_float(a["psnr_db"])) for a in points])
+    front = sorted((a for a, f in zip(points, flags) if f), key=lambda a: speed(a, "denoise"))
+    rows = ["The frontier of all methods together (denoise speed-up against PSNR), slowest first:", "",
+            "| method | setting | speed-up (denoise) | calls computed | work computed | PSNR dB |",
+            "|---|---|---:|---:|---:|---:|"]
+    for a in front:
+        setting = easycache_setting(a) if a["method"] in OURS else a["setting"]
+        rows.append(f"| {a['label']} | {setting} | {_x(a['speedup_denoise'])} | "
+                    f"{_pct(computed_fraction(results, a['method'], a['setting']))} | {_pct(a['work_fraction'])} | "
+                    f"{_psnr(a['psnr_db'])} |")
+    builtins = sum(a["kind"] == BUILT_IN for a in front)
+    rows += ["", f"{len(front)} points on the frontier, {builtins} of them built-in."]
+    return "\n".join(rows)
+
+
+def per_case_section(results: dict[str, Any]) -> str:
+    """Dominance within each prompt and seed on its own, by measured denoise time and by counted work."""
+    by_axis = {axis: dominance_per_case(results["records"], axis) for axis in ("denoise", "work")}
+    rows = ["Per prompt and seed (each case on its own, every point one run):", "",
+            "| case | prompt | seed | built-in points dominated (denoise time) | (counted work) |",
+            "|---|---|---:|---:|---:|"]
+    for d, w in zip(by_axis["denoise"], by_axis["work"]):
+        rows.append(f"| {d['case']} | {d['prompt']} | {d['seed']} | {d['dominated']} of {d['built_in_points']} | "
+                    f"{w['dominated']} of {w['built_in_points']} |")
+    return "\n".join(rows)
 
 
 # --- the analysis ------------------------------------------------------------------------------------------

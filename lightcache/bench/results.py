@@ -25,10 +25,11 @@ from typing import Any, Iterable, Sequence
 from ..errors import LightcacheError
 from ..events import json_safe
 
-SCHEMA = "lightcache.bench/1"
+SCHEMA = "lightcache.bench/2"
 
 TOP_KEYS = (
-    "schema", "created", "command", "environment", "preset", "model", "quick", "settings", "cases", "methods",
+    "schema", "created", "command", "environment", "preset", "model", "model_sha256", "quick", "settings", "cases",
+    "methods",
     "skipped", "records", "aggregates", "targets", "overhead", "checks", "notes",
 )
 RECORD_KEYS = (
@@ -45,7 +46,8 @@ AGGREGATE_KEYS = (
 #: The speed axes a point can be compared on: measured denoise time, measured end-to-end time, counted work.
 AXES = ("denoise", "end_to_end", "work")
 BUILT_IN = "diffusers"
-OURS = "easycache"
+#: This project's EasyCache points, by method: the reference mode and the extrapolating one (order 1).
+OURS = ("easycache", "easycache-order1")
 TARGET_PCT = 2.0
 
 
@@ -98,7 +100,7 @@ def dominance(aggregates: list[dict[str, Any]], axis: str) -> dict[str, Any]:
     Returns the count of built-in points, how many are dominated, and for each one that is not, the EasyCache point
     that comes closest (the fastest one with at least its PSNR, else the one with the highest PSNR).
     """
-    ours = [a for a in aggregates if a["method"] == OURS]
+    ours = [a for a in aggregates if a["method"] in OURS]
     theirs = [a for a in aggregates if a["kind"] == BUILT_IN]
     exceptions = []
     for b in theirs:
@@ -112,10 +114,27 @@ def dominance(aggregates: list[dict[str, Any]], axis: str) -> dict[str, Any]:
         exceptions.append({
             "method": b["method"], "setting": b["setting"], "speed": sb, "psnr_db": b["psnr_db"],
             "nearest_easycache": None if nearest is None else {
-                "setting": nearest["setting"], "speed": speed(nearest, axis), "psnr_db": nearest["psnr_db"]},
+                "setting": easycache_setting(nearest), "speed": speed(nearest, axis), "psnr_db": nearest["psnr_db"]},
         })
     return {"axis": axis, "built_in_points": len(theirs), "dominated": len(theirs) - len(exceptions),
             "holds": bool(theirs) and bool(ours) and not exceptions, "exceptions": exceptions}
+
+
+def easycache_setting(point: dict[str, Any]) -> str:
+    """An EasyCache point's setting, naming the order when it is not the reference's: ``order 1, tau=0.05``."""
+    return point["setting"] if point["method"] == OURS[0] else f"order 1, {point['setting']}"
+
+
+def dominance_per_case(records: list[dict[str, Any]], axis: str) -> list[dict[str, Any]]:
+    """:func:`dominance` within each case (one prompt and seed) on its own: each record is its own point."""
+    cases: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        cases.setdefault(r["case"], []).append(r)
+    out = []
+    for case, rs in cases.items():
+        d = dominance(rs, axis)
+        out.append({"case": case, "prompt": rs[0]["prompt"], "seed": rs[0]["seed"], **d})
+    return out
 
 
 # --- aggregation -------------------------------------------------------------------------------------------

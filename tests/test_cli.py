@@ -352,5 +352,5 @@ def test_easycache_order_flag_reaches_the_settings_and_defaults_to_the_reference
     assert settings().easycache_order == 0
     assert settings("--easycache-order", "1").easycache_order == 1
     assert settings("--easycache-order", "0").easycache_order == 0
-    with pytest.raises(SystemExit):
+    with pytest.raises(cli.LightcacheError, match="--easycache-order: invalid choice: 2"):
         cli.build_parser().parse_args(["generate", "--out", "unused", "--easycache-order", "2"])

@@ -56,11 +56,14 @@ class Event:
 
 @dataclass
 class RunStarted(Event):
-    """A generation began; ``settings`` is the validated request as a plain dict."""
+    """A generation began; ``settings`` is the validated request as a plain dict. ``calls_per_step``: the denoiser
+    calls each step makes, as the family adapter counts them (None: not known), so that a consumer can act once a
+    step is complete without guessing the family's guidance pattern."""
 
     preset: str
     settings: dict[str, Any]
     device: str
+    calls_per_step: int | None = None
 
 
 @dataclass
@@ -102,6 +105,9 @@ class StepRecord(Event):
         compiling: torch.compile compiled code during this call (read from torch's own counters), so ``ms``
             includes compiling: a warm-up call, not the speed of the compiled model.
         compile_ms: of ``ms``, the time torch spent compiling (0 when ``compiling`` is False).
+        decides: this call made its step's decision (the ``cond`` call of Wan, the batched call of a UNet, the
+            ``pred_cond`` call of a guider); the step's other calls follow it. Consumers count steps and draw the
+            error curve from the deciding calls, whatever the branch is named.
     """
 
     step: int
@@ -118,6 +124,7 @@ class StepRecord(Event):
     denoiser: str = "transformer"
     compiling: bool = False
     compile_ms: float = 0.0
+    decides: bool = True
 
 
 @dataclass

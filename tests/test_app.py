@@ -720,7 +720,7 @@ def test_building_the_page_never_touches_cuda(monkeypatch, tmp_path):
 
 def test_every_example_is_something_the_tiny_model_was_trained_to_draw():
     from lightcache.app import texts
-    from lightcache.shapes import HELD_OUT, parse_prompt
+    from lightcache.tiny.shapes import HELD_OUT, parse_prompt
 
     for prompt, seed, tau in texts.EXAMPLES:
         spec = parse_prompt(prompt)

@@ -89,6 +89,9 @@ BAD_INPUTS = [
     (["--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "HF_HUB_OFFLINE"),
     (["--prompt", "   "], "prompt must not be empty"),
     (["--prompt", "a red circle " * 20], "tokens long; this model's text encoder takes at most 16"),
+    # The family's own fields are flags read from its adapter's declaration, validated the same way.
+    (["--flow-shift", "-1"], "flow_shift must be between 0.0 and 100.0, got -1.0"),
+    (["--guidance-scale-2", "31"], "guidance_scale_2 must be between 0.0 and 30.0, got 31.0"),
 ]
 
 
@@ -298,3 +301,12 @@ def test_an_offline_hub_id_prints_no_library_warning(tmp_path, capsys):
         assert main(["generate", "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "--out", str(tmp_path / "o")]) == 2
     _one_error_line(capsys, "HF_HUB_OFFLINE")
     assert not [w for w in caught if "local_dir_use_symlinks" in str(w.message)]
+
+
+def test_a_family_field_flag_reaches_the_run(tiny_model_dir, tmp_path, capsys):
+    """``--flow-shift`` exists because the Wan adapter declares flow_shift; the value is the run's, in its summary."""
+    assert "--flow-shift" in cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    out = tmp_path / "run"
+    assert _generate(tiny_model_dir, out, "--flow-shift", "7.5", "--steps", "3") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["flow_shift"] == 7.5 and summary["family"] == "wan"

@@ -35,7 +35,7 @@ DEFAULT_PRESET = "tiny"
 
 #: Token slices per layer when feature chunking is switched on and the preset names no number of its own
 #: (``defaults.chunk_ffn``): the widest intermediates shrink 8x, and slices stay long enough to keep a GPU busy
-#: at the Wan2.1 sizes (see :class:`lightcache.chunk.FeatureChunkConfig`).
+#: at the Wan2.1 sizes (see :class:`lightcache.techniques.chunk.FeatureChunkConfig`).
 FEATURE_CHUNKS = 8
 
 #: Upper end of the tau slider. Larger values are accepted through the API (tau may be any number >= 0).

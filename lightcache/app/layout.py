@@ -265,6 +265,12 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
             outputs.discard(out_dir)
 
 
+def _calls_per_step(events: list) -> int:
+    """The denoiser calls per step of this run, as its family adapter counted them (``RunStarted``), else 1."""
+    started = next((e for e in events if isinstance(e, RunStarted)), None)
+    return getattr(started, "calls_per_step", None) or 1
+
+
 def _present(job, updates, loading: bool, device: str, clock: Callable[[], float] = time.monotonic) -> Iterator[tuple]:
     """Turn a job's updates into output values: the trace as steps come in (at most every ``TRACE_REFRESH_S``),
     the timeline and stage table at stage boundaries, everything in full at the end. ``clock`` (seconds) paces the
@@ -276,7 +282,6 @@ def _present(job, updates, loading: bool, device: str, clock: Callable[[], float
     runs: dict[str, list] = {ACCELERATED: [], PLAIN: []}
     videos: dict[str, str | None] = {ACCELERATED: None, PLAIN: None}
     comparison = "" if job.compare else texts.COMPARE_HINT
-    calls_per_step = 2 if job.settings.guidance_scale > 1.0 else 1
     last_timeline = clock()
     last_trace = -math.inf  # the first step always shows
     skip = gr.skip
@@ -308,8 +313,8 @@ def _present(job, updates, loading: bool, device: str, clock: Callable[[], float
         events.append(event)
         if isinstance(event, StepRecord):
             calls = sum(isinstance(e, StepRecord) for e in events)
-            if calls % calls_per_step:
-                continue  # one update per step, once all its CFG branches are in
+            if calls % _calls_per_step(events):
+                continue  # one update per step, once all its calls (guidance branches) are in
             last_step = event.step == job.settings.steps - 1
             now = clock()
             if not last_step and now - last_trace < TRACE_REFRESH_S:

@@ -1,7 +1,10 @@
-"""Every Wan variant through the runner: parity with the pipeline's own call, EasyCache's rules over one or two
-experts, the memory strategies, the event stream, bad inputs, a stop inside the decode, and loading from disk.
+"""Every family through the runner, one row per model variant: parity with the pipeline's own call, EasyCache's
+rules, the memory strategies, the event stream, bad inputs, a stop inside the decode, and loading from disk.
 
-Each tiny variant is built once for the module (see ``pipes``); tests that change a pipeline build their own.
+A family adds its rows to :data:`ROWS` (its tiny builder, its call pattern, the pipeline's own call written out);
+the tests of sections 1, 2, 5, 6 and 8 run on every row. Wan's own behaviour (two experts, TI2V's image path, the
+memory strategies) has its Wan-only tests. Each tiny variant is built once for the module (see ``pipes``); tests
+that change a pipeline build their own.
 """
 
 from __future__ import annotations
@@ -16,15 +19,54 @@ from conftest import FLOAT_TOL
 
 from lightcache.errors import LightcacheError, RunCancelled
 from lightcache.events import FramesDecoded, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from lightcache.families import adapter_named
 from lightcache.runner import run_generation, run_to_completion
 from lightcache.settings import RunSettings
-from lightcache.tiny_variants import TINY_BOUNDARY_RATIO, build_tiny_variant, save_tiny_variant
+from lightcache.tiny.variants import TINY_BOUNDARY_RATIO, build_tiny_variant, save_tiny_variant
 
-VARIANTS = ("wan2.1-t2v", "wan2.1-i2v", "wan2.2-ti2v", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b")
-IMAGE_TO_VIDEO = ("wan2.1-i2v", "wan2.2-i2v-a14b")
-TWO_EXPERTS = ("wan2.2-t2v-a14b", "wan2.2-i2v-a14b")
-#: Variant name, or "wan2.2-ti2v+image": the TI2V model given a first frame (it runs as WanImageToVideoPipeline).
-CASES = (*VARIANTS, "wan2.2-ti2v+image")
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One model variant of one family, as the family-parametrised tests need it.
+
+    ``branches``: the branch names of one step's denoiser calls, in call order (the first decides);
+    ``image``: "none", "optional" or "required"; ``build(variant, seed)``: its tiny random pipeline;
+    ``plain``: the pipeline's own call for a request, written out in this file (not taken from the adapter).
+    """
+
+    variant: str
+    family: str
+    branches: tuple[str, ...]
+    image: str
+    build: object
+    plain: object
+    denoisers: tuple[str, ...] = ("transformer",)
+    pipeline: str = ""
+    size: int = 32
+
+
+def _wan_row(variant: str, image: str = "none", denoisers=("transformer",), size: int = 32) -> Row:
+    pipeline = "WanImageToVideoPipeline" if image == "required" else "WanPipeline"
+    return Row(variant, "wan", ("cond", "uncond"), image, build_tiny_variant, lambda *a: plain_video(*a),
+               denoisers, pipeline, size)
+
+
+#: Every family's rows. A new family adds its own here.
+ROWS = {r.variant: r for r in (
+    _wan_row("wan2.1-t2v"),
+    _wan_row("wan2.1-i2v", image="required"),
+    # The Wan2.2 VAE compresses 16x and the transformer patches 2x2: sizes are multiples of 32, 64 at least here.
+    _wan_row("wan2.2-ti2v", image="optional", size=64),
+    _wan_row("wan2.2-t2v-a14b", denoisers=("transformer", "transformer_2")),
+    _wan_row("wan2.2-i2v-a14b", image="required", denoisers=("transformer", "transformer_2")),
+)}
+VARIANTS = tuple(ROWS)
+WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
+IMAGE_TO_VIDEO = tuple(v for v, r in ROWS.items() if r.image == "required")
+TEXT_TO_VIDEO = tuple(v for v, r in ROWS.items() if r.image == "none")
+TWO_EXPERTS = tuple(v for v, r in ROWS.items() if len(r.denoisers) == 2)
+#: Variant name, or "<variant>+image": a variant that may take a first frame, given one.
+CASES = (*VARIANTS, *(f"{v}+image" for v, r in ROWS.items() if r.image == "optional"))
 
 CHUNK_TOL = 1e-5  # feature chunking reorders nothing but slices matmuls: fp32 rounding only
 DECODE_TOL = 1e-4  # sliced decoding: fp32 rounding of the convolutions (the tolerance decode.py documents)
@@ -40,7 +82,7 @@ class _Pipes:
 
     def __getitem__(self, variant: str):
         if variant not in self._built:
-            self._built[variant] = build_tiny_variant(variant, seed=0)
+            self._built[variant] = ROWS[variant].build(variant, seed=0)
         return self._built[variant]
 
     def plain(self, case: str, settings: RunSettings) -> np.ndarray:
@@ -48,7 +90,7 @@ class _Pipes:
         request = dataclasses.replace(settings, easycache=False, threshold=0.0, warmup=0, async_swap=False,
                                       chunk_ffn=None, sliced_decode=False, decode_slices=None)
         if (case, request) not in self._plain:
-            self._plain[case, request] = plain_video(self[_variant(case)], request, _image(case))
+            self._plain[case, request] = _row(case).plain(self[_variant(case)], request, _image(case))
         return self._plain[case, request]
 
 
@@ -61,9 +103,16 @@ def _variant(case: str) -> str:
     return case.removesuffix("+image")
 
 
+def _row(case: str) -> Row:
+    return ROWS[_variant(case)]
+
+
 def _size(case: str) -> int:
-    # The Wan2.2 VAE compresses 16x and the transformer patches 2x2: sizes are multiples of 32, 64 at least here.
-    return 64 if _variant(case) == "wan2.2-ti2v" else 32
+    return _row(case).size
+
+
+def _calls_per_step(case: str) -> int:
+    return len(_row(case).branches)
 
 
 def _image(case: str):
@@ -85,7 +134,10 @@ def _settings(case: str, **overrides) -> RunSettings:
     if _variant(case) in TWO_EXPERTS:
         values["guidance_scale_2"] = 3.0  # differs from guidance_scale, so passing it (or not) shows
     values.update(overrides)
-    return RunSettings(**values)
+    # The family's own fields (its adapter's declaration) go where RunSettings keeps them.
+    family = {f.name for f in adapter_named(_row(case).family).request_fields}
+    extra = {k: values.pop(k) for k in list(values) if k in family}
+    return RunSettings(**values, extra=extra)
 
 
 def plain_video(pipe, settings: RunSettings, image=None) -> np.ndarray:
@@ -96,8 +148,8 @@ def plain_video(pipe, settings: RunSettings, image=None) -> np.ndarray:
         guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(settings.seed),
         output_type="np", max_sequence_length=settings.max_sequence_length,
     )
-    if settings.guidance_scale_2 is not None:
-        kwargs["guidance_scale_2"] = settings.guidance_scale_2
+    if settings.extras.get("guidance_scale_2") is not None:
+        kwargs["guidance_scale_2"] = settings.extras["guidance_scale_2"]
     if image is not None:
         if type(pipe).__name__ != "WanImageToVideoPipeline":
             from diffusers import WanImageToVideoPipeline
@@ -119,8 +171,9 @@ def _records(events) -> list[StepRecord]:
 
 
 def _denoisers(pipe) -> dict[str, torch.nn.Module]:
-    return {name: getattr(pipe, name) for name in ("transformer", "transformer_2")
-            if getattr(pipe, name, None) is not None}
+    from lightcache.families import adapter_for
+
+    return adapter_for(pipe).denoisers(pipe)
 
 
 def _assert_pipeline_clean(pipe) -> None:
@@ -170,7 +223,8 @@ def test_runner_is_bit_identical_to_the_pipeline(pipes, case, easycache):
     assert finished.frames.dtype == np.float32
     assert np.array_equal(finished.frames, pipes.plain(case, settings))
     records = _records(events)
-    assert len(records) == 2 * settings.steps and all(r.computed for r in records)
+    assert len(records) == _calls_per_step(case) * settings.steps and all(r.computed for r in records)
+    assert events[0].calls_per_step == _calls_per_step(case)
 
 
 # --- 2. a high tau reuses, in both experts, and the experts switch where the pipeline says --------------------------
@@ -180,15 +234,18 @@ def test_high_tau_reuses_and_experts_switch_at_the_boundary(pipes, case):
     settings = _settings(case, steps=8, warmup=1, threshold=1e9)
     events, finished = _run(pipe, settings, image=_image(case))
     records = _records(events)
-    assert len(records) == 2 * settings.steps
+    n = _calls_per_step(case)
+    assert len(records) == n * settings.steps
     assert finished.summary["calls_reused"] > 0
-    assert [r.computed for r in records if r.step < settings.warmup] == [True] * 2 * settings.warmup
+    assert [r.computed for r in records if r.step < settings.warmup] == [True] * n * settings.warmup
     last = [r for r in records if r.step == settings.steps - 1]
-    assert len(last) == 2 and all(r.computed for r in last)
-    assert [r.reason for r in last if r.branch == "cond"] == ["last step"]
+    assert len(last) == n and all(r.computed for r in last)
+    assert [r.reason for r in last if r.decides] == ["last step"]
     # With tau this high every step between the second computed one (the first k) and the last is reused.
-    cond = [r for r in records if r.branch == "cond"]
+    cond = [r for r in records if r.decides]
+    assert [r.branch for r in cond] == [_row(case).branches[0]] * settings.steps
     assert [r.computed for r in cond] == [True, True] + [False] * (settings.steps - 3) + [True]
+    assert finished.summary["steps_reused"] == list(range(2, settings.steps - 1))
 
     timesteps = pipe.scheduler.timesteps
     if case in TWO_EXPERTS:
@@ -199,9 +256,10 @@ def test_high_tau_reuses_and_experts_switch_at_the_boundary(pipes, case):
             assert any(not r.computed for r in records if r.denoiser == name), f"{name} reused nothing"
         assert finished.summary["denoisers"] == ["transformer", "transformer_2"]
     else:
-        expected = ["transformer"] * settings.steps
+        expected = [_row(case).denoisers[0]] * settings.steps
     assert [r.denoiser for r in cond] == expected
-    assert [r.denoiser for r in records if r.branch == "uncond"] == expected
+    for follower in _row(case).branches[1:]:
+        assert [r.denoiser for r in records if r.branch == follower] == expected
 
 
 def test_a_boundary_ratio_setting_moves_the_switch():
@@ -297,7 +355,7 @@ def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pi
 
 
 # --- 4. memory strategies --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", VARIANTS)
+@pytest.mark.parametrize("case", WAN)
 def test_feature_chunking_matches_the_plain_run(pipes, case):
     pipe = pipes[_variant(case)]
     settings = _settings(case, easycache=False, chunk_ffn=2)
@@ -308,7 +366,7 @@ def test_feature_chunking_matches_the_plain_run(pipes, case):
     assert np.abs(finished.frames - plain).max() <= CHUNK_TOL
 
 
-@pytest.mark.parametrize("case", VARIANTS)
+@pytest.mark.parametrize("case", WAN)
 def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
     pipe = pipes[case]
     # Two bands need room: the Wan2.2 VAE's 16x compression leaves a 64-pixel frame 4 latent columns wide, too few.
@@ -330,7 +388,7 @@ def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
     assert np.abs(finished.frames - plain).max() <= DECODE_TOL
 
 
-@pytest.mark.parametrize("case", VARIANTS)
+@pytest.mark.parametrize("case", WAN)
 def test_async_swap_is_a_noted_no_op_on_cpu(pipes, case):
     pipe = pipes[case]
     settings = _settings(case, easycache=False, async_swap=True)
@@ -359,8 +417,10 @@ def test_event_stream_of_each_variant(pipes, case):
     assert marks == [(kind, stage) for stage in stages for kind in ("StageStarted", "StageFinished")]
 
     records = _records(events)
-    assert len(records) == len(recorder.calls) == 2 * settings.steps
-    assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(settings.steps) for b in ("cond", "uncond")]
+    branches = _row(case).branches
+    assert len(records) == len(recorder.calls) == len(branches) * settings.steps
+    assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(settings.steps) for b in branches]
+    assert [r.decides for r in records] == [b == branches[0] for _ in range(settings.steps) for b in branches]
     assert [r.denoiser for r in records] == [name for name, _, _ in recorder.calls]
     starts = {e.stage: i for i, e in enumerate(events) if isinstance(e, StageStarted)}
     ends = {e.stage: i for i, e in enumerate(events) if isinstance(e, StageFinished)}
@@ -370,11 +430,13 @@ def test_event_stream_of_each_variant(pipes, case):
     assert sum(len(e.frames) for e in decoded) == settings.frames
     assert finished.frames.shape == (settings.frames, settings.height, settings.width, 3)
     s = finished.summary
-    experts = ["transformer", "transformer_2"] if _variant(case) in TWO_EXPERTS else ["transformer"]
+    experts = list(_row(case).denoisers)
     assert s["denoisers"] == experts
     assert list(s["calls_by_denoiser"]) == experts
     assert sum(s["calls_by_denoiser"].values()) == len(records)
-    assert s["pipeline"] == ("WanImageToVideoPipeline" if takes_image else "WanPipeline")
+    assert s["family"] == _row(case).family
+    if _row(case).family == "wan":
+        assert s["pipeline"] == ("WanImageToVideoPipeline" if takes_image else "WanPipeline")
     assert list(s["stages"]) == stages
 
 
@@ -387,12 +449,12 @@ def test_image_to_video_without_an_image_is_refused(pipes, case):
     _assert_pipeline_clean(pipe)
 
 
-@pytest.mark.parametrize("case", ["wan2.1-t2v", "wan2.2-t2v-a14b"])
+@pytest.mark.parametrize("case", TEXT_TO_VIDEO)
 def test_text_to_video_with_an_image_is_refused(pipes, case):
     from PIL import Image
 
     pipe = pipes[case]
-    with pytest.raises(LightcacheError, match=r"text-to-video.*image"):
+    with pytest.raises(LightcacheError, match=r"(text-to-video|takes no image)"):
         _run(pipe, _settings(case), image=Image.new("RGB", (32, 32), "red"))
     _assert_pipeline_clean(pipe)
 
@@ -429,7 +491,7 @@ def test_ti2v_with_an_image_honours_the_flow_shift():
 def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
     from lightcache.families import adapter_for
 
-    pipe = build_tiny_variant(case)  # a run that is stopped must leave nothing behind: use a pipeline of its own
+    pipe = _row(case).build(case, seed=0)  # a run that is stopped must leave nothing behind: a pipeline of its own
     if sliced and adapter_for(pipe).sliced_decode_unsupported(pipe):
         pytest.skip("sliced decoding is refused for this VAE (covered by the sliced-decoding test)")
     wider = {"width": 160} if sliced and case == "wan2.2-ti2v" else {}
@@ -451,17 +513,18 @@ def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
     assert cancel.is_set()
     assert any(isinstance(e, StageStarted) and e.stage == "decode" for e in seen)
     assert not any(isinstance(e, (FramesDecoded, RunFinished)) for e in seen)
-    assert len(_records(seen)) == 2 * settings.steps
+    assert len(_records(seen)) == _calls_per_step(case) * settings.steps
     _assert_pipeline_clean(pipe)
 
     plain = _settings(case, steps=3, **wider)
-    after = plain_video(pipe, plain, image)
+    after = _row(case).plain(pipe, plain, image)
     # A fresh pipeline with the same weights: within FLOAT_TOL, not bit for bit.
-    np.testing.assert_allclose(after, plain_video(build_tiny_variant(case), plain, image), rtol=0, atol=FLOAT_TOL)
+    fresh = _row(case).plain(_row(case).build(case, seed=0), plain, image)
+    np.testing.assert_allclose(after, fresh, rtol=0, atol=FLOAT_TOL)
 
 
 # --- 8. loading from disk --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", VARIANTS)
+@pytest.mark.parametrize("case", WAN)
 def test_a_saved_variant_loads_and_runs(pipes, case, tmp_path):
     from diffusers import DiffusionPipeline
 

@@ -1,0 +1,1 @@
+"""AnimateDiff (``AnimateDiffPipeline``): a Stable Diffusion UNet with a motion adapter's temporal layers, DDIM."""

@@ -1,0 +1,1 @@
+"""HunyuanVideo (``HunyuanVideoPipeline``): a Llama and a CLIP text encoder, embedded guidance."""

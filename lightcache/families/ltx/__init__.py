@@ -1,0 +1,1 @@
+"""LTX-Video (``LTXPipeline``, ``LTXImageToVideoPipeline``): packed latent tokens, one batched call per step."""

@@ -1,0 +1,1 @@
+"""Stable Video Diffusion (``StableVideoDiffusionPipeline``): image-to-video with a spatio-temporal UNet, no prompt."""

@@ -37,10 +37,8 @@ _DTYPES = ("float32", "float16", "bfloat16")
 _IMAGE_INPUTS = ("none", "optional", "required")
 #: What every preset's ``defaults`` holds; a family's own fields (its adapter's ``request_fields``, e.g. Wan's
 #: ``flow_shift``) are checked against that declaration, and the prompts only where the model takes one.
-_REQUIRED_DEFAULTS = (
-    "height", "width", "frames", "steps", "guidance_scale", "threshold", "warmup", "fps", "max_sequence_length",
-)
-_PROMPT_DEFAULTS = ("prompt", "negative_prompt")
+_REQUIRED_DEFAULTS = ("height", "width", "frames", "steps", "guidance_scale", "threshold", "warmup", "fps")
+_PROMPT_DEFAULTS = {"prompt": str, "negative_prompt": str, "max_sequence_length": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,8 @@ class Preset:
     #: The family's own request fields (its adapter's declaration) and whether its model takes a prompt.
     request_fields: tuple = ()
     takes_prompt: bool = True
+    #: Settings the family refuses, and why (its adapter's ``refused_strategies``), checked before anything loads.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def takes_image(self) -> bool:
@@ -190,8 +190,8 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
         raise LightcacheError(f"Preset {path.name}: field 'family' names a model family not supported yet "
                               f"({', '.join(sorted(_family_names()))}).") from None
     if adapter.takes_prompt:
-        for key in _PROMPT_DEFAULTS:
-            need(key, str, defaults, "defaults.")
+        for key, kind in _PROMPT_DEFAULTS.items():
+            need(key, kind, defaults, "defaults.")
     for declared in adapter.request_fields:
         if not declared.optional:
             need(declared.name, (int, float), defaults, "defaults.")
@@ -210,7 +210,7 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
         vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits,
         lowercase_prompts=lowercase, pipeline=pipeline, image_input=image_input,
         component_dtypes=dict(component_dtypes), path=path, request_fields=tuple(adapter.request_fields),
-        takes_prompt=adapter.takes_prompt,
+        takes_prompt=adapter.takes_prompt, refused=adapter.refused_strategies(),
     )
     # The defaults must themselves be a valid request, or every run that keeps them would fail.
     from .settings import RunSettings

@@ -40,6 +40,8 @@ class Preset(Protocol):
     #: The family's own fields (its adapter's declaration) and whether the model takes a prompt.
     request_fields: Sequence[RequestField]
     takes_prompt: bool
+    #: Settings the family refuses whatever the checkpoint (``{"chunk_ffn": why}``).
+    refused: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,10 @@ class RunSettings:
             _check_int("chunk_ffn", self.chunk_ffn, 1, 1_000_000)
         if not isinstance(self.compile, bool):
             raise LightcacheError(f"compile must be true or false, got {self.compile!r}.")
+        refused = getattr(preset, "refused", {})
+        for name, asked in (("chunk_ffn", self.chunk_ffn is not None), ("sliced_decode", self.sliced_decode)):
+            if asked and name in refused:
+                raise LightcacheError(f"{name}: {refused[name]}")
         if self.decode_slices is not None:
             _check_int("decode_slices", self.decode_slices, 1, 256)
             if not self.sliced_decode:

@@ -10,7 +10,9 @@ that change a pipeline build their own.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,12 +45,71 @@ class Row:
     denoisers: tuple[str, ...] = ("transformer",)
     pipeline: str = ""
     size: int = 32
+    #: Request settings this row always runs with (a family field, a negative prompt that turns on true CFG...).
+    settings: tuple[tuple[str, object], ...] = ()
 
 
 def _wan_row(variant: str, image: str = "none", denoisers=("transformer",), size: int = 32) -> Row:
     pipeline = "WanImageToVideoPipeline" if image == "required" else "WanPipeline"
     return Row(variant, "wan", ("cond", "uncond"), image, build_tiny_variant, lambda *a: plain_video(*a),
                denoisers, pipeline, size)
+
+
+def _hunyuan_build(variant: str, seed: int = 0):
+    from lightcache.families.hunyuan_video.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _hunyuan_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """HunyuanVideoPipeline's own call for the same request, written out here."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    if settings.extras.get("true_cfg_scale") is not None:
+        kwargs["true_cfg_scale"] = settings.extras["true_cfg_scale"]
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+def _hunyuan_row(variant: str, branches=("cond",), settings=()) -> Row:
+    return Row(variant, "hunyuan_video", branches, "none", _hunyuan_build, _hunyuan_plain,
+               pipeline="HunyuanVideoPipeline", settings=settings)
+
+
+def _svd_build(variant: str, seed: int = 0):
+    from lightcache.families.svd.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _svd_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """StableVideoDiffusionPipeline's own call for the same request, written out here."""
+    kwargs = dict(height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, max_guidance_scale=settings.guidance_scale, fps=settings.fps,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+    kwargs.update({k: v for k, v in settings.extras.items() if v is not None})
+    return np.asarray(pipe(image, **kwargs).frames[0], dtype=np.float32)
+
+
+def _animatediff_build(variant: str, seed: int = 0):
+    from lightcache.families.animatediff.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _animatediff_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """AnimateDiffPipeline's own call for the same request, written out here."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
 #: Every family's rows. A new family adds its own here.
@@ -59,6 +120,17 @@ ROWS = {r.variant: r for r in (
     _wan_row("wan2.2-ti2v", image="optional", size=64),
     _wan_row("wan2.2-t2v-a14b", denoisers=("transformer", "transformer_2")),
     _wan_row("wan2.2-i2v-a14b", image="required", denoisers=("transformer", "transformer_2")),
+    # Embedded guidance: one call per step. True CFG (with a negative prompt) adds the uncond call.
+    _hunyuan_row("hunyuanvideo"),
+    _hunyuan_row("hunyuanvideo-true-cfg", ("cond", "uncond"),
+                 (("true_cfg_scale", 4.0), ("negative_prompt", "a blue square"))),
+    # A UNet over (B, F, C, H, W) latents, guidance batched into one call per step; an image and no prompt.
+    Row("svd", "svd", ("cond",), "required", _svd_build, _svd_plain, denoisers=("unet",),
+        pipeline="StableVideoDiffusionPipeline",
+        settings=(("prompt", ""), ("frames", 4), ("decode_chunk_size", 4), ("min_guidance_scale", 1.0))),
+    # A Stable Diffusion UNet with a motion adapter, guidance batched, DDIM (no step_index: steps are counted).
+    Row("animatediff", "animatediff", ("cond",), "none", _animatediff_build, _animatediff_plain, denoisers=("unet",),
+        pipeline="AnimateDiffPipeline", settings=(("frames", 4),)),
 )}
 VARIANTS = tuple(ROWS)
 WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
@@ -103,6 +175,10 @@ def _variant(case: str) -> str:
     return case.removesuffix("+image")
 
 
+def _build(case: str, seed: int = 0):
+    return _row(case).build(_variant(case), seed=seed)
+
+
 def _row(case: str) -> Row:
     return ROWS[_variant(case)]
 
@@ -133,6 +209,7 @@ def _settings(case: str, **overrides) -> RunSettings:
                   guidance_scale=5.0, warmup=1, threshold=0.05, max_sequence_length=16)
     if _variant(case) in TWO_EXPERTS:
         values["guidance_scale_2"] = 3.0  # differs from guidance_scale, so passing it (or not) shows
+    values.update(dict(_row(case).settings))
     values.update(overrides)
     # The family's own fields (its adapter's declaration) go where RunSettings keeps them.
     family = {f.name for f in adapter_named(_row(case).family).request_fields}
@@ -184,8 +261,11 @@ def _assert_pipeline_clean(pipe) -> None:
             assert registry is None or not registry.hooks, f"hooks left on {name}.{sub_name}: {list(registry.hooks)}"
     for attribute in ("encode", "decode"):
         assert attribute not in pipe.vae.__dict__, f"vae.{attribute} is still wrapped"
-    for module in [pipe.vae.decoder, *pipe.vae.decoder.children(), pipe.text_encoder,
-                   *([pipe.image_encoder] if getattr(pipe, "image_encoder", None) is not None else [])]:
+    from lightcache.families import adapter_for
+
+    adapter = adapter_for(pipe)
+    encoders = [*adapter.text_encoders(pipe).values(), *adapter.image_encoders(pipe).values()]
+    for module in [pipe.vae.decoder, *pipe.vae.decoder.children(), *encoders]:
         assert not module._forward_pre_hooks and not module._forward_hooks
     assert getattr(pipe, "_lightcache_acceleration", None) is None
 
@@ -412,7 +492,10 @@ def test_event_stream_of_each_variant(pipes, case):
         recorder.remove()
     assert isinstance(events[0], RunStarted)
     takes_image = _image(case) is not None
-    stages = ["encode", *(["encode_image"] if takes_image else []), "denoise", "decode"]
+    from lightcache.families import adapter_for
+
+    encodes = bool(adapter_for(pipe).text_encoders(pipe))
+    stages = [*(["encode"] if encodes else []), *(["encode_image"] if takes_image else []), "denoise", "decode"]
     marks = [(type(e).__name__, e.stage) for e in events if isinstance(e, (StageStarted, StageFinished))]
     assert marks == [(kind, stage) for stage in stages for kind in ("StageStarted", "StageFinished")]
 
@@ -545,3 +628,253 @@ def test_a_saved_variant_loads_and_runs(pipes, case, tmp_path):
     # Same weights as the pipeline built in memory, so the same accelerated video, within FLOAT_TOL.
     _events, same = _run(built, settings, image=_image(case))
     np.testing.assert_allclose(finished.frames, same.frames, rtol=0, atol=FLOAT_TOL)
+
+
+# --- 9. HunyuanVideo: EasyCache4HunyuanVideo's rules, transcribed independently ------------------------------------
+def reference_easycache_hunyuan(calls, num_steps: int, ret_steps: int, thresh: float):
+    """The rules of EasyCache4HunyuanVideo's transformer forward, written out from the reference's description: one
+    transformer call per step (embedded guidance), counted by ``cnt``.
+
+    Forced (computed, error reset to 0) while ``cnt < ret_steps`` and at ``cnt >= num_steps - 1``. Otherwise, once a
+    previous input and a previous output exist and ``k`` is known: ``pred_change = k * mean|x - previous input| /
+    mean|previous output|`` is added to the error, and the call reuses while the error stays under ``thresh``
+    (computing resets it); without ``k`` it computes. The previous input is remembered on every call. A reused call
+    returns ``x + cache``; a computed one sets ``cache = output - x`` and, when an earlier computed call exists,
+    ``k = mean|output - previous output| / mean|x - input of the previous computed call|``.
+    Returns, per call, (computed, pred_change or None, expected output if reused else None).
+    """
+    assert len(calls) == num_steps
+    cnt, error = 0, 0.0
+    previous_input = previous_output = computed_input = k = cache = None
+    out = []
+    for _name, x, output in calls:
+        change = None
+        if cnt < ret_steps or cnt >= num_steps - 1:
+            calc, error = True, 0.0
+        elif previous_input is not None and previous_output is not None and k is not None:
+            change = k * _mean_abs(x - previous_input) / _mean_abs(previous_output)
+            error += change
+            calc = error >= thresh
+            if calc:
+                error = 0.0
+        else:
+            calc = True
+        previous_input = x
+        if not calc and cache is not None:
+            out.append((False, change, x + cache))
+        else:
+            cache = output - x
+            if previous_output is not None and computed_input is not None:
+                k = _mean_abs(output - previous_output) / _mean_abs(x - computed_input)
+            computed_input, previous_output = x, output
+            out.append((True, change, None))
+        cnt += 1
+    return out
+
+
+def test_hunyuanvideo_follows_an_independent_transcription_of_the_reference(pipes):
+    """The ``hunyuanvideo`` preset's reference settings are warm-up 5 and the last step computed; replayed on a
+    tiny run (14 steps, tau 0.1 so that both outcomes occur), every decision, error estimate and reused output is
+    the reference's."""
+    pipe = pipes["hunyuanvideo"]
+    settings = _settings("hunyuanvideo", steps=14, warmup=5, threshold=0.1)
+    recorder = _CallRecorder(pipe)
+    try:
+        events, _finished = _run(pipe, settings)
+    finally:
+        recorder.remove()
+    records = _records(events)
+    expected = reference_easycache_hunyuan(recorder.calls, settings.steps, settings.warmup, settings.threshold)
+    assert [(r.step, r.branch) for r in records] == [(s, "cond") for s in range(settings.steps)]
+    assert [r.computed for r in records] == [c for c, _, _ in expected]
+    assert {"E < tau", "E >= tau"} <= {r.reason for r in records}
+    assert [r.reason for r in records[:5]] == ["warm-up"] * 5 and records[-1].reason == "last step"
+    for record, (_c, change, _) in zip(records, expected):
+        assert (record.eps is None) == (change is None)
+        if change is not None:
+            assert record.eps == pytest.approx(change, rel=1e-4)
+    for (_name, _x, output), (computed, _, reused) in zip(recorder.calls, expected):
+        if not computed:
+            torch.testing.assert_close(output, reused, rtol=0, atol=1e-6)
+
+
+def test_the_hunyuanvideo_preset_carries_the_reference_settings():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("hunyuanvideo")
+    d = preset.defaults
+    assert (preset.family, preset.pipeline, preset.image_input) == ("hunyuan_video", "HunyuanVideoPipeline", "none")
+    assert (d["height"], d["width"], d["frames"], d["steps"]) == (720, 1280, 129, 50)
+    assert (d["threshold"], d["warmup"]) == (0.025, 5)
+    assert preset.model == "hunyuanvideo-community/HunyuanVideo"
+
+
+# --- 10. what every family's adapter must cover ------------------------------------------------------------------
+@pytest.mark.parametrize("case", VARIANTS)
+def test_the_adapter_names_every_module_the_pipeline_calls(pipes, case):
+    """Swapping parks and the observer watches what the adapter names: a module of the pipeline it does not name
+    would stay on the GPU by omission."""
+    from lightcache.families import adapter_for
+
+    pipe = pipes[case]
+    adapter = adapter_for(pipe)
+    named = {*adapter.denoisers(pipe), *adapter.text_encoders(pipe), *adapter.image_encoders(pipe),
+             *adapter.idle_modules(pipe), *(["vae"] if adapter.vae(pipe) is not None else [])}
+    modules = {name for name, value in pipe.components.items() if isinstance(value, torch.nn.Module)}
+    assert modules == named
+
+
+@pytest.mark.parametrize("case", [v for v, r in ROWS.items() if r.family != "wan"])
+@pytest.mark.parametrize("strategy, flag", [("chunk_ffn", 2), ("sliced_decode", True)])
+def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case, strategy, flag):
+    pipe = pipes[case]
+    with pytest.raises(LightcacheError, match=r"no implementation for the \w+ family yet.*turn it off"):
+        _run(pipe, _settings(case, **{strategy: flag}), image=_image(case))
+    _assert_pipeline_clean(pipe)
+
+
+# --- 11. each non-Wan preset through the CLI and the app's handler, on a saved tiny checkpoint ---------------------
+#: Preset -> the row whose tiny pipeline stands in for its model.
+PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd"}
+#: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
+SMALL_REQUESTS = {
+    "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1),
+    "svd-xt": dict(steps=3, frames=4, height=64, width=64, warmup=1, decode_chunk_size=4),
+}
+
+
+def _image_file(folder: Path) -> Path:
+    from PIL import Image
+
+    path = folder / "first-frame.png"
+    Image.fromarray(np.linspace(0, 255, 64 * 64 * 3).astype(np.uint8).reshape(64, 64, 3), "RGB").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    saved = {}
+
+    def saved_model(preset: str):
+        if preset not in saved:
+            path = tmp_path_factory.mktemp(preset)
+            ROWS[PRESET_ROWS[preset]].build(PRESET_ROWS[preset], seed=0).save_pretrained(path)
+            saved[preset] = path
+        return saved[preset]
+
+    return saved_model
+
+
+@pytest.mark.parametrize("preset", PRESET_ROWS)
+def test_each_preset_runs_through_the_cli_on_a_local_checkpoint(preset, saved_models, tmp_path):
+    import json
+
+    from lightcache.cli import main
+
+    out = tmp_path / "run"
+    request = SMALL_REQUESTS[preset]
+    args = ["generate", "--preset", preset, "--model", str(saved_models(preset)), "--device", "cpu", "--quiet",
+            "--out", str(out), *[f"--{k.replace('_', '-')}={v}" for k, v in request.items()], "--threshold", "0.5"]
+    if ROWS[PRESET_ROWS[preset]].image == "required":
+        args += ["--image", str(_image_file(tmp_path))]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"] == preset and summary["family"] == ROWS[PRESET_ROWS[preset]].family
+    assert summary["calls_computed"] + summary["calls_reused"] == request["steps"] * len(
+        ROWS[PRESET_ROWS[preset]].branches)
+    assert (out / "video.mp4").stat().st_size > 0
+
+
+class _Lend:
+    """A pipeline cache stand-in that lends one pipeline, on a GPU as far as the form can tell (GPU presets are
+    refused on a CPU before anything loads; the tiny checkpoint itself runs wherever it is)."""
+
+    device, loaded = "cuda", None
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def holds(self, preset):
+        return True
+
+    def use(self, preset):
+        import contextlib
+
+        return contextlib.nullcontext(self.pipe)
+
+
+@pytest.mark.parametrize("preset", PRESET_ROWS)
+def test_each_preset_runs_through_the_apps_handler(preset, pipes, tmp_path):
+    from lightcache.app import layout
+    from lightcache.app.form import initial_values
+    from lightcache.app.jobs import Session
+    from lightcache.app.outputs import OutputDirs
+
+    from gradio.utils import get_upload_folder
+
+    request = {k: v for k, v in SMALL_REQUESTS[preset].items() if k in ("steps", "frames", "height", "width", "warmup")}
+    raw = initial_values(preset, dict(request, tau=0.5))
+    upload = None
+    if ROWS[PRESET_ROWS[preset]].image == "required":
+        # The app reads images only from Gradio's upload folder, as its upload route stores them.
+        folder = Path(get_upload_folder()) / f"lightcache-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        upload = _image_file(folder)
+        raw["image"] = {"path": str(upload), "meta": {"_type": "gradio.FileData"}}
+    try:
+        outputs = list(layout.run_job(_Lend(pipes[PRESET_ROWS[preset]]), OutputDirs(tmp_path), raw, Session()))
+    finally:
+        if upload is not None:
+            upload.unlink()
+            upload.parent.rmdir()
+    assert outputs[-1][0].startswith("**Done.**")
+
+
+@pytest.mark.parametrize("preset", [p for p, row in PRESET_ROWS.items() if ROWS[row].image == "none"])
+def test_a_text_to_video_preset_refuses_an_image_before_anything_loads(preset, saved_models, tmp_path, capsys):
+    from PIL import Image
+
+    from lightcache.cli import main
+
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    out = tmp_path / "run"
+    assert main(["generate", "--preset", preset, "--model", str(tmp_path / "nothing-here"), "--device", "cpu",
+                 "--image", str(image), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "image" in err and "does not exist" not in err
+    assert not out.exists()
+
+
+# --- 12. Stable Video Diffusion: no prompt, an image ---------------------------------------------------------------
+def test_a_prompt_given_to_svd_is_refused(pipes):
+    pipe = pipes["svd"]
+    with pytest.raises(LightcacheError, match="takes no prompt"):
+        _run(pipe, _settings("svd", prompt="a red circle moving right"), image=_image("svd"))
+    _assert_pipeline_clean(pipe)
+
+
+def test_the_svd_preset_takes_no_prompt_and_needs_an_image():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("svd-xt")
+    assert not preset.takes_prompt and preset.image_input == "required"
+    d = preset.defaults
+    assert (d["height"], d["width"], d["frames"]) == (576, 1024, 25) and "not tuned" in preset.description
+    with pytest.raises(LightcacheError, match="takes no prompt"):
+        RunSettings.from_preset(preset, prompt="a cat")
+    assert RunSettings.from_preset(preset).prompt == ""
+
+
+# --- 13. AnimateDiff: DDIM keeps no step index ---------------------------------------------------------------------
+def test_animatediff_steps_are_counted_under_ddim_and_the_motion_adapter_is_an_idle_module(pipes):
+    """DDIM has no ``step_index``: before the locator counted steps, every call read as step 0, EasyCache never left
+    its warm-up and nothing was reused, in silence."""
+    from lightcache.families import adapter_for
+
+    pipe = pipes["animatediff"]
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and not hasattr(pipe.scheduler, "step_index")
+    events, finished = _run(pipe, _settings("animatediff", steps=6, warmup=1, threshold=1e9))
+    assert [r.step for r in _records(events)] == list(range(6))
+    assert finished.summary["steps_reused"] == [2, 3, 4]
+    assert list(adapter_for(pipe).idle_modules(pipe)) == ["motion_adapter"]

@@ -97,8 +97,8 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
     d = preset.defaults
     values = {
         "preset": preset.name,
-        "prompt": d["prompt"],
-        "negative_prompt": d["negative_prompt"],
+        "prompt": d.get("prompt", ""),
+        "negative_prompt": d.get("negative_prompt", ""),
         "seed": int(d.get("seed", 0)),
         "steps": int(d["steps"]),
         "frames": int(d["frames"]),

@@ -106,13 +106,15 @@ def build_demo(
                 preset_dd = gr.Dropdown(
                     preset_choices(presets), value=start["preset"], label=FIELDS["preset"], info=preset.description,
                 )
-                prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4)
+                prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4,
+                                    visible=preset.takes_prompt)
                 # Shown for image-to-video presets only; its value reaches the handler as Gradio's reference to an
                 # uploaded file, which form.parse_image reads only from Gradio's upload folder.
                 image = gr.Image(None, label=FIELDS["image"], type="filepath", sources=["upload", "clipboard"],
                                  visible=preset.takes_image, height=160, elem_id="image")
                 negative = gr.Textbox(start["negative_prompt"], label=FIELDS["negative_prompt"], lines=1,
-                                      max_lines=4, placeholder="what the video should not show (optional)")
+                                      max_lines=4, placeholder="what the video should not show (optional)",
+                                      visible=preset.takes_prompt)
                 with gr.Row():
                     seed = gr.Number(start["seed"], label=FIELDS["seed"], precision=0, minimum=None)
                     steps = gr.Slider(value=start["steps"], label=FIELDS["steps"], **bounds["steps"])
@@ -375,11 +377,13 @@ def preset_updates(name: str, device: str) -> tuple:
     if preset.requires_gpu and not str(device).startswith("cuda"):
         info = f"Needs a CUDA GPU; this machine has none, so Run will refuse it. {info}"
         gr.Warning(f"'{preset.name}' needs a CUDA GPU and this machine has none.")
+    # Only the controls the preset's family takes: no prompt boxes for a model without a prompt (SVD), the image
+    # box for image-to-video.
     return (
         gr.update(info=info),
-        values["prompt"],
+        gr.update(value=values["prompt"], visible=preset.takes_prompt),
         gr.update(visible=preset.takes_image, value=None,
                   label=FIELDS["image"] + (" (optional)" if preset.image_input == "optional" else "")),
-        values["negative_prompt"],
+        gr.update(value=values["negative_prompt"], visible=preset.takes_prompt),
         *(gr.update(value=values[k], **bounds[k]) for k in ("steps", "frames", "height", "width", "tau", "warmup")),
     )

@@ -51,6 +51,9 @@ class FamilyAdapter:
     denoiser_names: ClassVar[tuple[str, ...]] = ("transformer",)
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
     image_encoder_names: ClassVar[tuple[str, ...]] = ("image_encoder",)
+    #: Modules the pipeline holds that no stage of a run calls (AnimateDiff's motion adapter, whose weights its
+    #: pipeline copies into the UNet): swapping parks them for the whole run, so nothing stays on the GPU by omission.
+    idle_module_names: ClassVar[tuple[str, ...]] = ()
     #: The layout of the denoiser's latent input, one of :data:`LATENT_LAYOUTS`. EasyCache reads the noisy latent
     #: on its channel axis; a layout that does not fit the model is a clear error at the first call.
     latent_layout: ClassVar[str] = "BCFHW"
@@ -81,6 +84,9 @@ class FamilyAdapter:
     def image_encoders(self, pipe) -> dict[str, torch.nn.Module]:
         return _present(pipe, self.image_encoder_names)
 
+    def idle_modules(self, pipe) -> dict[str, torch.nn.Module]:
+        return _present(pipe, self.idle_module_names)
+
     def vae(self, pipe) -> torch.nn.Module | None:
         import torch
 
@@ -103,7 +109,10 @@ class FamilyAdapter:
         return False
 
     def pipeline_for(self, pipe, image: Any):
-        """The pipeline to call for this request: ``pipe`` itself, or a view of it that takes the image."""
+        """The pipeline to call for this request: ``pipe`` itself, or a view of it that takes the image. An image
+        given to a pipeline that takes none is refused."""
+        if image is not None and not self.takes_image(pipe):
+            raise LightcacheError(f"This {type(pipe).__name__} is text-to-video only; it takes no image.")
         return pipe
 
     def prepare(self, pipe, settings) -> None:
@@ -162,13 +171,27 @@ class FamilyAdapter:
         None where the family has none."""
         return None
 
+    def refused_strategies(self) -> dict[str, str]:
+        """The settings this family refuses whatever the checkpoint, and why (``{"chunk_ffn": reason}``): known
+        before anything loads, so a request asking for them is refused with the other bad inputs. A family that
+        gives no chunked forwards or no band decoder refuses feature chunking or sliced decoding."""
+        family = self.name or type(self).__name__
+        refused = {}
+        if type(self).chunked_forwards is FamilyAdapter.chunked_forwards:
+            refused["chunk_ffn"] = (f"Feature chunking has no implementation for the {family} family yet (its "
+                                    "transformer blocks have no chunked forward); turn it off.")
+        if type(self).band_decoder is FamilyAdapter.band_decoder:
+            refused["sliced_decode"] = (f"Sliced decoding has no implementation for the {family} family yet (its "
+                                        "VAE has no exact band decoder); turn it off.")
+        return refused
+
     def chunking_unsupported(self, pipe) -> str | None:
         """Why feature chunking cannot run on this pipeline's denoisers, or None when it can."""
         for module in self.denoisers(pipe).values():
             forwards = self.chunked_forwards(module)
             if forwards is None:
-                return (f"Feature chunking has no implementation for the {self.name or type(pipe).__name__} family "
-                        "yet; turn it off.")
+                return self.refused_strategies().get("chunk_ffn") or (
+                    f"Feature chunking has no implementation for {type(module).__name__}; turn it off.")
             try:
                 forwards.check(module)
             except LightcacheError as exc:
@@ -188,8 +211,8 @@ class FamilyAdapter:
         vae = self.vae(pipe)
         decoder = self.band_decoder(vae) if vae is not None else None
         if decoder is None:
-            return (f"Sliced decoding has no implementation for the {self.name or type(pipe).__name__} family yet; "
-                    "turn it off.")
+            return self.refused_strategies().get("sliced_decode") or (
+                f"Sliced decoding has no implementation for {type(vae).__name__}; turn it off.")
         try:
             decoder.check(vae)
         except LightcacheError as exc:

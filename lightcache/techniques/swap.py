@@ -169,7 +169,9 @@ class AsyncSwap:
             names += [*self.adapter.text_encoders(self.pipe), *self.adapter.image_encoders(self.pipe)]
         if self.config.vae and self.adapter.vae(self.pipe) is not None:
             names.append("vae")
-        return names
+        # Modules the pipeline holds but no stage calls (AnimateDiff's motion adapter, copied into its UNet): no
+        # stage asks for them, so they wait on the host for the whole run.
+        return names + [name for name in self.adapter.idle_modules(self.pipe) if name not in names]
 
     def _start(self) -> None:
         if not self.active:

@@ -1,4 +1,4 @@
-"""Model presets: one JSON file per model in ``lightcache/data/presets/``, validated on load, turned into a pipeline.
+"""Model presets: one JSON file per model in ``presets/``, validated on load, turned into a pipeline.
 
 A preset names the model (a local directory or a Hugging Face Hub id), its family and diffusers pipeline class,
 whether it takes an image, the dtypes, the model's reference generation settings and the limits a request must
@@ -27,15 +27,18 @@ from .errors import LightcacheError
 #: The directory that holds the ``lightcache`` package: the source tree, or ``site-packages`` when it is installed.
 #: Paths in presets (the tiny model's ``lightcache/data/tiny-wan``) are relative to it, so they resolve either way.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: The shipped presets: package data, so an installed wheel has them too.
-PRESET_DIR = Path(__file__).resolve().parent / "data" / "presets"
+#: Where the shipped presets are: the project's top-level ``presets/`` in a checkout. The wheel ships the same files
+#: as the package ``lightcache._presets`` (pyproject.toml maps the folder there), which is where an installed
+#: lightcache finds them.
+PRESET_DIR = next((d for d in (Path(__file__).resolve().parent / "_presets", PROJECT_ROOT / "presets") if d.is_dir()),
+                  PROJECT_ROOT / "presets")
 
 _DTYPES = ("float32", "float16", "bfloat16")
 _IMAGE_INPUTS = ("none", "optional", "required")
-_REQUIRED_DEFAULTS = (
-    "prompt", "negative_prompt", "height", "width", "frames", "steps", "guidance_scale", "flow_shift",
-    "threshold", "warmup", "fps", "max_sequence_length",
-)
+#: What every preset's ``defaults`` holds; a family's own fields (its adapter's ``request_fields``, e.g. Wan's
+#: ``flow_shift``) are checked against that declaration, and the prompts only where the model takes one.
+_REQUIRED_DEFAULTS = ("height", "width", "frames", "steps", "guidance_scale", "threshold", "warmup", "fps")
+_PROMPT_DEFAULTS = {"prompt": str, "negative_prompt": str, "max_sequence_length": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,18 @@ class Preset:
     # True for models whose tokenizer only knows lower-case words (the tiny model): prompts are lower-cased
     # before encoding, so "A Red Circle" means the same as "a red circle" instead of three unknown tokens.
     lowercase_prompts: bool = False
-    #: The diffusers pipeline class that loads the model (one the family's adapter serves).
-    pipeline: str = "WanPipeline"
+    #: The diffusers pipeline class that loads the model (one the family's adapter serves; its first by default).
+    pipeline: str = ""
     #: Whether a run takes a first-frame image: "none" (text to video), "optional" (TI2V) or "required" (I2V).
     image_input: str = "none"
     #: Dtypes of components that differ from ``dtype`` besides the VAE (e.g. the CLIP image encoder in fp32).
     component_dtypes: dict[str, str] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
+    #: The family's own request fields (its adapter's declaration) and whether its model takes a prompt.
+    request_fields: tuple = ()
+    takes_prompt: bool = True
+    #: Settings the family refuses, and why (its adapter's ``refused_strategies``), checked before anything loads.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def takes_image(self) -> bool:
@@ -168,7 +176,7 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
         raise LightcacheError(f"Preset {path.name}: field 'lowercase_prompts' must be true or false.")
     defaults = need("defaults", dict)
     for key in _REQUIRED_DEFAULTS:
-        need(key, (str,) if "prompt" in key else (int, float), defaults, "defaults.")
+        need(key, (int, float), defaults, "defaults.")
     raw_limits = need("limits", dict)
     limits = _parse_limits(raw_limits, path)
     for dtype_key in ("dtype", "vae_dtype"):
@@ -178,9 +186,15 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
 
     try:
         adapter = adapter_named(data["family"])
-    except LightcacheError as exc:
+    except LightcacheError:
         raise LightcacheError(f"Preset {path.name}: field 'family' names a model family not supported yet "
                               f"({', '.join(sorted(_family_names()))}).") from None
+    if adapter.takes_prompt:
+        for key, kind in _PROMPT_DEFAULTS.items():
+            need(key, kind, defaults, "defaults.")
+    for declared in adapter.request_fields:
+        if not declared.optional:
+            need(declared.name, (int, float), defaults, "defaults.")
     pipeline = data.get("pipeline", adapter.pipeline_classes[0])
     if pipeline not in adapter.pipeline_classes:
         raise LightcacheError(f"Preset {path.name}: 'pipeline' must be one of {', '.join(adapter.pipeline_classes)}.")
@@ -195,7 +209,8 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
         family=data["family"], requires_gpu=data["requires_gpu"], dtype=data["dtype"],
         vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits,
         lowercase_prompts=lowercase, pipeline=pipeline, image_input=image_input,
-        component_dtypes=dict(component_dtypes), path=path,
+        component_dtypes=dict(component_dtypes), path=path, request_fields=tuple(adapter.request_fields),
+        takes_prompt=adapter.takes_prompt, refused=adapter.refused_strategies(),
     )
     # The defaults must themselves be a valid request, or every run that keeps them would fail.
     from .settings import RunSettings

@@ -220,8 +220,10 @@ def test_a_model_of_another_family_is_refused_with_advice_that_holds(tmp_path, m
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(LightcacheError) as info:
         check_model_matches_preset(tmp_path, load_preset("tiny"))
+    runs = ", ".join(c for adapter in families.ADAPTERS.values() for c in adapter.pipeline_classes)
+    assert "WanPipeline, WanImageToVideoPipeline" in runs
     assert str(info.value) == (f"'{tmp_path}' holds a FluxPipeline, which lightcache does not run (it runs "
-                               "WanPipeline, WanImageToVideoPipeline); preset 'tiny' needs a WanPipeline.")
+                               f"{runs}); preset 'tiny' needs a WanPipeline.")
     # A family lightcache runs but no shipped preset does: no advice to choose a preset of it.
     other = type("OtherFamily", (), {"name": "other", "pipeline_classes": ("FluxPipeline",)})
     monkeypatch.setitem(families.ADAPTERS, "other", other)

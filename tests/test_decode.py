@@ -387,7 +387,7 @@ def test_the_host_store_orders_its_copies_on_the_streams(fake_cuda):
 
 def test_a_host_store_for_a_cuda_device_takes_its_cuda_path_on_that_device(fake_cuda):
     """Only built, never copied through (the CPU cannot stand in for a CUDA tensor): its mode and stream's device."""
-    from lightcache.techniques.decode import _HostStore
+    from lightcache.techniques.decode import HostStore as _HostStore
 
     store = _HostStore(torch.device("cuda"))
     assert store.device == torch.device("cuda") and store.cuda is True

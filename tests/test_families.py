@@ -735,11 +735,13 @@ def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case,
 
 # --- 11. each non-Wan preset through the CLI and the app's handler, on a saved tiny checkpoint ---------------------
 #: Preset -> the row whose tiny pipeline stands in for its model.
-PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd"}
+PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff"}
 #: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
 SMALL_REQUESTS = {
-    "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1),
+    "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "svd-xt": dict(steps=3, frames=4, height=64, width=64, warmup=1, decode_chunk_size=4),
+    "animatediff": dict(steps=3, frames=4, height=32, width=32, warmup=1, prompt="a red circle moving right",
+                        negative_prompt=""),
 }
 
 
@@ -812,7 +814,8 @@ def test_each_preset_runs_through_the_apps_handler(preset, pipes, tmp_path):
 
     from gradio.utils import get_upload_folder
 
-    request = {k: v for k, v in SMALL_REQUESTS[preset].items() if k in ("steps", "frames", "height", "width", "warmup")}
+    request = {k: v for k, v in SMALL_REQUESTS[preset].items()
+               if k in ("steps", "frames", "height", "width", "warmup", "prompt", "negative_prompt")}
     raw = initial_values(preset, dict(request, tau=0.5))
     upload = None
     if ROWS[PRESET_ROWS[preset]].image == "required":
@@ -878,3 +881,28 @@ def test_animatediff_steps_are_counted_under_ddim_and_the_motion_adapter_is_an_i
     assert [r.step for r in _records(events)] == list(range(6))
     assert finished.summary["steps_reused"] == [2, 3, 4]
     assert list(adapter_for(pipe).idle_modules(pipe)) == ["motion_adapter"]
+
+
+def test_the_animatediff_preset_loads_its_motion_adapter_and_ddim_from_the_repositories_it_names(monkeypatch):
+    """The Stable Diffusion base has no motion adapter: the preset names the adapter's repository, which is loaded
+    and handed to the pipeline, and the documented DDIM settings replace the base's scheduler."""
+    import lightcache.presets as presets
+
+    loaded = []
+
+    def fake_from_pretrained(cls, source, dtypes, offline, **components):
+        loaded.append((cls.__name__, source, sorted(components)))
+        return "the adapter" if cls.__name__ == "MotionAdapter" else _animatediff_build("animatediff")
+
+    monkeypatch.setattr(presets, "_from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(presets, "hub_usable", lambda: False)
+    # The GPU check passes as on a GPU machine; everything else is the real loading path.
+    preset = dataclasses.replace(presets.load_preset("animatediff"), requires_gpu=False)
+    pipe = presets._load_pipeline(preset, "cpu", None)
+    assert loaded == [("MotionAdapter", "guoyww/animatediff-motion-adapter-v1-5-2", []),
+                      ("AnimateDiffPipeline", "SG161222/Realistic_Vision_V5.1_noVAE", ["motion_adapter"])]
+    config = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert (config.clip_sample, config.timestep_spacing, config.beta_schedule, config.steps_offset) == (
+        False, "linspace", "linear", 1)
+    assert "not tuned" in preset.description and preset.defaults["steps"] == 25

@@ -43,7 +43,7 @@ CONFIGS = ("easycache", "all")
 def run_configs(pipe, preset, spec, steps: int, warmup: int, tau: float, repeats: int, log=print) -> dict:
     """Warm-up and interleaved timed runs of every configuration, eager and compiled; plain data."""
     from lightcache.bench.harness import _denoise_only
-    from lightcache.compile import compile_activity
+    from lightcache.techniques.compile import compile_activity
     from lightcache.settings import RunSettings
 
     common = dict(frames=spec.frames, height=spec.height, width=spec.width, steps=steps, warmup=warmup,

@@ -574,8 +574,9 @@ def _setup_sentences(records: Records) -> str:
         by = {}
         for model, seconds, stem in reused:
             by.setdefault((model, stem), []).append(seconds)
-        text += (" That copy is now kept with the pipeline between runs (`lightcache.swap.PinnedWeights`: reused only "
-                 "while every weight on the GPU has the storage, version and checksum it had when the copy was made; "
+        text += (" That copy is now kept with the pipeline between runs (`lightcache.techniques.swap.PinnedWeights`: "
+                 "reused only while every weight on the GPU has the storage, version and checksum it had when the copy "
+                 "was made; "
                  "`release_pinned_weights(pipe)` frees it), so later runs with swapping set up in "
                  + ", ".join(f"{'-'.join(sorted({f'{v:.1f}' for v in vs}))} s at {MODEL_SHORT[model]} (`{stem}`, "
                              f"{len(vs)} runs)" for (model, stem), vs in by.items()) + ".")

@@ -298,8 +298,9 @@ class Bench:
                    if t.device.type == self.device.type)
 
     def run(self, config: str) -> ConfigResult:
-        from lightcache.chunk import apply_feature_chunking, remove_feature_chunking
-        from lightcache.swap import apply_async_swap, release_pinned_weights, remove_async_swap
+        from lightcache.families import adapter_named
+        from lightcache.techniques.chunk import apply_feature_chunking, remove_feature_chunking
+        from lightcache.techniques.swap import apply_async_swap, release_pinned_weights, remove_async_swap
 
         # Swapping keeps a pinned copy of the transformer between runs; drop it so every configuration starts from
         # the same host memory and "setup s" is a first run's (later runs reuse it: benchmarks/swap_setup.py).
@@ -314,10 +315,8 @@ class Bench:
         setup_start = time.perf_counter()
         try:
             if chunked:
-                apply_feature_chunking(self.transformer, self.chunks)
+                apply_feature_chunking(self.transformer, self.chunks, adapter_named("wan"))
             if swapped:
-                from lightcache.families import adapter_named
-
                 swap = apply_async_swap(self.pipe, self.device, adapter=adapter_named("wan"))
                 if swap.note:
                     notes.append(swap.note)
@@ -389,7 +388,8 @@ class Bench:
         return result, out
 
     def _decode(self, sliced: bool) -> tuple[StageResult, torch.Tensor]:
-        from lightcache.decode import _HostStore, decode_into, plan_slices
+        from lightcache.families.wan.vae_bands import decode_into, plan_slices
+        from lightcache.techniques.decode import HostStore
 
         z = self.inputs["z"]
         plan = plan_slices(self.vae, z.shape[-2], z.shape[-1], num_slices=self.slices) if sliced else None
@@ -401,13 +401,13 @@ class Bench:
                 # Sliced decoding parks bands in pinned host memory, which PyTorch allocates slowly the first time
                 # and then reuses: warm up on the whole latent so the timed decode is the steady state of an app
                 # that decodes more than once (the first decode in a process pays the pinning on top).
-                decode_into(self.vae, z, plan, _HostStore(self.device), postprocess=False)
+                decode_into(self.vae, z, plan, HostStore(self.device), postprocess=False)
             else:
                 self.vae.decode(small)
             self._sync()
         with self.meter.stage() as box:
             if sliced:
-                store = _OffDeviceStore() if self.meta else _HostStore(self.device)
+                store = _OffDeviceStore() if self.meta else HostStore(self.device)
                 bands, _ = decode_into(self.vae, z, plan, store, postprocess=False)
                 video = None if self.meta else torch.cat(bands, dim=3 if plan["dim"] == -1 else 2).permute(0, 4, 1, 2, 3)
             else:
@@ -465,8 +465,9 @@ class _WeightsOnDevice:
 
 def exactness_check(device: torch.device, log=print) -> dict[str, float]:
     """Strategy vs plain at a small shape in strict fp32 (no TF32): the exactness claims, on this device."""
-    from lightcache.chunk import apply_feature_chunking, remove_feature_chunking
-    from lightcache.decode import sliced_decode
+    from lightcache.families import adapter_named
+    from lightcache.families.wan.vae_bands import sliced_decode
+    from lightcache.techniques.chunk import apply_feature_chunking, remove_feature_chunking
 
     spec = SMOKE
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
@@ -478,7 +479,7 @@ def exactness_check(device: torch.device, log=print) -> dict[str, float]:
         x, t, text = inputs["latents"].float(), inputs["timestep"], inputs["cond"].float()
         with torch.no_grad():
             plain = transformer(x, t, text, return_dict=False)[0]
-            apply_feature_chunking(transformer, spec.chunks)
+            apply_feature_chunking(transformer, spec.chunks, adapter_named("wan"))
             chunked = transformer(x, t, text, return_dict=False)[0]
             remove_feature_chunking(transformer)
             decoded = vae.decode(inputs["z"]).sample.cpu()

@@ -2,8 +2,9 @@
 
 The first run with swapping copies the transformer's blocks into pinned host memory (diffusers' streamed group
 offloading); later runs reuse that copy while the weights on the GPU are unchanged (see
-:class:`lightcache.swap.PinnedWeights`). This applies and removes swapping ``--runs`` times on a Wan2.1 transformer
-with random weights and prints each time, whether the kept copy was reused, and what is on the GPU after each run.
+:class:`lightcache.techniques.swap.PinnedWeights`). This applies and removes swapping ``--runs`` times on a Wan2.1
+transformer with random weights and prints each time, whether the kept copy was reused, and what is on the GPU after
+each run.
 
 Usage::
 
@@ -23,7 +24,8 @@ from benchmarks.memory import MODELS, build_models
 
 
 def main(argv=None) -> int:
-    from lightcache.swap import apply_async_swap, release_pinned_weights, remove_async_swap
+    from lightcache.families import adapter_named
+    from lightcache.techniques.swap import apply_async_swap, release_pinned_weights, remove_async_swap
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.swap_setup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="14b")
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     pipe = SimpleNamespace(transformer=transformer, vae=vae, text_encoder=None, _execution_device=device)
     for run in range(args.runs):
         start = time.perf_counter()
-        swap = apply_async_swap(pipe, device)
+        swap = apply_async_swap(pipe, device, adapter=adapter_named("wan"))
         torch.cuda.synchronize(device)
         applied = time.perf_counter() - start
         start = time.perf_counter()

@@ -24,9 +24,9 @@ _LAZY = {
     "AccelerationConfig": ".accelerate",
     "apply_lightcache": ".accelerate",
     "remove_lightcache": ".accelerate",
-    "EasyCacheConfig": ".easycache",
-    "apply_easycache": ".easycache",
-    "remove_easycache": ".easycache",
+    "EasyCacheConfig": ".techniques.easycache",
+    "apply_easycache": ".techniques.easycache",
+    "remove_easycache": ".techniques.easycache",
     "run_generation": ".runner",
     "run_to_completion": ".runner",
 }

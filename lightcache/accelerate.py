@@ -6,7 +6,8 @@ innermost first, on each denoiser the pipeline's family adapter names (both expe
 
 1. feature chunking (it replaces the innermost forward of the model and its blocks);
 2. torch.compile of the repeated blocks (a hook on each block that calls the compiled forward beneath it, so the
-   graph holds the block's arithmetic, chunked or not, and nothing registered later; see :mod:`lightcache.compile`);
+   graph holds the block's arithmetic, chunked or not, and nothing registered later; see
+   :mod:`lightcache.techniques.compile`);
 3. EasyCache (one shared state over all denoisers);
 4. the run observer's trace hook (stages, one record per denoiser call, stop requests);
 5. asynchronous swapping (diffusers' group offloading sits outermost: its stream prefetching removes one of its
@@ -14,12 +15,16 @@ innermost first, on each denoiser the pipeline's family adapter names (both expe
    graphs it moves the weights in plain Python, and the graphs read them wherever they are).
 
 Sliced decoding replaces ``vae.decode`` for the length of the acceleration with an exact band-by-band decode that
-returns the video on the host, so the pipeline's own postprocessing runs unchanged.
+returns the video on the host, so the pipeline's own postprocessing runs unchanged (attached before the observer,
+which wraps ``vae.decode`` in turn, and removed after it).
+
+Each technique receives the family adapter (or what it returns: the denoisers, their chunked forwards, the VAE's band
+decoder); none of them looks an adapter up or imports a family.
 
 Example:
     >>> import torch
     >>> from lightcache.accelerate import AccelerationConfig, apply_lightcache
-    >>> from lightcache.easycache import EasyCacheConfig
+    >>> from lightcache.techniques.easycache import EasyCacheConfig
     >>> from lightcache.tiny import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline(seed=0)
     >>> with apply_lightcache(pipe, AccelerationConfig(easycache=EasyCacheConfig(threshold=0.2, warmup_steps=2),
@@ -42,15 +47,16 @@ import torch
 from .cache_methods import attach_diffusers_cache, detach_diffusers_cache, get_cache_method, unsupported_reason
 from .call_work import CallWork
 from .calls import CallLocator
-from .chunk import apply_feature_chunking, remove_feature_chunking
-from .compile import CUDA_GRAPH_MODES, CompileConfig, CompiledBlocks, apply_compile, remove_compile
-from .easycache import EasyCacheConfig, EasyCacheHook, apply_easycache, remove_easycache
 from .errors import LightcacheError
 from .events import Event, StepRecord
 from .families import FamilyAdapter, adapter_for
 from .observe import RunObserver
 from .parallel import context_parallel_of, unsupported_with_context_parallel
-from .swap import AsyncSwap, AsyncSwapConfig, apply_async_swap, remove_async_swap
+from .techniques.chunk import apply_feature_chunking, remove_feature_chunking
+from .techniques.compile import CUDA_GRAPH_MODES, CompileConfig, CompiledBlocks, apply_compile, remove_compile
+from .techniques.decode import apply_sliced_decode, remove_sliced_decode
+from .techniques.easycache import EasyCacheConfig, EasyCacheHook, apply_easycache, remove_easycache
+from .techniques.swap import AsyncSwap, AsyncSwapConfig, apply_async_swap, remove_async_swap
 
 _ATTRIBUTE = "_lightcache_acceleration"
 
@@ -62,12 +68,12 @@ class AccelerationConfig:
     Attributes:
         easycache: EasyCache's settings, or None for every step in full.
         chunk_ffn: feature chunking's number of token slices, or None.
-        async_swap: True (or an :class:`~lightcache.swap.AsyncSwapConfig`) to swap idle modules and cache tensors
-            to pinned host memory; a no-op, said in the summary, without a CUDA device.
+        async_swap: True (or an :class:`~lightcache.techniques.swap.AsyncSwapConfig`) to swap idle modules and cache
+            tensors to pinned host memory; a no-op, said in the summary, without a CUDA device.
         sliced_decode: decode in bands (exact) instead of the VAE's whole-frame decode.
         decode_slices: bands for sliced decoding (None: the decoder's default).
         device: where swapping moves things to (default: the pipeline's execution device).
-        compile: True (or a :class:`~lightcache.compile.CompileConfig`) to torch.compile every denoiser's
+        compile: True (or a :class:`~lightcache.techniques.compile.CompileConfig`) to torch.compile every denoiser's
             repeated blocks. The first calls of a run at a new size compile (tens of seconds); the trace marks them.
         cache: the step cache (see :mod:`lightcache.cache_methods`): ``easycache`` (the default; it runs when
             ``easycache`` holds its settings), or one of diffusers' caches ``fbc``, ``magcache``, ``taylorseer``,
@@ -161,7 +167,7 @@ class Acceleration:
                     detach_diffusers_cache(module, self.diffusers_cache)
                 self.diffusers_cache = None
             if self.sliced_vae is not None:
-                self.sliced_vae.__dict__.pop("decode", None)
+                remove_sliced_decode(self.sliced_vae)
                 self.sliced_vae = None
             if self.easycache is not None:
                 self._last_records = list(self.easycache.records)
@@ -211,6 +217,8 @@ def apply_lightcache(
         reason = why(pipe) if wanted else None
         if reason:
             raise LightcacheError(reason)
+
+    adapter.check_denoisers(pipe)
     denoisers = adapter.denoisers(pipe)
     reason = cache_unsupported(config, denoisers)
     if reason:
@@ -235,7 +243,7 @@ def apply_lightcache(
     try:
         if config.chunk_ffn is not None:
             for module in denoisers.values():
-                apply_feature_chunking(module, config.chunk_ffn)
+                apply_feature_chunking(module, config.chunk_ffn, adapter)
                 acc.chunked.append(module)
         if config.compile_config is not None:
             device = config.device if config.device is not None else pipe._execution_device
@@ -244,6 +252,7 @@ def apply_lightcache(
         if config.easycache is not None:
             acc.easycache = apply_easycache(denoisers, config.easycache, locator=locator,
                                             channel_axis=adapter.latent_channel_axis,
+                                            latent_ndim=len(adapter.latent_layout),
                                             extra_inputs=adapter.extra_outputs)
         method = get_cache_method(config.cache)
         if method.diffusers:
@@ -256,8 +265,9 @@ def apply_lightcache(
             acc.work = work
             work_meter.attach()
         if config.sliced_decode:
-            _slice_vae_decode(pipe.vae, config.decode_slices)
-            acc.sliced_vae = pipe.vae
+            vae = adapter.vae(pipe)
+            apply_sliced_decode(vae, adapter, config.decode_slices)
+            acc.sliced_vae = vae
         observer.attach()
         if config.async_swap:
             swap_config = config.async_swap if isinstance(config.async_swap, AsyncSwapConfig) else None
@@ -324,19 +334,3 @@ def _agreed_across_processes(pipe, config: AccelerationConfig) -> AccelerationCo
         return config
     return dataclasses.replace(config, easycache=dataclasses.replace(config.easycache, agree=parallel.agree_compute))
 
-
-def _slice_vae_decode(vae, num_slices: int | None) -> None:
-    """Shadow ``vae.decode`` with the exact sliced decode; it returns the video (B, 3, F, H, W) on the host."""
-    from diffusers.models.autoencoders.vae import DecoderOutput
-
-    from .decode import plan_slices, sliced_decode_bands
-
-    def decode(z: torch.Tensor, return_dict: bool = True, **_: Any):
-        plan = plan_slices(vae, z.shape[-2], z.shape[-1], num_slices=num_slices)
-        bands, layout = sliced_decode_bands(vae, z, postprocess=False, plan=plan)
-        video = torch.cat([torch.from_numpy(b) for b in bands], dim=3 if layout["dim"] == -1 else 2)
-        del bands
-        video = video.permute(0, 4, 1, 2, 3)
-        return DecoderOutput(sample=video) if return_dict else (video,)
-
-    vae.__dict__["decode"] = decode

@@ -378,9 +378,10 @@ MAGCACHE_CALIBRATIONS = MagCacheCalibrations()
 
 
 def calibration_key(settings) -> tuple:
-    """What MagCache's ratios depend on besides the model: the steps, the scheduler's shift, guidance and the shape."""
-    return (settings.steps, float(settings.flow_shift), float(settings.guidance_scale), settings.frames,
-            settings.height, settings.width, getattr(settings, "boundary_ratio", None))
+    """What MagCache's ratios depend on besides the model: the steps, guidance, the shape and the family's own
+    request fields (Wan's scheduler shift and expert boundary...)."""
+    return (settings.steps, float(settings.guidance_scale), settings.frames, settings.height, settings.width,
+            tuple(sorted(settings.extras.items())))
 
 
 # --- Pyramid Attention Broadcast on separate CFG calls ----------------------------------------------------

@@ -5,8 +5,8 @@ the step trace) needs the same answer, so it is worked out here once:
 
 * **a cache context with a step index** (Wan: ``cache_context("cond" | "uncond", step_index=i, ...)``): taken as is;
 * **a cache context without a step index** (HunyuanVideo's ``cond`` / ``uncond``, guider names such as
-  ``pred_cond``, LTX-2's ``uncond_stg``): the branch is the context name, the step comes from the scheduler when
-  one is known, else from counting the calls of the deciding branch;
+  ``pred_cond``, LTX-2's ``uncond_stg``): the branch is the context name, the step comes from the scheduler's
+  ``step_index`` when it keeps one, else from counting the calls of the deciding branch (DDIM keeps none);
 * **no context at all** (UNet pipelines: SVD, AnimateDiff): the first call of a step is ``cond``, later calls of
   the same step are ``call1``, ``call2``...
 
@@ -112,10 +112,12 @@ class CallLocator:
 
     def _scheduler_step(self) -> int | None:
         scheduler = self._scheduler()
-        if scheduler is None:
+        # Schedulers that keep a step_index set it on their first step() of a run (None before it) and advance it by
+        # one per step. Some keep none at all (DDIM: AnimateDiff, CogVideoX): their calls are counted instead, or
+        # every call would read as step 0 and EasyCache would never leave its warm-up.
+        if scheduler is None or not hasattr(scheduler, "step_index"):
             return None
-        # Schedulers set step_index on their first step() of a run (None before it) and advance it by one per step.
-        index = getattr(scheduler, "step_index", None)
+        index = scheduler.step_index
         return 0 if index is None else int(index)
 
     def _count(self, decides: bool, timestep: Any) -> int:

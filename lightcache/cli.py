@@ -78,6 +78,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="height in pixels, a multiple of 16")
     p.add_argument("--width", type=int, help="width in pixels, a multiple of 16")
     p.add_argument("--guidance", dest="guidance_scale", type=float, help="classifier-free guidance scale")
+    for declared, families in _family_fields():
+        p.add_argument(declared.cli_flag, dest=declared.name, type=float if declared.kind == "float" else int,
+                       metavar="X" if declared.kind == "float" else "N",
+                       help=f"{declared.help} ({', '.join(families)} presets only)")
     p.add_argument("--threshold", type=float, help="EasyCache threshold tau (0 never reuses)")
     p.add_argument("--warmup", type=int, help="EasyCache warm-up steps that always compute")
     p.add_argument("--no-easycache", action="store_true", help="run every step in full (the same as --cache none)")
@@ -224,7 +228,7 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
     ``image``: the first frame of an image-to-video run (a PIL image), given to both runs of a comparison.
     """
     from .comparison import compare_runs, plain_settings, warm_up
-    from .events import FramesDecoded, StepRecord
+    from .events import FramesDecoded, RunStarted, StepRecord
     from .metrics import json_psnr
     from .runner import run_generation, run_to_completion
     from .video import Mp4Writer
@@ -244,6 +248,8 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
         def on_event(event):
             if not isinstance(event, FramesDecoded):
                 timeline.append(event.to_dict())
+            if isinstance(event, RunStarted):
+                bar.started(event)
             if isinstance(event, StepRecord):
                 records.append(event.to_dict())
                 accelerated_steps.append(event)
@@ -259,6 +265,8 @@ def generate_to_dir(pipe, preset_name: str, settings, out_dir: Path, compare_bas
         plain_steps: list[StepRecord] = []
 
         def on_plain_event(event):
+            if isinstance(event, RunStarted):
+                bar.started(event)
             if isinstance(event, StepRecord):
                 plain_steps.append(event)
                 bar(event)
@@ -345,10 +353,25 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
 
 
+def _family_fields() -> list[tuple[Any, list[str]]]:
+    """Every family's declared request fields, each once, with the families that take it (the adapters' own
+    declarations: a new family's fields become flags without an edit here)."""
+    from .families import ADAPTERS
+
+    found: dict[str, tuple[Any, list[str]]] = {}
+    for family, adapter in ADAPTERS.items():
+        for declared in adapter.request_fields:
+            found.setdefault(declared.name, (declared, []))[1].append(family)
+    return list(found.values())
+
+
 def _settings_overrides(args) -> dict[str, Any]:
     names = ("prompt", "negative_prompt", "seed", "steps", "frames", "height", "width", "guidance_scale",
              "threshold", "warmup", "easycache_order")
     overrides = {name: getattr(args, name, None) for name in names}
+    for declared, _ in _family_fields():
+        if getattr(args, declared.name, None) is not None:
+            overrides[declared.name] = getattr(args, declared.name)
     if getattr(args, "no_easycache", False):
         overrides["easycache"] = False
     overrides.update(_cache_overrides(args, overrides))
@@ -535,13 +558,26 @@ def _stop_signals_raise():
 
 
 class _progress:
-    """A tqdm bar over transformer calls that shows computed/reused counts; silent when disabled."""
+    """A tqdm bar over transformer calls that shows computed/reused counts; silent when disabled.
+
+    Its length is the steps until the run starts, then the run's calls: steps x the calls per step its family
+    adapter counts (``RunStarted.calls_per_step``).
+    """
 
     def __init__(self, settings, enabled: bool, label: str):
         self.enabled = enabled
-        self.total = settings.steps * (2 if settings.guidance_scale > 1.0 else 1)
+        self.steps = settings.steps
+        self.total = settings.steps
         self.label = label
         self.reused = 0
+
+    def started(self, event) -> None:
+        """Size the bar from the run's :class:`RunStarted`."""
+        if event.calls_per_step:
+            self.total = self.steps * event.calls_per_step
+            if self.enabled:
+                self.bar.total = self.total
+                self.bar.refresh()
 
     def __enter__(self):
         if self.enabled:

@@ -56,11 +56,14 @@ class Event:
 
 @dataclass
 class RunStarted(Event):
-    """A generation began; ``settings`` is the validated request as a plain dict."""
+    """A generation began; ``settings`` is the validated request as a plain dict. ``calls_per_step``: the denoiser
+    calls each step makes, as the family adapter counts them (None: not known), so that a consumer can act once a
+    step is complete without guessing the family's guidance pattern."""
 
     preset: str
     settings: dict[str, Any]
     device: str
+    calls_per_step: int | None = None
 
 
 @dataclass
@@ -108,6 +111,9 @@ class StepRecord(Event):
         blocks_run, blocks_total: blocks whose body ran, of how many (None when not measured).
         work_fraction: the share of a whole call's block work (FLOPs) that ran, 0 to 1 (None when not measured).
         cache: the step cache of the run (``easycache``, ``fbc``, ... ``none``; see :mod:`lightcache.cache_methods`).
+        decides: this call made its step's decision (the ``cond`` call of Wan, the batched call of a UNet, the
+            ``pred_cond`` call of a guider); the step's other calls follow it. Consumers count steps and draw the
+            error curve from the deciding calls, whatever the branch is named.
     """
 
     step: int
@@ -129,6 +135,7 @@ class StepRecord(Event):
     blocks_total: int | None = None
     work_fraction: float | None = None
     cache: str = "easycache"
+    decides: bool = True
 
 
 def call_kind(record: "StepRecord | dict[str, Any]") -> str:

@@ -17,11 +17,12 @@ The observer changes no result: it only reads arguments, times calls and forward
 
 Example:
     >>> import torch
+    >>> from lightcache.families import adapter_for
     >>> from lightcache.observe import RunObserver
     >>> from lightcache.tiny import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline(seed=0)
     >>> seen = []
-    >>> observer = RunObserver(pipe, on_event=seen.append).attach()
+    >>> observer = RunObserver(pipe, on_event=seen.append, adapter=adapter_for(pipe)).attach()
     >>> _ = pipe("a red circle", num_inference_steps=2, height=32, width=32, num_frames=5,
     ...          generator=torch.Generator().manual_seed(0), output_type="np")
     >>> observer.finish(); observer.detach()
@@ -43,11 +44,10 @@ from diffusers.hooks.hooks import StateManager
 
 from .cache_methods import CACHE_METHODS
 from .calls import CallLocator, timestep_value
-from .compile import compile_activity
-from .easycache import EasyCacheState, get_easycache_hook
 from .errors import RunCancelled
 from .events import Event, StageFinished, StageStarted, StepRecord
-from .families import FamilyAdapter, adapter_for
+from .techniques.compile import compile_activity
+from .techniques.easycache import EasyCacheState, get_easycache_hook
 
 TRACE_HOOK = "lightcache_trace"
 _MISSING = object()
@@ -60,7 +60,7 @@ class RunObserver:
         pipe: the pipeline to watch.
         on_event: receives :class:`StageStarted`, :class:`StageFinished` and :class:`StepRecord` events, on the
             thread that runs the pipeline.
-        adapter: the pipeline's family adapter (default: found from its class).
+        adapter: the pipeline's family adapter (which modules encode, denoise and decode).
         locator: how denoiser calls are located (default: one over the pipeline's scheduler). Share it with
             EasyCache so both agree on every call.
         cancel: when set, the next watched call raises :class:`RunCancelled`.
@@ -72,14 +72,14 @@ class RunObserver:
         cache: the run's step cache (:mod:`lightcache.cache_methods`), named in every record.
     """
 
-    def __init__(self, pipe, on_event: Callable[[Event], None] | None = None, adapter: FamilyAdapter | None = None,
+    def __init__(self, pipe, on_event: Callable[[Event], None] | None = None, *, adapter: Any,
                  locator: CallLocator | None = None, cancel: threading.Event | None = None,
                  clock: Callable[[], float] | None = None, on_stage: Callable[[str], None] | None = None,
                  work: Mapping[str, Any] | None = None, cache: str = "easycache"):
         self.pipe = pipe
         self.work = dict(work or {})
         self.cache = cache
-        self.adapter = adapter if adapter is not None else adapter_for(pipe)
+        self.adapter = adapter
         self.locator = locator if locator is not None else CallLocator(scheduler=getattr(pipe, "scheduler", None))
         self.cancel = cancel
         self.on_event = on_event or (lambda event: None)
@@ -223,7 +223,8 @@ class _TraceHook(ModelHook):
             record = easycache.records[-1]
         else:
             record = StepRecord(step=site.step, timestep=timestep_value(timestep), branch=site.branch, computed=True,
-                                reason=_reason(observer.cache), denoiser=self.name)
+                                reason=_reason(observer.cache), denoiser=self.name,
+                                decides=site.decides)
         record.cache = observer.cache if easycache is None else "easycache"
         if measured is not None:
             # What ran, from the modules themselves; a diffusers cache's call counts as computed only when whole.

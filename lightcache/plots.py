@@ -441,7 +441,9 @@ def _tested_error(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
     out: list[tuple[int, float]] = []
     previous = 0.0
     for r in records:
-        if r.get("branch") != "cond":
+        # The deciding call of each step carries E (Wan's "cond", a UNet's one batched call, a guider's
+        # "pred_cond"); records written before StepRecord had ``decides`` were Wan's, decided by "cond".
+        if not r.get("decides", r.get("branch") == "cond"):
             continue
         eps = r.get("eps")
         error = r.get("error")

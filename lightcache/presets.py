@@ -1,4 +1,4 @@
-"""Model presets: one JSON file per model in ``lightcache/data/presets/``, validated on load, turned into a pipeline.
+"""Model presets: one JSON file per model in ``presets/``, validated on load, turned into a pipeline.
 
 A preset names the model (a local directory or a Hugging Face Hub id), its family and diffusers pipeline class,
 whether it takes an image, the dtypes, the model's reference generation settings and the limits a request must
@@ -27,15 +27,18 @@ from .errors import LightcacheError
 #: The directory that holds the ``lightcache`` package: the source tree, or ``site-packages`` when it is installed.
 #: Paths in presets (the tiny model's ``lightcache/data/tiny-wan``) are relative to it, so they resolve either way.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: The shipped presets: package data, so an installed wheel has them too.
-PRESET_DIR = Path(__file__).resolve().parent / "data" / "presets"
+#: Where the shipped presets are: the project's top-level ``presets/`` in a checkout. The wheel ships the same files
+#: as the package ``lightcache._presets`` (pyproject.toml maps the folder there), which is where an installed
+#: lightcache finds them.
+PRESET_DIR = next((d for d in (Path(__file__).resolve().parent / "_presets", PROJECT_ROOT / "presets") if d.is_dir()),
+                  PROJECT_ROOT / "presets")
 
 _DTYPES = ("float32", "float16", "bfloat16")
 _IMAGE_INPUTS = ("none", "optional", "required")
-_REQUIRED_DEFAULTS = (
-    "prompt", "negative_prompt", "height", "width", "frames", "steps", "guidance_scale", "flow_shift",
-    "threshold", "warmup", "fps", "max_sequence_length",
-)
+#: What every preset's ``defaults`` holds; a family's own fields (its adapter's ``request_fields``, e.g. Wan's
+#: ``flow_shift``) are checked against that declaration, and the prompts only where the model takes one.
+_REQUIRED_DEFAULTS = ("height", "width", "frames", "steps", "guidance_scale", "threshold", "warmup", "fps")
+_PROMPT_DEFAULTS = {"prompt": str, "negative_prompt": str, "max_sequence_length": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,23 @@ class Preset:
     # True for models whose tokenizer only knows lower-case words (the tiny model): prompts are lower-cased
     # before encoding, so "A Red Circle" means the same as "a red circle" instead of three unknown tokens.
     lowercase_prompts: bool = False
-    #: The diffusers pipeline class that loads the model (one the family's adapter serves).
-    pipeline: str = "WanPipeline"
+    #: The diffusers pipeline class that loads the model (one the family's adapter serves; its first by default).
+    pipeline: str = ""
     #: Whether a run takes a first-frame image: "none" (text to video), "optional" (TI2V) or "required" (I2V).
     image_input: str = "none"
     #: Dtypes of components that differ from ``dtype`` besides the VAE (e.g. the CLIP image encoder in fp32).
     component_dtypes: dict[str, str] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
+    #: Components the model's repository lacks, each loaded from its own: ``name -> (diffusers class, Hub id)``
+    #: (AnimateDiff: the motion adapter beside a Stable Diffusion base). A local model directory holds its own.
+    components: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: The scheduler the model is documented with, when not the repository's: ``(diffusers class, config changes)``.
+    scheduler: tuple[str, dict[str, Any]] | None = None
+    #: The family's own request fields (its adapter's declaration) and whether its model takes a prompt.
+    request_fields: tuple = ()
+    takes_prompt: bool = True
+    #: Settings the family refuses, and why (its adapter's ``refused_strategies``), checked before anything loads.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def takes_image(self) -> bool:
@@ -168,7 +181,7 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
         raise LightcacheError(f"Preset {path.name}: field 'lowercase_prompts' must be true or false.")
     defaults = need("defaults", dict)
     for key in _REQUIRED_DEFAULTS:
-        need(key, (str,) if "prompt" in key else (int, float), defaults, "defaults.")
+        need(key, (int, float), defaults, "defaults.")
     raw_limits = need("limits", dict)
     limits = _parse_limits(raw_limits, path)
     for dtype_key in ("dtype", "vae_dtype"):
@@ -178,9 +191,15 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
 
     try:
         adapter = adapter_named(data["family"])
-    except LightcacheError as exc:
+    except LightcacheError:
         raise LightcacheError(f"Preset {path.name}: field 'family' names a model family not supported yet "
                               f"({', '.join(sorted(_family_names()))}).") from None
+    if adapter.takes_prompt:
+        for key, kind in _PROMPT_DEFAULTS.items():
+            need(key, kind, defaults, "defaults.")
+    for declared in adapter.request_fields:
+        if not declared.optional:
+            need(declared.name, (int, float), defaults, "defaults.")
     pipeline = data.get("pipeline", adapter.pipeline_classes[0])
     if pipeline not in adapter.pipeline_classes:
         raise LightcacheError(f"Preset {path.name}: 'pipeline' must be one of {', '.join(adapter.pipeline_classes)}.")
@@ -190,12 +209,16 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     component_dtypes = data.get("component_dtypes", {})
     if not isinstance(component_dtypes, dict) or any(v not in _DTYPES for v in component_dtypes.values()):
         raise LightcacheError(f"Preset {path.name}: 'component_dtypes' maps component names to {', '.join(_DTYPES)}.")
+    components = _parse_components(data.get("components", {}), path)
+    scheduler = _parse_scheduler(data.get("scheduler"), path)
     preset = Preset(
         name=data["name"], title=data["title"], description=data["description"], model=data["model"],
         family=data["family"], requires_gpu=data["requires_gpu"], dtype=data["dtype"],
         vae_dtype=data["vae_dtype"], defaults=dict(defaults), limits=limits,
         lowercase_prompts=lowercase, pipeline=pipeline, image_input=image_input,
-        component_dtypes=dict(component_dtypes), path=path,
+        component_dtypes=dict(component_dtypes), path=path, request_fields=tuple(adapter.request_fields),
+        components=components, scheduler=scheduler,
+        takes_prompt=adapter.takes_prompt, refused=adapter.refused_strategies(),
     )
     # The defaults must themselves be a valid request, or every run that keeps them would fail.
     from .settings import RunSettings
@@ -205,6 +228,36 @@ def _parse_preset(data: dict[str, Any], path: Path) -> Preset:
     except LightcacheError as exc:
         raise LightcacheError(f"Preset {path.name}: its defaults are invalid: {_without_value(str(exc))}") from None
     return preset
+
+
+def _parse_components(raw: Any, path: Path) -> dict[str, tuple[str, str]]:
+    """``components``: ``{name: {"class": <diffusers class>, "model": <Hub id>}}``, each checked by name only."""
+    import diffusers
+
+    if not isinstance(raw, dict):
+        raise LightcacheError(f"Preset {path.name}: 'components' maps component names to a class and a model.")
+    out = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or set(spec) != {"class", "model"} or not all(
+                isinstance(v, str) for v in spec.values()):
+            raise LightcacheError(f"Preset {path.name}: 'components.{name}' needs a 'class' and a 'model' (text).")
+        if not hasattr(diffusers, spec["class"]) or not looks_like_hub_id(spec["model"]):
+            raise LightcacheError(f"Preset {path.name}: 'components.{name}' must name a diffusers class and a Hub id.")
+        out[str(name)] = (spec["class"], spec["model"])
+    return out
+
+
+def _parse_scheduler(raw: Any, path: Path) -> tuple[str, dict[str, Any]] | None:
+    """``scheduler``: ``{"class": <diffusers scheduler class>, "config": {...}}``, or absent."""
+    import diffusers
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"class", "config"} or not isinstance(raw.get("class"), str) \
+            or not isinstance(raw.get("config", {}), dict) or not raw["class"].endswith("Scheduler") \
+            or not hasattr(diffusers, raw["class"]):
+        raise LightcacheError(f"Preset {path.name}: 'scheduler' needs a diffusers scheduler 'class' and a 'config'.")
+    return raw["class"], dict(raw.get("config", {}))
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -291,7 +344,8 @@ def model_identity(preset: Preset, device: str, model: str | None = None) -> tup
     where = ("dir", str(local), None) if local is not None else ("hub", source, None)
     # The pipeline class and the other components' dtypes change what is loaded too (an I2V class over the same
     # directory loads an image encoder).
-    extra = (preset.pipeline, tuple(sorted(preset.component_dtypes.items())))
+    extra = (preset.pipeline, tuple(sorted(preset.component_dtypes.items())),
+             tuple(sorted(preset.components.items())) if local is None else (), repr(preset.scheduler))
     return (preset.family, *where, *extra, preset.dtype, preset.vae_dtype, str(device))
 
 
@@ -329,8 +383,14 @@ def _load_pipeline(preset: Preset, device: str | None, model: str | None):
     dtypes = {"default": getattr(torch, preset.dtype), "vae": getattr(torch, preset.vae_dtype)}
     dtypes.update({name: getattr(torch, value) for name, value in preset.component_dtypes.items()})
     cls = getattr(diffusers, preset.pipeline)
+    offline = local is not None or not hub_usable()
     try:
-        pipe = _from_pretrained(cls, str(local or source), dtypes, offline=local is not None or not hub_usable())
+        # A Hub model lacking a component gets it from the repository the preset names; a local directory holds its
+        # own (save_pretrained writes every component).
+        extra = {} if local is not None else {
+            name: _from_pretrained(getattr(diffusers, class_name), model, dtypes["default"], offline)
+            for name, (class_name, model) in preset.components.items()}
+        pipe = _from_pretrained(cls, str(local or source), dtypes, offline=offline, **extra)
     except LightcacheError:
         raise
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; the user needs one sentence
@@ -347,6 +407,9 @@ def _load_pipeline(preset: Preset, device: str | None, model: str | None):
             f"Could not load '{source}' from the Hugging Face Hub: {hint}. You can also pass a local directory "
             f"with --model. ({type(exc).__name__})"
         ) from None
+    if preset.scheduler is not None:
+        scheduler_class, changes = preset.scheduler
+        pipe.scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **changes)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()  # freshly built or loaded modules may be in train mode (UMT5's dropout)
@@ -390,9 +453,10 @@ def check_model_matches_preset(model_dir: Path, preset: Preset) -> None:
     )
 
 
-def _from_pretrained(cls, source: str, dtypes: dict, offline: bool):
+def _from_pretrained(cls, source: str, dtypes, offline: bool, **components):
+    """``cls.from_pretrained``: ``dtypes`` is a pipeline's per-component dict, or one dtype for a single model."""
     kwargs = {"local_files_only": True} if offline else {}
-    return cls.from_pretrained(source, dtype=dtypes, **kwargs)
+    return cls.from_pretrained(source, dtype=dtypes, **kwargs, **components)
 
 
 def hub_usable(timeout_s: float = 3.0) -> bool:

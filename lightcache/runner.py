@@ -38,8 +38,6 @@ import numpy as np
 
 from .accelerate import AccelerationConfig, apply_lightcache, cache_unsupported
 from .cache_methods import CACHE_METHODS, MAGCACHE_CALIBRATIONS, calibrate_magcache, calibration_key
-from .chunk import check_num_chunks, num_tokens
-from .easycache import EasyCacheConfig
 from .errors import LightcacheError
 from .events import (
     Event,
@@ -54,6 +52,8 @@ from .events import (
 )
 from .families import FamilyAdapter, adapter_for
 from .observe import RunObserver
+from .techniques.chunk import check_num_chunks
+from .techniques.easycache import EasyCacheConfig
 from .telemetry import MemorySampler
 from .torch_thread import torch_thread
 
@@ -77,10 +77,11 @@ def run_generation(
         # The call would queue behind this very generator on the one thread that could run it.
         raise LightcacheError("run_generation cannot be iterated on lightcache's torch thread; iterate it elsewhere.")
     adapter = adapter_for(pipe)
+    adapter.check_denoisers(pipe)
     # Before any view of the pipeline is made (TI2V with an image): a view shares the scheduler it finds.
     adapter.prepare(pipe, settings)
     call_pipe = _pipeline_for(adapter, pipe, image)
-    _check_prompt_length(pipe, settings)
+    adapter.check_prompt(pipe, settings)
     latent_shape = adapter.latent_shape(pipe, settings)
     slice_plan = _check_strategies(pipe, adapter, settings, latent_shape)
     # Refused before anything runs (MagCache's calibration included) where the family or the strategies rule it out.
@@ -88,7 +89,8 @@ def run_generation(
     if reason:
         raise LightcacheError(reason)
     device = pipe._execution_device
-    yield RunStarted(preset=preset_name, settings=settings.to_dict(), device=str(device))
+    yield RunStarted(preset=preset_name, settings=settings.to_dict(), device=str(device),
+                     calls_per_step=adapter.calls_per_step(call_pipe, settings))
     # MagCache's calibration is a run of its own, before this run's clock starts: its time is no part of this run's.
     if _needs_calibration(pipe, settings, image):
         yield Note(message=f"MagCache calibration: running one run of {settings.steps} steps with every call "
@@ -179,7 +181,7 @@ def run_generation(
         "total_seconds": clock(),
         "calls_computed": sum(r.computed for r in records),
         "calls_reused": sum(not r.computed for r in records),
-        "steps_reused": sorted({r.step for r in records if not r.computed and r.branch == "cond"}),
+        "steps_reused": sorted({r.step for r in records if not r.computed and r.decides}),
         "calls_by_denoiser": {name: sum(r.denoiser == name for r in records)
                               for name in dict.fromkeys(r.denoiser for r in records)},
         "memory": {
@@ -363,26 +365,10 @@ class _TimeOrder:
         yield from held
 
 
-def _check_prompt_length(pipe, settings) -> None:
-    """Refuse prompts the text encoder would silently truncate, naming the limit."""
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is None:
-        return
-    for field, text in (("prompt", settings.prompt), ("negative_prompt", settings.negative_prompt)):
-        if not text:
-            continue
-        n_tokens = len(tokenizer(text, add_special_tokens=True).input_ids)
-        if n_tokens > settings.max_sequence_length:
-            raise LightcacheError(
-                f"{field} is {n_tokens} tokens long; this model's text encoder takes at most "
-                f"{settings.max_sequence_length}. Shorten it."
-            )
-
-
 def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> dict | None:
     """Refuse memory-strategy settings this model cannot honour before anything runs; the sliced-decode plan."""
     if getattr(settings, "compile", False):
-        from .compile import check_compiler_available
+        from .techniques.compile import check_compiler_available
 
         check_compiler_available("inductor", pipe._execution_device)
         for name, module in adapter.denoisers(pipe).items():
@@ -394,14 +380,13 @@ def _check_strategies(pipe, adapter: FamilyAdapter, settings, latent_shape) -> d
         if reason:
             raise LightcacheError(reason)
         for module in adapter.denoisers(pipe).values():
-            check_num_chunks(settings.chunk_ffn, num_tokens(module, latent_shape))
+            check_num_chunks(settings.chunk_ffn, adapter.chunked_forwards(module).num_tokens(module, latent_shape))
     if settings.sliced_decode:
         reason = adapter.sliced_decode_unsupported(pipe)
         if reason:
             raise LightcacheError(reason)
-        from .decode import plan_slices
-
-        return plan_slices(pipe.vae, latent_shape[3], latent_shape[4], num_slices=settings.decode_slices)
+        vae = adapter.vae(pipe)
+        return adapter.band_decoder(vae).plan(vae, latent_shape[3], latent_shape[4], num_slices=settings.decode_slices)
     return None
 
 

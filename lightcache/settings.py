@@ -1,6 +1,9 @@
 """One generation request, validated against its preset's limits.
 
-Every field error names the field and the allowed range, so the CLI and the app can show it as it is.
+Every field error names the field and the allowed range, so the CLI and the app can show it as it is. The core
+request is the same for every family; what only one family takes (Wan's flow shift...) is declared by its adapter
+(:class:`~lightcache.fields.RequestField`) and kept in :attr:`RunSettings.extra`, validated against that
+declaration and readable as an attribute (``settings.flow_shift``).
 
 Example:
     >>> from lightcache.presets import load_preset
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
 
 from .cache_methods import CACHE_METHODS
 from .errors import LightcacheError, shown
+from .fields import RequestField
 
 
 class Preset(Protocol):
@@ -34,13 +38,22 @@ class Preset(Protocol):
     defaults: Mapping[str, Any]
     limits: Any
     lowercase_prompts: bool
+    #: The family's own fields (its adapter's declaration) and whether the model takes a prompt.
+    request_fields: Sequence[RequestField]
+    takes_prompt: bool
+    #: Settings the family refuses whatever the checkpoint (``{"chunk_ffn": why}``).
+    refused: Mapping[str, str]
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything one generation needs besides the model. Build with :meth:`from_preset` to validate."""
+    """Everything one generation needs besides the model. Build with :meth:`from_preset` to validate.
 
-    prompt: str
+    ``extra``: the values of the family's own request fields (``{"flow_shift": 5.0}``), read as attributes
+    (``settings.flow_shift``); kept as sorted pairs, so that settings stay hashable.
+    """
+
+    prompt: str = ""
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 20
@@ -48,11 +61,6 @@ class RunSettings:
     height: int = 64
     width: int = 64
     guidance_scale: float = 5.0
-    # Two-expert models (Wan2.2 A14B): the guidance of the low-noise expert (None: the same as guidance_scale) and
-    # the fraction of the 1000 training timesteps above which the high-noise expert runs (None: the checkpoint's).
-    guidance_scale_2: float | None = None
-    boundary_ratio: float | None = None
-    flow_shift: float = 3.0
     easycache: bool = True
     threshold: float = 0.05
     warmup: int = 4
@@ -69,8 +77,8 @@ class RunSettings:
     # Bands for sliced decoding (None: the decoder's default, up to 16). Fewer bands decode faster and hold more:
     # on an H100 at Wan2.1-14B 720p, 16 bands add 1.26 GiB at 1.20x the plain decode time, 8 add 2.36 GiB at 1.08x.
     decode_slices: int | None = None
-    # torch.compile the denoisers' repeated blocks (see lightcache.compile). The first calls at a new size compile;
-    # the trace and the summary keep that warm-up apart from the speed of the compiled model.
+    # torch.compile the denoisers' repeated blocks (see lightcache.techniques.compile). The first calls at a new size
+    # compile; the trace and the summary keep that warm-up apart from the speed of the compiled model.
     compile: bool = False
     # The step cache (lightcache.cache_methods): "easycache" (tau is ``threshold``), one of diffusers' caches, or
     # "none"; ``easycache=False`` turns whichever is chosen off. ``cache_setting``: a diffusers cache's main setting
@@ -83,6 +91,25 @@ class RunSettings:
         """The cache that runs: ``cache``, or ``none`` when caching is switched off (``easycache=False``)."""
         return self.cache if self.easycache else "none"
 
+    extra: Any = field(default=(), compare=True)
+
+    def __post_init__(self):
+        pairs = self.extra.items() if isinstance(self.extra, Mapping) else self.extra
+        object.__setattr__(self, "extra", tuple(sorted((str(k), v) for k, v in pairs)))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: a family field of this request, else the usual error.
+        if not name.startswith("__") and name != "extra":
+            for key, value in self.__dict__.get("extra", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """The family fields of this request, as a dict."""
+        return dict(self.extra)
+
     @classmethod
     def from_preset(cls, preset: "Preset", **overrides: Any) -> "RunSettings":
         """The preset's defaults with ``overrides`` applied (None values are ignored), validated.
@@ -90,33 +117,44 @@ class RunSettings:
         Prompts are lower-cased when the preset says its tokenizer only knows lower-case words. A warm-up left unset
         follows the steps (see :func:`fitted_warmup`); one given explicitly is checked as given.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        family = {f.name for f in preset.request_fields}
         values = {k: v for k, v in preset.defaults.items() if k in known}
+        extra = {k: v for k, v in preset.defaults.items() if k in family}
         for key, value in overrides.items():
-            if key not in known:
-                raise LightcacheError(f"Unknown setting '{key}'.")
+            if key not in known and key not in family:
+                what = "a setting of this model's family" if _is_family_field(key) else "a setting"
+                raise LightcacheError(f"Unknown setting '{key}': not {what}.")
             if value is not None:
-                values[key] = value
+                (values if key in known else extra)[key] = value
         if overrides.get("warmup") is None and "warmup" in values and "steps" in values:
             values["warmup"] = fitted_warmup(values["warmup"], values["steps"])
         if preset.lowercase_prompts:
             for key in ("prompt", "negative_prompt"):
                 if isinstance(values.get(key), str):
                     values[key] = values[key].lower()
-        settings = cls(**values)
+        settings = cls(**values, extra=extra)
         settings.validate(preset)
         return settings
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data: the core fields, then the family fields beside them (``{"prompt": ..., "flow_shift": ...}``)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data.update(self.extra)
+        return data
 
     def validate(self, preset: "Preset") -> None:
         """Raise :class:`LightcacheError` for the first field outside what ``preset`` allows."""
         lim = preset.limits
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise LightcacheError(f"{name} must be text.")
+        if preset.takes_prompt and not self.prompt.strip():
             raise LightcacheError("prompt must not be empty.")
         for name in ("prompt", "negative_prompt"):
             _check_text(name, getattr(self, name))
+        if not preset.takes_prompt and (self.prompt.strip() or self.negative_prompt.strip()):
+            raise LightcacheError("prompt: this model takes no prompt; leave it empty.")
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("steps", self.steps, lim.min_steps, lim.max_steps)
         _check_int("frames", self.frames, 1, lim.max_frames)
@@ -129,11 +167,12 @@ class RunSettings:
             if value % lim.size_multiple:
                 raise LightcacheError(f"{name} must be a multiple of {lim.size_multiple}, got {value}.")
         _check_float("guidance_scale", self.guidance_scale, 0.0, 30.0)
-        if self.guidance_scale_2 is not None:
-            _check_float("guidance_scale_2", self.guidance_scale_2, 0.0, 30.0)
-        if self.boundary_ratio is not None:
-            _check_float("boundary_ratio", self.boundary_ratio, 0.0, 1.0)
-        _check_float("flow_shift", self.flow_shift, 0.0, 100.0)
+        declared = {f.name: f for f in preset.request_fields}
+        for key, _ in self.extra:
+            if key not in declared:
+                raise LightcacheError(f"Unknown setting '{key}': not a setting of this model's family.")
+        for name, declaration in declared.items():
+            declaration.check(self.extras.get(name))
         _check_float("threshold", self.threshold, 0.0, math.inf)
         if self.cache not in CACHE_METHODS:
             raise LightcacheError(f"cache must be one of {', '.join(CACHE_METHODS)}, got {self.cache!r}.")
@@ -156,10 +195,21 @@ class RunSettings:
             _check_int("chunk_ffn", self.chunk_ffn, 1, 1_000_000)
         if not isinstance(self.compile, bool):
             raise LightcacheError(f"compile must be true or false, got {shown(self.compile)}.")
+        refused = getattr(preset, "refused", {})
+        for name, asked in (("chunk_ffn", self.chunk_ffn is not None), ("sliced_decode", self.sliced_decode)):
+            if asked and name in refused:
+                raise LightcacheError(f"{name}: {refused[name]}")
         if self.decode_slices is not None:
             _check_int("decode_slices", self.decode_slices, 1, 256)
             if not self.sliced_decode:
                 raise LightcacheError("decode_slices is the band count of sliced decoding; turn sliced_decode on too.")
+
+
+def _is_family_field(name: str) -> bool:
+    """True when some family declares ``name`` (the refusal then says it is not this family's)."""
+    from .families import ADAPTERS
+
+    return any(f.name == name for adapter in ADAPTERS.values() for f in adapter.request_fields)
 
 
 def fitted_warmup(warmup: Any, steps: Any) -> Any:

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightcache import shapes  # noqa: E402
+from lightcache.tiny import shapes  # noqa: E402
 from lightcache.torch_thread import torch_thread  # noqa: E402
 
 

@@ -53,7 +53,7 @@ def flow_matching_step(dit, ema, opt, latents, clips, embeds, rng, gen, *, batch
     clips and captions, ``gen`` the noise, so a step is reproducible from its seeds. ``weights`` (broadcastable to
     ``latents``, one row per clip), if given, weighs the squared error per latent cell, normalised to mean 1.
     """
-    from lightcache import shapes
+    from lightcache.tiny import shapes
 
     idx = rng.integers(0, len(clips), size=batch)
     caps = []

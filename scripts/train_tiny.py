@@ -11,8 +11,8 @@ Everything is built with diffusers' and transformers' own classes, so the result
 * transformer: ``WanTransformer3DModel`` trained by flow matching, as Wan: ``x_s = (1-s) x0 + s n``,
   input timestep ``1000 s``, target ``n - x0``, with 10% empty captions so classifier-free guidance works.
 
-Data are synthetic clips from :mod:`lightcache.shapes`, generated from the seed; the (colour, shape,
-motion) triples in ``lightcache.shapes.HELD_OUT`` are never shown, so the prompt-following test can ask
+Data are synthetic clips from :mod:`lightcache.tiny.shapes`, generated from the seed; the (colour, shape,
+motion) triples in ``lightcache.tiny.shapes.HELD_OUT`` are never shown, so the prompt-following test can ask
 for them.
 
 Stages (each seeded on its own, each resumable; see ``--help`` and lightcache/data/tiny-wan/MODEL_CARD.md):
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training and train_tiny_refine
 
-from lightcache import shapes  # noqa: E402
+from lightcache.tiny import shapes  # noqa: E402
 from tiny_training import cosine_lr, decode_unclamped, log, to_tensor  # noqa: E402
 
 # Words the tokenizer knows, in a fixed order so the token ids (and so the frozen encoder's

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training, shared by both halves
 
-from lightcache import shapes  # noqa: E402
+from lightcache.tiny import shapes  # noqa: E402
 from tiny_training import cosine_lr, decode_unclamped, flow_matching_step, log, to_tensor  # noqa: E402
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training, shared by every part
 
-from lightcache import shapes  # noqa: E402
+from lightcache.tiny import shapes  # noqa: E402
 from tiny_training import cosine_lr, flow_matching_step, log  # noqa: E402
 from train_tiny_refine import Checkpoint, encode_clips, training_clips  # noqa: E402
 
@@ -72,7 +72,7 @@ def shape_cells(clip: np.ndarray, spec: shapes.ClipSpec, threshold: float = 60.0
     """The latent cells where the asked shape differs from the other shapes: (1, F', H / 8, W / 8) booleans.
 
     In each frame the object's mask gives its area and centroid; the ideal asked shape and each other shape of that
-    area and centroid (as :func:`lightcache.shapes.measure_frames` draws them) differ at the corners, and those
+    area and centroid (as :func:`lightcache.tiny.shapes.measure_frames` draws them) differ at the corners, and those
     pixels are what tells a square from a circle. A latent cell is marked where any of its pixels, over the frames
     it encodes (the first frame alone, then groups of four), is such a pixel.
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_training, shared by every part
 
-from lightcache import shapes  # noqa: E402
+from lightcache.tiny import shapes  # noqa: E402
 from tiny_training import cosine_lr, decode_unclamped, flow_matching_step, log, to_tensor  # noqa: E402
 from train_tiny_refine import Checkpoint, encode_clips, training_clips  # noqa: E402
 

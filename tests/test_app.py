@@ -149,7 +149,8 @@ def test_preset_change_updates_bounds_and_warns_about_gpu_presets():
             "wan2.1-t2v-1.3b", "cpu")
     assert "Needs a CUDA GPU" in info["info"]
     assert height["maximum"] == 720 and width["maximum"] == 1280 and frames["value"] == 81
-    assert image["visible"] is False
+    assert image["visible"] is False and prompt["visible"] is True and negative["visible"] is True
+    assert prompt["value"] == "A cat walks on the grass, realistic"
     info, *_ = preset_updates("tiny", "cpu")
     assert "CUDA" not in info["info"]
     with pytest.warns(UserWarning):
@@ -524,8 +525,9 @@ def test_gradios_queue_is_read_for_the_asking_session_only():
 
 def _run_updates(job, branches=("cond", "uncond")):
     """A run's start and one step record per call, as a job hands them to the page."""
+    # The run says how many calls make a step (its family adapter's count); the page redraws once a step is in.
     started = JobUpdate(run=ACCELERATED, event=RunStarted(preset="tiny", settings=job.settings.to_dict(),
-                                                          device="cpu"))
+                                                          device="cpu", calls_per_step=len(branches)))
     return [started] + [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b,
                                                                     computed=True, reason="warm-up", ms=1.0))
                         for s in range(job.settings.steps) for b in branches]
@@ -568,6 +570,16 @@ def test_slow_steps_redraw_the_trace_every_step_and_the_timeline_every_refresh_p
     # The timeline (2 s refresh) rides on the steps at 3.0, 6.0 and 9.0 s: more than 2 s after the last one.
     assert [_is_value(out[3]) for out in traced] == [False, True, False, True, False, True]
 
+
+
+def test_with_one_call_per_step_every_step_is_drawn_once_it_is_in():
+    """A family with one call per step (embedded guidance, a UNet's batched call): the run says so, and the page
+    draws every step, not every other one as a guessed 'two calls with guidance' would."""
+    job = _small_job()
+    assert job.settings.guidance_scale > 1
+    clock = _Clock(_run_updates(job, branches=("cond",)), per_update=1.5)
+    outputs = list(layout._present(job, clock.updates(), loading=False, device="cpu", clock=clock))
+    assert len([out for out in outputs[1:-1] if _is_value(out[1])]) == job.settings.steps
 
 # --- the served app -------------------------------------------------------------------------------------
 class _Loader:
@@ -775,7 +787,7 @@ def test_building_the_page_never_touches_cuda(monkeypatch, tmp_path):
 
 def test_every_example_is_something_the_tiny_model_was_trained_to_draw():
     from lightcache.app import texts
-    from lightcache.shapes import HELD_OUT, parse_prompt
+    from lightcache.tiny.shapes import HELD_OUT, parse_prompt
 
     for prompt, seed, tau in texts.EXAMPLES:
         spec = parse_prompt(prompt)
@@ -856,7 +868,7 @@ def test_every_update_becomes_seven_outputs_in_their_places(monkeypatch):
     monkeypatch.setattr(view, "comparison_markdown", lambda c: f"compared: {c['speedup']}x")
     job = parse_request(dict(initial_values("tiny", SMALL), compare=True), device="cpu")
     steps = job.settings.steps
-    started = RunStarted(preset="tiny", settings=job.settings.to_dict(), device="cuda")
+    started = RunStarted(preset="tiny", settings=job.settings.to_dict(), device="cuda", calls_per_step=2)
     updates = [JobUpdate(run=jobs.WARM_UP), JobUpdate(run=ACCELERATED, event=started),
                JobUpdate(run=ACCELERATED, event=StageStarted(stage="denoise", t=0.0))]
     updates += [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b, computed=True,
@@ -897,11 +909,13 @@ def test_every_update_becomes_seven_outputs_in_their_places(monkeypatch):
     outs = list(layout._present(single, clock.updates(), loading=False, device="cpu", clock=clock))
     assert outs[0][0] == "**Starting…**" and outs[0][6] == texts.COMPARE_HINT
     assert sum(_is_value(out[1]) for out in outs[1:-1]) == single.settings.steps  # one call per step, each shown
-    # Any guidance above 1 runs both branches: a step is shown once its second call is in.
+    # A run that says its steps make two calls (Wan with guidance above 1): a step is shown once its second call is in.
     weak = dataclasses.replace(single, settings=dataclasses.replace(single.settings, guidance_scale=1.5))
-    calls = [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b, computed=True,
-                                                         reason="warm-up", ms=1.0))
-             for s in range(weak.settings.steps) for b in ("cond", "uncond")]
+    started = RunStarted(preset="tiny", settings=weak.settings.to_dict(), device="cpu", calls_per_step=2)
+    calls = [JobUpdate(run=ACCELERATED, event=started)]
+    calls += [JobUpdate(run=ACCELERATED, event=StepRecord(step=s, timestep=1000.0 - s, branch=b, computed=True,
+                                                          reason="warm-up", ms=1.0))
+              for s in range(weak.settings.steps) for b in ("cond", "uncond")]
     clock = _Clock(calls, per_update=1.0)
     outs = list(layout._present(weak, clock.updates(), loading=False, device="cpu", clock=clock))
     assert sum(_is_value(out[1]) for out in outs[1:-1]) == weak.settings.steps

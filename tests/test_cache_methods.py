@@ -187,6 +187,8 @@ def test_settings_check_the_cache_and_its_setting():
 class _Preset:
     defaults: dict = {}
     lowercase_prompts = False
+    takes_prompt = True
+    request_fields = ()
 
     class limits:  # noqa: N801 - what settings read of a preset
         min_steps, max_steps, max_frames, frame_multiple, max_height, max_width, size_multiple = 2, 100, 65, 4, 256, \

@@ -79,9 +79,21 @@ def test_a_repeated_timestep_is_the_next_step_not_a_new_run():
     assert [loc.locate(None, torch.tensor([t])).step for t in (999.0, 999.0, 500.0, 500.0)] == [0, 1, 2, 3]
 
 
-def test_a_scheduler_without_a_step_index_is_at_step_0():
+def test_a_scheduler_without_a_step_index_has_its_steps_counted():
+    """DDIM keeps no step_index: reading it as step 0 put every call of AnimateDiff and CogVideoX at step 0, where
+    EasyCache never leaves its warm-up. The deciding calls are counted instead; followers take their step."""
+    from diffusers import DDIMScheduler
+
+    assert not hasattr(DDIMScheduler(), "step_index")  # what makes this path real
     loc = CallLocator(scheduler=SimpleNamespace(timesteps=torch.arange(4)))
-    assert loc.locate(CacheContext("cond"), None) == CallSite(0, "cond", 4, True)
+    cond, uncond = CacheContext("cond"), CacheContext("uncond")
+    sites = [loc.locate(ctx, torch.tensor([t])) for ctx, t in ((cond, 999.0), (uncond, 999.0), (cond, 700.0),
+                                                                (uncond, 700.0), (cond, 400.0))]
+    assert [(s.step, s.branch, s.num_steps) for s in sites] == [
+        (0, "cond", 4), (0, "uncond", 4), (1, "cond", 4), (1, "uncond", 4), (2, "cond", 4)]
+    # Without any context (a UNet pipeline's batched call) each call is the next step.
+    loc = CallLocator(scheduler=SimpleNamespace(timesteps=torch.arange(3)))
+    assert [loc.locate(None, torch.tensor([t])).step for t in (999.0, 500.0, 1.0)] == [0, 1, 2]
 
 
 def test_a_named_context_without_a_step_or_scheduler_counts_its_deciding_calls():

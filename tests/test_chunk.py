@@ -6,17 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from lightcache.chunk import (
+from lightcache.errors import LightcacheError
+from lightcache.families import adapter_named
+from lightcache.families.base import FamilyAdapter
+from lightcache.families.wan.chunked import WanChunkedForwards
+from lightcache.techniques.chunk import (
     CHUNK_HOOK,
     FeatureChunkConfig,
     apply_feature_chunking,
     check_num_chunks,
     get_feature_chunking_hook,
-    num_tokens,
     remove_feature_chunking,
+    token_bounds,
 )
-from lightcache.easycache import EasyCacheConfig, apply_easycache, remove_easycache
-from lightcache.errors import LightcacheError
+from lightcache.techniques.easycache import EasyCacheConfig, apply_easycache, remove_easycache
+
+WAN = adapter_named("wan")
 
 TOL = 1e-5
 
@@ -43,7 +48,7 @@ def test_chunked_forward_matches_the_plain_forward(tiny_pipe, chunks):
     transformer = tiny_pipe.transformer
     inputs = _inputs()  # 3 x 4 x 4 patches = 48 tokens
     plain = _forward(transformer, inputs)
-    apply_feature_chunking(transformer, chunks)
+    apply_feature_chunking(transformer, chunks, WAN)
     chunked = _forward(transformer, inputs)
     remove_feature_chunking(transformer)
     assert chunked.shape == plain.shape
@@ -55,7 +60,7 @@ def test_chunking_does_not_change_the_input_it_was_given(tiny_pipe):
     transformer = tiny_pipe.transformer
     inputs = _inputs()
     before = [t.clone() for t in inputs]
-    apply_feature_chunking(transformer, 4)
+    apply_feature_chunking(transformer, 4, WAN)
     _forward(transformer, inputs)
     # A block called on its own (not from the chunked model forward) must not write over its input either.
     block = transformer.blocks[0]
@@ -74,7 +79,7 @@ def test_chunking_does_not_change_the_input_it_was_given(tiny_pipe):
 def test_whole_pipeline_with_chunking_matches_plain(easycache, tiny_pipe):
     def run(chunked: bool):
         if chunked:
-            apply_feature_chunking(tiny_pipe.transformer, 3)
+            apply_feature_chunking(tiny_pipe.transformer, 3, WAN)
         hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2)) \
             if easycache else None
         try:
@@ -99,7 +104,7 @@ def test_composes_with_group_offloading_applied_after(tiny_pipe):
     transformer = tiny_pipe.transformer
     inputs = _inputs(seed=2)
     plain = _forward(transformer, inputs)
-    apply_feature_chunking(transformer, 4)
+    apply_feature_chunking(transformer, 4, WAN)
     apply_group_offloading(transformer, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
                            offload_type="block_level", num_blocks_per_group=1)
     out = _forward(transformer, inputs)
@@ -116,12 +121,12 @@ def test_applying_after_another_hook_or_twice_is_refused(tiny_pipe):
     transformer = tiny_pipe.transformer
     apply_easycache(transformer, EasyCacheConfig())
     with pytest.raises(LightcacheError, match="Apply feature chunking before other hooks"):
-        apply_feature_chunking(transformer, 2)
+        apply_feature_chunking(transformer, 2, WAN)
     remove_easycache(transformer)
-    hook = apply_feature_chunking(transformer, 2)
+    hook = apply_feature_chunking(transformer, 2, WAN)
     assert get_feature_chunking_hook(transformer) is hook
     with pytest.raises(LightcacheError, match="already applied"):
-        apply_feature_chunking(transformer, 2)
+        apply_feature_chunking(transformer, 2, WAN)
     remove_feature_chunking(transformer)
     assert get_feature_chunking_hook(transformer) is None
     assert all(CHUNK_HOOK not in b._diffusers_hook.hooks for b in transformer.blocks)
@@ -140,12 +145,12 @@ def test_bad_chunk_counts_get_a_clear_error(bad):
 def test_more_chunks_than_tokens_is_refused_with_the_limit(tiny_pipe):
     transformer = tiny_pipe.transformer
     inputs = _inputs()
-    tokens = num_tokens(transformer, inputs[0].shape)
+    tokens = WanChunkedForwards().num_tokens(transformer, inputs[0].shape)
     assert tokens == 48
     with pytest.raises(LightcacheError, match="only 48 tokens"):
         check_num_chunks(49, tokens)
     check_num_chunks(48, tokens)
-    apply_feature_chunking(transformer, 49)
+    apply_feature_chunking(transformer, 49, WAN)
     try:
         with pytest.raises(LightcacheError, match="between 1 and 48"):
             _forward(transformer, inputs)
@@ -155,10 +160,14 @@ def test_more_chunks_than_tokens_is_refused_with_the_limit(tiny_pipe):
 
 def test_refuses_transformers_it_cannot_chunk(tiny_pipe):
     with pytest.raises(LightcacheError, match="Wan transformers"):
-        apply_feature_chunking(tiny_pipe.vae, 2)
+        apply_feature_chunking(tiny_pipe.vae, 2, WAN)
+    # A family without chunked forwards (the base adapter's default) is refused, naming the module and the family.
+    with pytest.raises(LightcacheError, match="no implementation for WanTransformer3DModel"):
+        apply_feature_chunking(tiny_pipe.transformer, 2, FamilyAdapter())
+    assert get_feature_chunking_hook(tiny_pipe.transformer) is None
     tiny_pipe.transformer.fuse_qkv_projections()
     with pytest.raises(LightcacheError, match="unfused"):
-        apply_feature_chunking(tiny_pipe.transformer, 2)
+        apply_feature_chunking(tiny_pipe.transformer, 2, WAN)
 
 
 def test_chunking_lowers_the_estimated_peak(tiny_pipe):
@@ -170,7 +179,7 @@ def test_chunking_lowers_the_estimated_peak(tiny_pipe):
     peaks = {}
     for chunks in (None, 8):
         if chunks:
-            apply_feature_chunking(transformer, chunks)
+            apply_feature_chunking(transformer, chunks, WAN)
         with LiveBytesMeter() as meter:
             _forward(transformer, inputs)
         remove_feature_chunking(transformer)
@@ -192,9 +201,9 @@ def test_chunking_with_per_token_timesteps_matches_the_plain_forward(batch, chun
     t = torch.randint(1, 1000, (batch, 48), generator=g).float()
     t[:, :16] = 0.0  # the first latent frame's tokens, as the TI2V pipeline sets them for a conditioning image
     inputs = (x, t, torch.randn(batch, 5, 32, generator=g))
-    assert num_tokens(transformer, x.shape) == 48
+    assert WanChunkedForwards().num_tokens(transformer, x.shape) == 48
     plain = _forward(transformer, inputs)
-    apply_feature_chunking(transformer, chunks)
+    apply_feature_chunking(transformer, chunks, WAN)
     try:
         chunked = _forward(transformer, inputs)
     finally:
@@ -221,9 +230,18 @@ def test_ti2v_pipeline_with_chunking_matches_plain():
 
     plain = run()
     assert calls and all(shape == (1, 2 * 2 * 3) for shape in calls)  # 2 latent frames x 2 x 3 patches
-    apply_feature_chunking(pipe.transformer, 5)
+    apply_feature_chunking(pipe.transformer, 5, WAN)
     try:
         chunked = run()
     finally:
         remove_feature_chunking(pipe.transformer)
     assert (chunked - plain).abs().max().item() <= TOL
+
+
+def test_token_bounds_cover_every_token_once_as_evenly_as_possible():
+    bounds = token_bounds(11, 4)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 11
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert sorted(b - a for a, b in bounds) == [2, 3, 3, 3]
+    with pytest.raises(LightcacheError, match="between 1 and 3"):
+        token_bounds(3, 4)

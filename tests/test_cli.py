@@ -109,7 +109,7 @@ BAD_INPUTS = [
     (["--threshold", "-0.5"], "threshold must be between"),
     (["--threshold", "nan"], "threshold must be a number"),
     (["--warmup", "6"], "warmup must be between 0 and 5"),
-    (["--preset", "nope"], "Unknown preset 'nope'. Valid presets: tiny, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-i2v-a14b"),
+    (["--preset", "nope"], "Unknown preset 'nope'. Valid presets: tiny, animatediff, hunyuanvideo, svd-xt, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-i2v-a14b"),
     (["--model", "/definitely/not/here"], "Model directory '/definitely/not/here' does not exist"),
     (["--model", "README.md"], "'README.md' is a file, not a model directory"),
     (["--device", "banana"], "Unknown device 'banana'; use cpu or cuda"),
@@ -117,6 +117,9 @@ BAD_INPUTS = [
     (["--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "HF_HUB_OFFLINE"),
     (["--prompt", "   "], "prompt must not be empty"),
     (["--prompt", "a red circle " * 20], "tokens long; this model's text encoder takes at most 16"),
+    # The family's own fields are flags read from its adapter's declaration, validated the same way.
+    (["--flow-shift", "-1"], "flow_shift must be between 0.0 and 100.0, got -1.0"),
+    (["--guidance-scale-2", "31"], "guidance_scale_2 must be between 0.0 and 30.0, got 31.0"),
 ]
 
 
@@ -354,3 +357,12 @@ def test_easycache_order_flag_reaches_the_settings_and_defaults_to_the_reference
     assert settings("--easycache-order", "0").easycache_order == 0
     with pytest.raises(cli.LightcacheError, match="--easycache-order: invalid choice: 2"):
         cli.build_parser().parse_args(["generate", "--out", "unused", "--easycache-order", "2"])
+
+
+def test_a_family_field_flag_reaches_the_run(tiny_model_dir, tmp_path, capsys):
+    """``--flow-shift`` exists because the Wan adapter declares flow_shift; the value is the run's, in its summary."""
+    assert "--flow-shift" in cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    out = tmp_path / "run"
+    assert _generate(tiny_model_dir, out, "--flow-shift", "7.5", "--steps", "3") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["flow_shift"] == 7.5 and summary["family"] == "wan"

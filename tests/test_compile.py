@@ -26,18 +26,18 @@ from lightcache.accelerate import AccelerationConfig, apply_lightcache
 from lightcache.app.form import initial_values, parse_request
 from lightcache.app.view import call_counts, comparison_markdown, stages_markdown, status_markdown
 from lightcache.comparison import ACCELERATIONS_OFF, call_time_ratio, compare_runs
-from lightcache.compile import (
+from lightcache.techniques.compile import (
     COMPILE_HOOK, CompileConfig, check_compiler_available, compile_activity, find_repeated_blocks,
 )
-from lightcache.easycache import EasyCacheConfig
 from lightcache.errors import LightcacheError
 from lightcache.events import Note, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from lightcache.plots import timeline_figure, trace_figure
 from lightcache.presets import load_preset
 from lightcache.runner import run_generation
 from lightcache.settings import RunSettings
+from lightcache.techniques.easycache import EasyCacheConfig
 from lightcache.tiny import build_tiny_pipeline
-from lightcache.tiny_variants import build_tiny_variant
+from lightcache.tiny.variants import build_tiny_variant
 
 #: Compiled against eager video, pixel values in [0, 1]: inductor fuses and reorders float arithmetic (the runs
 #: here differ by about 1e-6).
@@ -66,10 +66,10 @@ def slow(test):
 
 def _settings(**overrides) -> RunSettings:
     values = dict(prompt="a red circle moving right", seed=3, steps=4, frames=5, height=32, width=32,
-                  guidance_scale=5.0, guidance_scale_2=3.0, warmup=1, threshold=0.2, max_sequence_length=16,
-                  chunk_ffn=2)
+                  guidance_scale=5.0, warmup=1, threshold=0.2, max_sequence_length=16, chunk_ffn=2)
+    guidance_2 = overrides.pop("guidance_scale_2", 3.0)  # Wan's two experts: a family field of the request
     values.update(overrides)
-    return RunSettings(**values)
+    return RunSettings(**values, extra={} if guidance_2 is None else {"guidance_scale_2": guidance_2})
 
 
 def _graphs() -> int:
@@ -367,7 +367,7 @@ def test_blocks_with_other_hooks_are_refused():
 
 
 def test_no_cpp_compiler_is_one_clear_error(monkeypatch):
-    import lightcache.compile as compile_module
+    import lightcache.techniques.compile as compile_module
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compile_module.shutil, "which", lambda name: None)
@@ -427,7 +427,7 @@ def test_find_repeated_blocks_follows_repeated_blocks_then_the_block_list():
     assert find_repeated_blocks(plain) == list(plain.transformer_blocks)
     assert find_repeated_blocks(torch.nn.Linear(2, 2)) == []
     with pytest.raises(LightcacheError, match="names no repeated blocks"):
-        from lightcache.compile import apply_compile
+        from lightcache.techniques.compile import apply_compile
 
         apply_compile({"transformer": torch.nn.Linear(2, 2)}, CompileConfig(backend="eager"))
 
@@ -511,7 +511,7 @@ def test_the_cli_summary_line_names_the_warm_up(capsys, tmp_path):
 
 
 def test_a_run_without_a_compiler_is_refused_before_it_starts(monkeypatch):
-    import lightcache.compile as compile_module
+    import lightcache.techniques.compile as compile_module
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compile_module.shutil, "which", lambda name: None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightcache.decode import (
+from lightcache.families.wan.vae_bands import (
     check_sliced_decode_supported,
     iter_sliced_decode,
     plan_slices,
@@ -168,7 +168,8 @@ def test_wan22_sliced_decode_matches_vae_decode(wan22_vae, shape, slices, axis):
 
 
 def test_wan22_many_bands_stay_exact(wan22_vae):
-    from lightcache.decode import _max_slices, _split_units
+    from lightcache.families.wan.vae_bands import _split_units
+    from lightcache.techniques.decode import max_slices as _max_slices
 
     z = _latents((1, 48, 2, 4, 12), seed=4)
     most = _max_slices(_split_units(wan22_vae)[1], 24)
@@ -270,9 +271,9 @@ class _CheckingStore:
     """A real host store, wrapped so that a test can check how the decode uses it (subclasses override its calls)."""
 
     def __init__(self, vae):
-        from lightcache.decode import _HostStore
+        from lightcache.techniques.decode import HostStore
 
-        self.store = _HostStore(next(vae.parameters()).device)
+        self.store = HostStore(next(vae.parameters()).device)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
@@ -280,7 +281,7 @@ class _CheckingStore:
 
 def _decode_through(store_type, vae_name, tiny_pipe, wan22_vae, seed):
     """Decode in 3 bands through a ``store_type`` wrapper, check the video is exact, and return (store, shape)."""
-    from lightcache.decode import decode_into
+    from lightcache.families.wan.vae_bands import decode_into
 
     vae, shape = (tiny_pipe.vae, (1, 4, 2, 8, 24)) if vae_name == "wan21" else (wan22_vae, (1, 48, 2, 4, 10))
     z = _latents(shape, seed=seed)
@@ -355,9 +356,9 @@ def test_every_tensor_set_aside_between_bands_is_read_once(tiny_pipe, wan22_vae,
 
 def _cuda_path_store(vae=None):
     """The store between bands on its CUDA path, with the CPU standing in for the device (streams: ``fake_cuda``)."""
-    from lightcache.decode import _HostStore
+    from lightcache.techniques.decode import HostStore
 
-    store = _HostStore(torch.device("cpu"))
+    store = HostStore(torch.device("cpu"))
     store.cuda, store.stream = True, torch.cuda.Stream()
     return store
 
@@ -386,7 +387,7 @@ def test_the_host_store_orders_its_copies_on_the_streams(fake_cuda):
 
 def test_a_host_store_for_a_cuda_device_takes_its_cuda_path_on_that_device(fake_cuda):
     """Only built, never copied through (the CPU cannot stand in for a CUDA tensor): its mode and stream's device."""
-    from lightcache.decode import _HostStore
+    from lightcache.techniques.decode import HostStore as _HostStore
 
     store = _HostStore(torch.device("cuda"))
     assert store.device == torch.device("cuda") and store.cuda is True
@@ -406,7 +407,7 @@ def test_the_host_store_keeps_each_tensors_dtype(fake_cuda):
 
 
 def test_the_decode_on_the_streams_waits_for_every_tensor_it_fetches(tiny_pipe, fake_cuda):
-    from lightcache.decode import decode_into
+    from lightcache.families.wan.vae_bands import decode_into
 
     vae = tiny_pipe.vae
     z = _latents((1, 4, 2, 8, 24), seed=12)
@@ -451,25 +452,27 @@ def test_each_frame_of_a_band_fetches_ahead_exactly_what_it_reads(tiny_pipe, wan
 def test_latents_in_another_dtype_decode_in_the_vaes(tiny_pipe):
     """The pipeline may hand over float64 (or bfloat16) latents: they are cast to the VAE's dtype first, as
     ``vae.decode`` expects."""
-    from lightcache.decode import _HostStore, decode_into
+    from lightcache.families.wan.vae_bands import decode_into
+    from lightcache.techniques.decode import HostStore
 
     vae = tiny_pipe.vae
     z = _latents((1, 4, 2, 8, 16), seed=14)
     plan = plan_slices(vae, 8, 16, num_slices=2)
-    bands32, _ = decode_into(vae, z, plan, _HostStore(torch.device("cpu")))
-    bands64, _ = decode_into(vae, z.double(), plan, _HostStore(torch.device("cpu")))
+    bands32, _ = decode_into(vae, z, plan, HostStore(torch.device("cpu")))
+    bands64, _ = decode_into(vae, z.double(), plan, HostStore(torch.device("cpu")))
     assert all(b.dtype == torch.float32 for b in bands64)
     assert all(torch.equal(a, b) for a, b in zip(bands32, bands64))
 
 
 def test_the_decode_postprocesses_to_0_1_unless_told_not_to(tiny_pipe):
-    from lightcache.decode import _HostStore, decode_into
+    from lightcache.families.wan.vae_bands import decode_into
+    from lightcache.techniques.decode import HostStore
 
     vae = tiny_pipe.vae
     z = _latents((1, 4, 2, 8, 16), seed=15)
     plan = plan_slices(vae, 8, 16, num_slices=2)
-    default, _ = decode_into(vae, z, plan, _HostStore(torch.device("cpu")))
-    raw, _ = decode_into(vae, z, plan, _HostStore(torch.device("cpu")), postprocess=False)
+    default, _ = decode_into(vae, z, plan, HostStore(torch.device("cpu")))
+    raw, _ = decode_into(vae, z, plan, HostStore(torch.device("cpu")), postprocess=False)
     for shown, values in zip(default, raw):
         assert torch.allclose(shown, (values * 0.5 + 0.5).clamp(0, 1))
     assert min(b.min().item() for b in raw) < 0  # the raw decode spans [-1, 1]; the default is the 0-1 video
@@ -479,10 +482,10 @@ def test_the_decode_postprocesses_to_0_1_unless_told_not_to(tiny_pipe):
 def test_the_default_band_count_comes_down_until_the_bands_fit(tiny_pipe, monkeypatch, fits, expected):
     """One band per 64 decoded pixels fits every Wan VAE layout tried, so the fall-back is driven here by a VAE
     that takes at most ``fits`` bands: the count comes down one at a time to the most that fit."""
-    from lightcache import decode
+    from lightcache.families.wan import vae_bands
 
-    real = decode._simulate
-    monkeypatch.setattr(decode, "_simulate", lambda units, cuts, length: (
+    real = vae_bands.simulate_bands
+    monkeypatch.setattr(vae_bands, "simulate_bands", lambda units, cuts, length: (
         None if len(cuts) - 1 > fits else real(units, cuts, length)))
     plan = plan_slices(tiny_pipe.vae, 8, 128)  # 1024 decoded pixels: 16 bands by default
     assert len(plan["cuts"]) - 1 == expected
@@ -504,16 +507,17 @@ def test_too_many_slices_names_the_latent_size_and_the_limit(tiny_pipe):
 def test_the_bands_hold_the_batch_in_the_vaes_dtype_and_the_whole_frames_are_let_go(tiny_pipe):
     import copy
 
-    from lightcache.decode import _HostStore, decode_into
+    from lightcache.families.wan.vae_bands import decode_into
+    from lightcache.techniques.decode import HostStore
 
     vae = copy.deepcopy(tiny_pipe.vae).double()
     z = _latents((1, 4, 3, 8, 16), seed=16)
-    store = _HostStore(torch.device("cpu"))
+    store = HostStore(torch.device("cpu"))
     bands, per_latent = decode_into(vae, z, plan_slices(vae, 8, 16, num_slices=2), store)
     assert len(per_latent) == 3 and per_latent[0] == 1 and per_latent[1] == per_latent[2] > 1
     assert [b.shape[:2] for b in bands] == [(1, sum(per_latent))] * 2 and all(b.dtype == torch.float64 for b in bands)
     assert not [key for key in store.items if key[0] == "mid"]  # each band's mid-block outputs dropped after it
-    _, one_band = decode_into(vae, z, plan_slices(vae, 8, 16, num_slices=1), _HostStore(torch.device("cpu")))
+    _, one_band = decode_into(vae, z, plan_slices(vae, 8, 16, num_slices=1), HostStore(torch.device("cpu")))
     assert one_band == per_latent
 
 

@@ -13,7 +13,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
-from lightcache.easycache import (
+from lightcache.techniques.easycache import (
     EASYCACHE_HOOK,
     EasyCacheConfig,
     EasyCacheState,
@@ -330,6 +330,30 @@ def test_only_the_noisy_latent_counts_when_condition_channels_are_appended(chann
     assert torch.equal(outputs[2], latents[2] + delta) and torch.equal(outputs[3], latents[3] + delta)
 
 
+@pytest.mark.parametrize("shape", [
+    (1, 3, 8, 4, 4),  # (B, F, C, H, W) latents of an SVD-like UNet, declared as (B, C, F, H, W)
+    (1, 12, 8),  # packed tokens (B, N, C) with more tokens than channels, declared as (B, C, F, H, W)
+])
+def test_a_latent_layout_that_does_not_fit_the_model_is_a_clear_error(shape):
+    """The adapter declares the layout; when the model's input has no latent channels on the declared axis, the
+    first call says so, instead of torch's error from inside a slice."""
+    from lightcache.errors import LightcacheError
+
+    class _Model(torch.nn.Module):
+        config = SimpleNamespace(out_channels=8)
+
+        def forward(self, hidden_states, timestep=None, return_dict=True):
+            return (hidden_states * 0.5,)
+
+    model = _Model()
+    apply_easycache(model, EasyCacheConfig(threshold=0.1, warmup_steps=1), channel_axis=1, latent_ndim=5)
+    try:
+        with pytest.raises(LightcacheError, match=r"not 5 dimensions with 8 latent channels on axis 1.*adapter"):
+            _call(model, torch.randn(shape), 0, "cond", 4)
+    finally:
+        remove_easycache(model)
+
+
 class _TwoOutputTransformer(torch.nn.Module):
     """An audio-video denoiser like LTX-2's: a second output that moves with a second input, and a third with none."""
 
@@ -605,7 +629,7 @@ def test_stacking_on_a_diffusers_cache_names_the_way_out():
 def test_records_carry_the_calls_timestep_tau_and_time(monkeypatch):
     """Each record has the call's timestep (keyword or second positional argument), the threshold, and how long the
     hook's work took (read from an injected clock: 1.5 ms between the hook's two readings)."""
-    import lightcache.easycache as easycache_module
+    import lightcache.techniques.easycache as easycache_module
 
     ticks = iter(x / 1000.0 for x in range(0, 10_000, 3))  # every reading 3 ms after the last ...
     readings = []

@@ -21,7 +21,7 @@ from lightcache.events import (
     StepRecord,
 )
 from lightcache.runner import run_generation, run_to_completion
-from lightcache.swap import CPU_NOTE
+from lightcache.techniques.swap import CPU_NOTE
 
 CHUNK_TOL = 1e-5  # feature chunking: fp32 transformer outputs
 DECODE_TOL = 1e-4  # sliced decoding: fp32 decode

@@ -93,9 +93,10 @@ def installed(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "lightcache", source / "lightcache", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("lightcache", "presets"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     dist = work / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
           "--wheel-dir", str(dist), str(source)], cwd=work)
@@ -126,8 +127,10 @@ def test_the_wheel_ships_the_package_data_and_nothing_else(installed):
     import zipfile
 
     names = zipfile.ZipFile(installed["wheel"]).namelist()
-    presets = sorted(Path(n).name for n in names if n.startswith("lightcache/data/presets/"))
-    assert presets == sorted(p.name for p in (ROOT / "lightcache" / "data" / "presets").glob("*.json"))
+    # The top-level presets/ folder, mapped into the package (where an installed lightcache.presets looks).
+    presets = sorted(Path(n).name for n in names if n.startswith("lightcache/_presets/"))
+    assert presets == sorted(p.name for p in (ROOT / "presets").glob("*.json")) and "tiny.json" in presets
+    assert not [n for n in names if n.startswith("presets/")]
     model = ROOT / "lightcache" / "data" / "tiny-wan"
     shipped = {str(p.relative_to(ROOT)) for p in model.rglob("*") if p.is_file()}
     assert shipped <= set(names), f"missing from the wheel: {sorted(shipped - set(names))}"

@@ -31,7 +31,7 @@ from lightcache.parallel_run import DECISION_FIELDS
 from lightcache.runner import run_generation, run_to_completion
 from lightcache.settings import RunSettings
 from lightcache.tiny import build_tiny_pipeline
-from lightcache.tiny_variants import build_tiny_variant
+from lightcache.tiny.variants import build_tiny_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = 2
@@ -287,7 +287,7 @@ def test_a_request_is_checked_against_the_split_before_it_runs(tiny_pipe, mode, 
 
 def test_apply_lightcache_refuses_what_does_not_combine_and_installs_the_agreement(tiny_pipe):
     from lightcache.accelerate import AccelerationConfig, apply_lightcache
-    from lightcache.easycache import EasyCacheConfig
+    from lightcache.techniques.easycache import EasyCacheConfig
 
     handle = _handle_without_processes(tiny_pipe, "ulysses", 2)
     tiny_pipe._lightcache_context_parallel = handle
@@ -327,7 +327,7 @@ def test_cli_refuses_parallel_without_processes_and_leaves_nothing(tmp_path, mon
 
 # --- EasyCache's agreement hook, in one process -----------------------------------------------------------------
 def test_an_agreement_to_compute_overrules_a_reuse(tiny_pipe):
-    from lightcache.easycache import EasyCacheConfig, apply_easycache, remove_easycache
+    from lightcache.techniques.easycache import EasyCacheConfig, apply_easycache, remove_easycache
 
     asked: list[bool] = []
 
@@ -351,7 +351,7 @@ def test_an_agreement_to_compute_overrules_a_reuse(tiny_pipe):
 
 
 def test_an_agreement_to_reuse_without_a_cached_transformation_is_an_error(tiny_pipe):
-    from lightcache.easycache import EasyCacheConfig, apply_easycache, remove_easycache
+    from lightcache.techniques.easycache import EasyCacheConfig, apply_easycache, remove_easycache
 
     apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.0, agree=lambda compute: False))
     try:

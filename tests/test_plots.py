@@ -140,3 +140,21 @@ def test_timeline_of_a_sampled_run_draws_its_series(events):
     series = [t for t in fig.data if not t.name.startswith("call ")]
     assert series and sum(len(t.x) for t in series) == sum(len(s.values) for s in samples)
     assert not any("no memory samples" in (a.text or "") for a in fig.layout.annotations)
+
+
+def test_the_error_curve_follows_the_deciding_call_whatever_its_branch_is_called():
+    """A guider's branches (HunyuanVideo-1.5's ``pred_cond`` / ``pred_uncond``) or a UNet's single batched call:
+    the curve is drawn from the calls that decided, not from a branch named "cond"."""
+    def record(step, branch, decides, eps, error, computed):
+        return StepRecord(step=step, timestep=900.0 - step, branch=branch, computed=computed, reason="r", eps=eps,
+                          error=error, tau=0.5, decides=decides)
+
+    records = [record(0, "pred_cond", True, None, 0.0, True), record(0, "pred_uncond", False, None, 0.0, True),
+               record(1, "pred_cond", True, 0.2, 0.2, False), record(1, "pred_uncond", False, None, 0.2, False)]
+    e_line = _trace(trace_figure(records), "E (accumulated error)")
+    assert list(zip(e_line.x, e_line.y)) == [(0, 0.0), (1, pytest.approx(0.2))]
+    # A trace written before records said which call decided (Wan's): the "cond" branch decided.
+    old = [dict(r.to_dict(), branch={"pred_cond": "cond", "pred_uncond": "uncond"}[r.branch]) for r in records]
+    for r in old:
+        del r["decides"]
+    assert list(_trace(trace_figure(old), "E (accumulated error)").x) == [0, 1]

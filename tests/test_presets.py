@@ -41,7 +41,7 @@ def test_wan_presets_carry_the_recommended_settings():
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(LightcacheError, match="Valid presets: tiny, wan2.1-i2v-14b-480p"):
+    with pytest.raises(LightcacheError, match="Valid presets: tiny, animatediff, hunyuanvideo, svd-xt, wan2.1-i2v-14b-480p"):
         load_preset("sd-turbo")
 
 
@@ -58,6 +58,9 @@ def test_unknown_preset_lists_the_valid_ones():
         (lambda d: d.update(family="secret"), "field 'family' names a model family not supported yet"),
         (lambda d: d.update(lowercase_prompts="yes"), "'lowercase_prompts' must be true or false"),
         (lambda d: d["defaults"].update(frames=10), "its defaults are invalid: frames must be of the form"),
+        # The family's own fields come from its adapter's declaration: Wan's flow shift is required and checked.
+        (lambda d: d["defaults"].pop("flow_shift"), "missing field 'defaults.flow_shift'"),
+        (lambda d: d["defaults"].update(flow_shift=500), "its defaults are invalid: flow_shift must be between"),
     ],
 )
 def test_malformed_presets_name_the_field(tmp_path, mutate, message):
@@ -217,8 +220,10 @@ def test_a_model_of_another_family_is_refused_with_advice_that_holds(tmp_path, m
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(LightcacheError) as info:
         check_model_matches_preset(tmp_path, load_preset("tiny"))
+    runs = ", ".join(c for adapter in families.ADAPTERS.values() for c in adapter.pipeline_classes)
+    assert "WanPipeline, WanImageToVideoPipeline" in runs
     assert str(info.value) == (f"'{tmp_path}' holds a FluxPipeline, which lightcache does not run (it runs "
-                               "WanPipeline, WanImageToVideoPipeline); preset 'tiny' needs a WanPipeline.")
+                               f"{runs}); preset 'tiny' needs a WanPipeline.")
     # A family lightcache runs but no shipped preset does: no advice to choose a preset of it.
     other = type("OtherFamily", (), {"name": "other", "pipeline_classes": ("FluxPipeline",)})
     monkeypatch.setitem(families.ADAPTERS, "other", other)
@@ -233,3 +238,19 @@ def test_gpu_preset_without_gpu_is_refused():
         pytest.skip("this machine has a GPU")
     with pytest.raises(LightcacheError, match="needs a CUDA GPU"):
         load_pipeline(load_preset("wan2.1-t2v-14b"))
+
+
+def test_family_fields_are_the_adapters_declaration_kept_beside_the_core_request():
+    from lightcache.families import adapter_named
+
+    preset = load_preset("tiny")
+    assert preset.request_fields == adapter_named("wan").request_fields and preset.takes_prompt
+    assert preset.pipeline == "WanPipeline"
+    s = RunSettings.from_preset(preset, flow_shift=5.0)
+    assert s.flow_shift == 5.0 and s.extras == {"flow_shift": 5.0} and s.to_dict()["flow_shift"] == 5.0
+    assert "flow_shift" not in {f.name for f in dataclasses.fields(RunSettings)}
+    assert hash(s) == hash(dataclasses.replace(s))  # settings stay hashable (caches key on them)
+    with pytest.raises(LightcacheError, match="Unknown setting 'motion_bucket'"):
+        RunSettings.from_preset(preset, motion_bucket=127)
+    with pytest.raises(AttributeError):
+        RunSettings.from_preset(preset).motion_bucket_id

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import FLOAT_TOL, pipe_video, tiny_settings
 
-from lightcache.easycache import get_easycache_hook
 from lightcache.errors import LightcacheError, RunCancelled
 from lightcache.events import FramesDecoded, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
 from lightcache.runner import run_generation, run_to_completion
+from lightcache.techniques.easycache import get_easycache_hook
 
 
 def test_plain_runner_is_bit_identical_to_the_pipeline(tiny_pipe):
@@ -86,3 +86,31 @@ def test_summary_counts_match_the_records(tiny_pipe):
     assert s["calls_computed"] == sum(r.computed for r in records)
     assert s["calls_reused"] == sum(not r.computed for r in records) > 0
     assert s["steps_reused"] == sorted({r.step for r in records if not r.computed and r.branch == "cond"})
+
+
+def test_an_adapter_that_finds_no_denoiser_is_refused_before_anything_attaches(tiny_pipe):
+    """A hand-written adapter whose denoiser names match no module of the pipeline (the default "transformer" on a
+    UNet pipeline) would attach nothing and trace nothing, in silence: it is refused, and nothing is left."""
+    from lightcache.accelerate import AccelerationConfig, apply_lightcache
+    from lightcache.families.wan import WanAdapter
+    from lightcache.techniques.easycache import EasyCacheConfig
+
+    class _UNetNames(WanAdapter):
+        denoiser_names = ("unet",)
+
+    with pytest.raises(LightcacheError, match=r"finds no denoiser on this WanPipeline \(it looks for unet\)"):
+        apply_lightcache(tiny_pipe, AccelerationConfig(easycache=EasyCacheConfig(threshold=0.1)),
+                         adapter=_UNetNames())
+    assert getattr(tiny_pipe, "_lightcache_acceleration", None) is None
+    assert get_easycache_hook(tiny_pipe.transformer) is None
+    assert "decode" not in tiny_pipe.vae.__dict__
+
+
+def test_the_run_says_how_many_calls_a_step_makes(tiny_pipe):
+    """The family adapter counts a step's calls (Wan: cond and uncond with guidance > 1, one without), so a consumer
+    never guesses it from the guidance scale."""
+    for guidance, calls in ((5.0, 2), (1.0, 1)):
+        events = list(run_generation(tiny_pipe, tiny_settings(steps=3, guidance_scale=guidance)))
+        assert events[0].calls_per_step == calls
+        assert len([e for e in events if isinstance(e, StepRecord)]) == 3 * calls
+        assert all(r.decides == (r.branch == "cond") for r in events if isinstance(r, StepRecord))

@@ -136,7 +136,7 @@ def test_an_uploaded_preset_is_refused_and_nothing_is_loaded(app, client, victim
 
 
 @pytest.mark.parametrize("preset", [
-    str(PRESET_DIR / "tiny.json"), "lightcache/data/presets/tiny.json", "presets/tiny.json", "../presets/tiny",
+    str(PRESET_DIR / "tiny.json"), "presets/tiny.json", "presets/tiny.json", "../presets/tiny",
     "tiny.json", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "lightcache/data/tiny-wan", "assets/tiny-wan", "/etc/passwd", "",
 ])
 def test_paths_and_model_names_are_not_presets(app, client, victim_run, preset):
@@ -185,7 +185,7 @@ def test_uploads_are_capped_at_what_the_app_needs(app):
 
 @pytest.mark.parametrize("path, content", [
     (str(PRESET_DIR / "tiny.json"), "Tiny shapes model"),
-    ("lightcache/data/presets/tiny.json", "Tiny shapes model"),
+    ("presets/tiny.json", "Tiny shapes model"),
     (str(PROJECT_ROOT / "lightcache" / "data" / "tiny-wan" / "model_index.json"), "WanPipeline"),
     ("/etc/passwd", "root:"),
 ])

@@ -157,7 +157,7 @@ def test_the_served_preset_is_a_shipped_name_checked_before_anything_loads():
     with pytest.raises(LightcacheError) as info:
         served_preset({PRESET_VARIABLE: "wan-9000"}, zero_gpu=False)
     assert str(info.value) == f"{PRESET_VARIABLE}: Unknown preset 'wan-9000'. Valid presets: {', '.join(list_presets())}."
-    for path in ("lightcache/data/presets/tiny.json", "/etc/passwd", "../tiny"):
+    for path in ("presets/tiny.json", "/etc/passwd", "../tiny"):
         with pytest.raises(LightcacheError, match=r"^LIGHTCACHE_PRESET: Unknown preset \(a preset is chosen by name"):
             served_preset({PRESET_VARIABLE: path}, zero_gpu=False)
 

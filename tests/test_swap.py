@@ -9,15 +9,16 @@ import torch
 from conftest import strict_fp32, tiny_settings
 from diffusers.hooks import HookRegistry, ModelHook
 
-from lightcache.easycache import (
+from lightcache.errors import LightcacheError
+from lightcache.families import adapter_for, adapter_named
+from lightcache.techniques.easycache import (
     EasyCacheConfig,
     TensorStore,
     apply_easycache,
     get_easycache_hook,
     remove_easycache,
 )
-from lightcache.errors import LightcacheError
-from lightcache.swap import (
+from lightcache.techniques.swap import (
     CPU_NOTE,
     AsyncSwapConfig,
     PinnedTensorStore,
@@ -25,6 +26,8 @@ from lightcache.swap import (
     get_async_swap,
     remove_async_swap,
 )
+
+WAN = adapter_named("wan")
 
 
 def _video(pipe, steps=8):
@@ -40,7 +43,7 @@ def _hooks(module):
 def test_on_the_cpu_swapping_is_a_no_op_that_says_so(tiny_pipe):
     before = {name: [p.data_ptr() for p in getattr(tiny_pipe, name).parameters()]
               for name in ("text_encoder", "transformer", "vae")}
-    swap = apply_async_swap(tiny_pipe, device="cpu")
+    swap = apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     assert not swap.active and swap.note == CPU_NOTE
     assert "did nothing" in swap.note and "CPU" in swap.note
     swap.after_encode()
@@ -58,9 +61,9 @@ def test_on_the_cpu_swapping_is_a_no_op_that_says_so(tiny_pipe):
 
 
 def test_applying_twice_is_refused_and_removing_twice_is_harmless(tiny_pipe):
-    apply_async_swap(tiny_pipe, device="cpu")
+    apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     with pytest.raises(LightcacheError, match="already applied"):
-        apply_async_swap(tiny_pipe, device="cpu")
+        apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     remove_async_swap(tiny_pipe)
     remove_async_swap(tiny_pipe)
 
@@ -130,7 +133,7 @@ def test_easycache_survives_a_hook_that_removes_itself_when_applied_in_the_runne
 
 def test_a_kept_weight_copy_is_used_only_while_the_weights_are_unchanged():
     """The staleness check behind reusing the pinned transformer copy (the pinning itself needs CUDA)."""
-    from lightcache.swap import PinnedWeights
+    from lightcache.techniques.swap import PinnedWeights
 
     def fresh():
         torch.manual_seed(0)
@@ -174,23 +177,23 @@ def test_strict_fp32_restores_the_tf32_switches_even_after_an_error():
 
 # --- the mechanics, with the CPU standing in for the GPU ---------------------------------------------------------
 def test_which_modules_each_stage_needs():
-    from lightcache.swap import AsyncSwap
+    from lightcache.techniques.swap import AsyncSwap
     from lightcache.tiny import build_tiny_pipeline
 
-    swap = AsyncSwap(build_tiny_pipeline(seed=0), torch.device("cpu"), AsyncSwapConfig())
+    swap = AsyncSwap(build_tiny_pipeline(seed=0), torch.device("cpu"), AsyncSwapConfig(), WAN)
     needs = {stage: swap.stage_modules(stage) for stage in ("encode", "encode_image", "denoise", "decode", "other")}
     assert needs == {"encode": {"text_encoder"}, "encode_image": {"vae"}, "denoise": set(), "decode": {"vae"},
                      "other": set()}
     assert swap._swappable() == ["text_encoder", "vae"]
-    only_vae = AsyncSwap(swap.pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False))
+    only_vae = AsyncSwap(swap.pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False), WAN)
     assert only_vae.stage_modules("encode") == set() and only_vae._swappable() == ["vae"]
-    nothing = AsyncSwap(swap.pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False, vae=False))
+    nothing = AsyncSwap(swap.pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False, vae=False), WAN)
     assert nothing.stage_modules("decode") == set() and nothing._swappable() == []
 
 
 def _track_moves(pipe, monkeypatch):
     """Record where each parked module is (``"host"`` or ``"device"``) and which parking place moved it."""
-    import lightcache.swap as swap_module
+    import lightcache.techniques.swap as swap_module
 
     names = {id(getattr(pipe, n)): n for n in ("text_encoder", "vae", "transformer")}
     where, movers = {}, {}
@@ -210,7 +213,7 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
     under block-level group offloading, EasyCache's tensors live in the swap's store, and afterwards everything is
     back: no hooks, the default store, the same video and decisions as without swapping. Only the bytes moved
     between the memories are not tested here (tests marked ``gpu``)."""
-    import lightcache.swap as swap_module
+    import lightcache.techniques.swap as swap_module
     from lightcache.runner import run_generation, run_to_completion
 
     plain_records = []
@@ -275,12 +278,12 @@ def test_swapping_mechanics_on_a_stand_in_device(tiny_pipe, fake_cuda, monkeypat
 def test_the_stage_hooks_of_the_benchmark_move_what_each_stage_needs(tiny_pipe, fake_cuda, monkeypatch):
     """``after_encode``, ``before_decode`` and ``after_decode`` (what benchmarks/memory.py calls around its own
     stages) on the stand-in device: encoders parked for the denoise, the VAE in for the decode and out after it."""
-    import lightcache.swap as swap_module
+    import lightcache.techniques.swap as swap_module
 
     monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
     monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", lambda **kwargs: None)
     where, _ = _track_moves(tiny_pipe, monkeypatch)
-    swap = apply_async_swap(tiny_pipe, device="cpu", config=AsyncSwapConfig(cache=False))
+    swap = apply_async_swap(tiny_pipe, adapter=WAN, device="cpu", config=AsyncSwapConfig(cache=False))
     assert where == {"vae": "host"}  # parked from the start: the encode stage does not use it
     states = []
     for stage_hook in (swap.after_encode, swap.before_decode, swap.after_decode):
@@ -299,15 +302,15 @@ def _offload_on_the_cpu(module):
 
 
 def test_a_denoiser_already_under_group_offloading_is_left_as_it_was(fake_cuda, monkeypatch):
-    import lightcache.swap as swap_module
-    from lightcache.tiny_variants import build_tiny_variant
+    import lightcache.techniques.swap as swap_module
+    from lightcache.tiny.variants import build_tiny_variant
 
     monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
     pipe = build_tiny_variant("wan2.2-t2v-a14b")  # two experts
     pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
                                           num_blocks_per_group=1)
     monkeypatch.setattr(pipe.transformer_2, "enable_group_offload", _offload_on_the_cpu(pipe.transformer_2))
-    swap = apply_async_swap(pipe, device="cpu")
+    swap = apply_async_swap(pipe, adapter=adapter_for(pipe), device="cpu")
     assert swap.note == "The transformer already had group offloading; it was left as it was."
     assert swap.group_offload == ["transformer_2"]  # the other expert still gets it
     remove_async_swap(pipe)
@@ -317,8 +320,8 @@ def test_a_denoiser_already_under_group_offloading_is_left_as_it_was(fake_cuda, 
 def test_the_kept_weight_copy_is_reused_only_while_it_matches(tiny_pipe, fake_cuda, monkeypatch):
     """The transformer's pinned copy kept from the previous run (made on a GPU; built by hand here): used when the
     weights are the ones it was made from, dropped otherwise, and taken by the run either way."""
-    import lightcache.swap as swap_module
-    from lightcache.swap import PinnedWeights
+    import lightcache.techniques.swap as swap_module
+    from lightcache.techniques.swap import PinnedWeights
 
     monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
     transformer = tiny_pipe.transformer
@@ -332,7 +335,7 @@ def test_the_kept_weight_copy_is_reused_only_while_it_matches(tiny_pipe, fake_cu
 
     kept = kept_copy()
     setattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE, {"transformer": kept})
-    swap = apply_async_swap(tiny_pipe, device="cpu")
+    swap = apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     assert swap.reused_pinned_weights == ["transformer"] and swap.summary()["reused_pinned_weights"]
     assert all(p.data_ptr() == kept.host[n].data_ptr() for n, p in transformer.named_parameters())
     assert getattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE) is None  # taken by this run
@@ -342,7 +345,7 @@ def test_the_kept_weight_copy_is_reused_only_while_it_matches(tiny_pipe, fake_cu
     with torch.no_grad():
         transformer.proj_out.weight.mul_(0.5)  # as a LoRA merged in place would
     setattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE, {"transformer": stale})
-    swap = apply_async_swap(tiny_pipe, device="cpu")
+    swap = apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     assert swap.reused_pinned_weights == [] and not swap.summary()["reused_pinned_weights"]
     assert getattr(tiny_pipe, swap_module._PINNED_ATTRIBUTE) is None
     remove_async_swap(tiny_pipe)
@@ -401,7 +404,7 @@ def test_swapping_on_cuda_is_exact_and_puts_everything_back():
         hook = apply_easycache(pipe.transformer, EasyCacheConfig(threshold=0.3, warmup_steps=2))
         plain = _video(pipe)
         plain_records = [(r.step, r.branch, r.computed) for r in hook.records]
-        swap = apply_async_swap(pipe, device="cuda")
+        swap = apply_async_swap(pipe, adapter=adapter_for(pipe), device="cuda")
         assert swap.active and swap.group_offload and swap.cache_store is not None
         assert next(pipe.vae.parameters()).device.type == "cpu"
         swapped = _video(pipe)
@@ -417,7 +420,7 @@ def test_swapping_on_cuda_is_exact_and_puts_everything_back():
 
 @pytest.mark.gpu
 def test_the_next_run_reuses_the_pinned_copy_and_a_changed_weight_is_copied_again():
-    from lightcache.swap import release_pinned_weights
+    from lightcache.techniques.swap import release_pinned_weights
     from lightcache.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed=0).to("cuda")
@@ -427,7 +430,7 @@ def test_the_next_run_reuses_the_pinned_copy_and_a_changed_weight_is_copied_agai
             if change:  # as a LoRA merged in place would: the kept copy is now stale
                 with torch.no_grad():
                     pipe.transformer.proj_out.weight.mul_(0.5)
-            swap = apply_async_swap(pipe, device="cuda")
+            swap = apply_async_swap(pipe, adapter=adapter_for(pipe), device="cuda")
             reused.append(swap.reused_pinned_weights)
             videos.append(_video(pipe))
             remove_async_swap(pipe)
@@ -448,7 +451,7 @@ def test_swapping_on_cuda_lowers_the_resident_weights():
     pipe = build_tiny_pipeline(seed=0, num_layers=6, ffn_dim=256).to("cuda")
     torch.cuda.synchronize()
     full = torch.cuda.memory_allocated()
-    apply_async_swap(pipe, device="cuda")
+    apply_async_swap(pipe, adapter=adapter_for(pipe), device="cuda")
     torch.cuda.synchronize()
     swapped = torch.cuda.memory_allocated()
     remove_async_swap(pipe)
@@ -459,7 +462,7 @@ def test_swapping_on_cuda_lowers_the_resident_weights():
 
 @pytest.mark.gpu
 def test_a_parked_module_waits_in_pinned_host_memory_and_comes_back_unchanged():
-    from lightcache.swap import _ParkedModule
+    from lightcache.techniques.swap import _ParkedModule
 
     module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).to("cuda")
     before = {name: t.detach().clone() for name, t in module.state_dict().items()}
@@ -480,24 +483,24 @@ def test_a_parked_module_waits_in_pinned_host_memory_and_comes_back_unchanged():
 
 def test_an_image_encoder_is_swapped_with_the_text_encoder():
     """Wan2.1 I2V's image encoder is parked and brought in like the text encoder (and only when that is swapped)."""
-    from lightcache.swap import AsyncSwap
-    from lightcache.tiny_variants import build_tiny_variant
+    from lightcache.techniques.swap import AsyncSwap
+    from lightcache.tiny.variants import build_tiny_variant
 
     pipe = build_tiny_variant("wan2.1-i2v")
-    swap = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig())
+    swap = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(), WAN)
     assert swap.stage_modules("encode_image") == {"image_encoder", "vae"}
     assert swap._swappable() == ["text_encoder", "image_encoder", "vae"]
-    vae_only = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False))
+    vae_only = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(text_encoder=False), WAN)
     assert vae_only.stage_modules("encode_image") == {"vae"} and vae_only._swappable() == ["vae"]
 
 
 def test_the_adapter_given_is_used_and_other_devices_are_named():
-    from lightcache.swap import AsyncSwap
+    from lightcache.techniques.swap import AsyncSwap
     from lightcache.tiny import build_tiny_pipeline
 
     pipe, adapter = build_tiny_pipeline(seed=0), object()
     assert AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(), adapter=adapter).adapter is adapter
-    elsewhere = AsyncSwap(pipe, torch.device("meta"), AsyncSwapConfig())
+    elsewhere = AsyncSwap(pipe, torch.device("meta"), AsyncSwapConfig(), WAN)
     assert not elsewhere.active and "'meta'" in elsewhere.note and elsewhere.note != CPU_NOTE
     assert PinnedTensorStore(torch.device("cpu")).peak_parked_bytes == 0
 
@@ -505,19 +508,19 @@ def test_the_adapter_given_is_used_and_other_devices_are_named():
 def test_removing_the_swap_gives_easycache_its_own_store_back(tiny_pipe, fake_cuda, monkeypatch):
     """A library user may remove swapping and keep EasyCache: its tensors go back to a plain store, and the swap
     holds no modules any more."""
-    import lightcache.swap as swap_module
-    from lightcache.easycache import EasyCacheConfig, TensorStore, apply_easycache, remove_easycache
+    import lightcache.techniques.swap as swap_module
+    from lightcache.techniques.easycache import EasyCacheConfig, TensorStore, apply_easycache, remove_easycache
 
     monkeypatch.setattr(swap_module, "_swaps_on", lambda device: True)
     monkeypatch.setattr(tiny_pipe.transformer, "enable_group_offload", _offload_on_the_cpu(tiny_pipe.transformer))
     hook = apply_easycache(tiny_pipe.transformer, EasyCacheConfig(threshold=0.1))
-    swap = apply_async_swap(tiny_pipe, device="cpu")
+    swap = apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     assert isinstance(hook.state.store, PinnedTensorStore)
     remove_async_swap(tiny_pipe)
     assert type(hook.state.store) is TensorStore and swap.group_offload == [] and swap.cache_store is None
     assert get_easycache_hook(tiny_pipe.transformer) is hook
     # A store the user gave EasyCache while swapping ran is theirs: removing the swap leaves it.
-    apply_async_swap(tiny_pipe, device="cpu")
+    apply_async_swap(tiny_pipe, adapter=adapter_for(tiny_pipe), device="cpu")
     mine = TensorStore()
     hook.use_tensor_store(mine)
     remove_async_swap(tiny_pipe)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightcache import shapes
+from lightcache.tiny import shapes
 
 ASSETS = Path(__file__).resolve().parents[1] / "lightcache" / "data" / "tiny-wan"
 

@@ -100,7 +100,7 @@ def _one_step(small, weights):
 
     import numpy as np
 
-    from lightcache import shapes
+    from lightcache.tiny import shapes
 
     dit = copy.deepcopy(small.transformer).train()
     ema = copy.deepcopy(dit).eval()

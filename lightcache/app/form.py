@@ -36,7 +36,7 @@ DEFAULT_PRESET = "tiny"
 
 #: Token slices per layer when feature chunking is switched on and the preset names no number of its own
 #: (``defaults.chunk_ffn``): the widest intermediates shrink 8x, and slices stay long enough to keep a GPU busy
-#: at the Wan2.1 sizes (see :class:`lightcache.chunk.FeatureChunkConfig`).
+#: at the Wan2.1 sizes (see :class:`lightcache.techniques.chunk.FeatureChunkConfig`).
 FEATURE_CHUNKS = 8
 
 #: Upper end of the tau slider. Larger values are accepted through the API (tau may be any number >= 0).
@@ -101,8 +101,8 @@ def initial_values(preset_name: str = DEFAULT_PRESET, overrides: Mapping[str, An
     d = preset.defaults
     values = {
         "preset": preset.name,
-        "prompt": d["prompt"],
-        "negative_prompt": d["negative_prompt"],
+        "prompt": d.get("prompt", ""),
+        "negative_prompt": d.get("negative_prompt", ""),
         "seed": int(d.get("seed", 0)),
         "steps": int(d["steps"]),
         "frames": int(d["frames"]),

@@ -43,12 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds per transformer call (one CFG branch) and the token count they were measured at (design notes §5,
-#: one H100, bf16). Other shapes scale with the token count; other presets fall back to the 14B figure.
-_MEASURED = {
-    "wan2.1-t2v-1.3b": (0.63, 21 * 30 * 52),
-    "wan2.1-t2v-14b": (12.53, 21 * 45 * 80),
-}
 _MIN_S, _MAX_S = 60, 1200
 #: Getting the weights onto the GPU: ZeroGPU moves the model loaded at start onto the GPU of each new worker, and
 #: a GPU Space that loads on the first Run reads the checkpoint from the local cache.
@@ -110,19 +104,23 @@ def refuse_unsupported_on_zero_gpu(settings: Any, zero_gpu: bool | None = None) 
 
 def estimate_gpu_seconds(preset: Any, steps: Any, frames: Any, height: Any, width: Any, compare: Any) -> int:
     """How long to ask ZeroGPU for: the weights onto the GPU plus every transformer call, with a 1.5x margin,
-    doubled to compare.
+    doubled to compare. The time of one call at this size is the preset's family adapter's (from its measured
+    anchors); a family without one gets the longest duration.
 
     Never raises: a bad request gets the minimum (the app validates before it asks).
     """
     try:
+        from ..families import adapter_named
+
         p = load_shipped_preset(preset)
         if not p.requires_gpu:
             return _MIN_S
-        per_call, ref_tokens = _MEASURED.get(p.name, _MEASURED["wan2.1-t2v-14b"])
-        latent_frames = (int(frames) - 1) // 4 + 1
-        tokens = latent_frames * (int(height) // 16) * (int(width) // 16)
+        per_call = adapter_named(p.family).estimate_call_seconds(p, int(frames), int(height), int(width))
+        if per_call is None:
+            return _MAX_S
+        # Every step with guidance's two calls: the most a step of a video family makes.
         calls = 2 * int(steps)
-        seconds = _LOAD_S + 1.5 * calls * per_call * tokens / ref_tokens
+        seconds = _LOAD_S + 1.5 * calls * per_call
         if compare:
             seconds *= 2
         return int(min(_MAX_S, max(_MIN_S, seconds)))

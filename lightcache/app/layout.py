@@ -118,13 +118,15 @@ def build_demo(
                 preset_dd = gr.Dropdown(
                     preset_choices(presets), value=start["preset"], label=FIELDS["preset"], info=preset.description,
                 )
-                prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4)
+                prompt = gr.Textbox(start["prompt"], label=FIELDS["prompt"], lines=2, max_lines=4,
+                                    visible=preset.takes_prompt)
                 # Shown for image-to-video presets only; its value reaches the handler as Gradio's reference to an
                 # uploaded file, which form.parse_image reads only from Gradio's upload folder.
                 image = gr.Image(None, label=FIELDS["image"], type="filepath", sources=["upload", "clipboard"],
                                  visible=preset.takes_image, height=160, elem_id="image")
                 negative = gr.Textbox(start["negative_prompt"], label=FIELDS["negative_prompt"], lines=1,
-                                      max_lines=4, placeholder="what the video should not show (optional)")
+                                      max_lines=4, placeholder="what the video should not show (optional)",
+                                      visible=preset.takes_prompt)
                 with gr.Row():
                     seed = gr.Number(start["seed"], label=FIELDS["seed"], precision=0, minimum=None)
                     steps = gr.Slider(value=start["steps"], label=FIELDS["steps"], **bounds["steps"])
@@ -298,6 +300,12 @@ def run_job(pipelines: PipelineCache, outputs: OutputDirs, raw: Mapping[str, Any
             outputs.discard(out_dir)
 
 
+def _calls_per_step(events: list) -> int:
+    """The denoiser calls per step of this run, as its family adapter counted them (``RunStarted``), else 1."""
+    started = next((e for e in events if isinstance(e, RunStarted)), None)
+    return getattr(started, "calls_per_step", None) or 1
+
+
 def _present(job, updates, loading: bool, device: str, clock: Callable[[], float] = time.monotonic) -> Iterator[tuple]:
     """Turn a job's updates into output values: the trace as steps come in (at most every ``TRACE_REFRESH_S``),
     the timeline and stage table at stage boundaries, everything in full at the end. ``clock`` (seconds) paces the
@@ -309,7 +317,6 @@ def _present(job, updates, loading: bool, device: str, clock: Callable[[], float
     runs: dict[str, list] = {ACCELERATED: [], PLAIN: []}
     videos: dict[str, str | None] = {ACCELERATED: None, PLAIN: None}
     comparison = "" if job.compare else texts.COMPARE_HINT
-    calls_per_step = 2 if job.settings.guidance_scale > 1.0 else 1
     last_timeline = clock()
     last_trace = -math.inf  # the first step always shows
     skip = gr.skip
@@ -341,8 +348,8 @@ def _present(job, updates, loading: bool, device: str, clock: Callable[[], float
         events.append(event)
         if isinstance(event, StepRecord):
             calls = sum(isinstance(e, StepRecord) for e in events)
-            if calls % calls_per_step:
-                continue  # one update per step, once all its CFG branches are in
+            if calls % _calls_per_step(events):
+                continue  # one update per step, once all its calls (guidance branches) are in
             last_step = event.step == job.settings.steps - 1
             now = clock()
             if not last_step and now - last_trace < TRACE_REFRESH_S:
@@ -425,11 +432,13 @@ def preset_updates(name: str, device: str) -> tuple:
     if preset.requires_gpu and not str(device).startswith("cuda"):
         info = f"Needs a CUDA GPU; this machine has none, so Run will refuse it. {info}"
         gr.Warning(f"'{preset.name}' needs a CUDA GPU and this machine has none.")
+    # Only the controls the preset's family takes: no prompt boxes for a model without a prompt (SVD), the image
+    # box for image-to-video.
     return (
         gr.update(info=info),
-        values["prompt"],
+        gr.update(value=values["prompt"], visible=preset.takes_prompt),
         gr.update(visible=preset.takes_image, value=None,
                   label=FIELDS["image"] + (" (optional)" if preset.image_input == "optional" else "")),
-        values["negative_prompt"],
+        gr.update(value=values["negative_prompt"], visible=preset.takes_prompt),
         *(gr.update(value=values[k], **bounds[k]) for k in ("steps", "frames", "height", "width", "tau", "warmup")),
     )

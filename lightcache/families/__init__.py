@@ -1,7 +1,8 @@
 """One adapter per model family, and the registry from a pipeline (or a pipeline class name) to its adapter.
 
-Adding a family is one module with a :class:`~lightcache.families.base.FamilyAdapter` subclass and one line in
-:data:`ADAPTERS`.
+Adding a family is one folder (``families/<family>/``: its adapter, a
+:class:`~lightcache.families.base.FamilyAdapter` subclass, and its tiny random pipeline), one line in
+:data:`ADAPTERS`, its presets and its rows in ``tests/test_families.py``.
 
 Example:
     >>> from lightcache.families import adapter_named, family_of_pipeline_class
@@ -14,11 +15,19 @@ Example:
 from __future__ import annotations
 
 from ..errors import LightcacheError
+from .animatediff import AnimateDiffAdapter
 from .base import FamilyAdapter
+from .hunyuan_video import HunyuanVideoAdapter
+from .svd import SVDAdapter
 from .wan import WanAdapter
 
-#: Every family lightcache knows, by preset ``family`` name.
-ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (WanAdapter(),)}
+#: Every family lightcache knows, by preset ``family`` name: adding a family is one line here.
+ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (
+    WanAdapter(),
+    HunyuanVideoAdapter(),
+    SVDAdapter(),
+    AnimateDiffAdapter(),
+)}
 
 
 def adapter_named(family: str) -> FamilyAdapter:

@@ -1,26 +1,40 @@
 """What a model family tells the rest of lightcache: the only place where diffusers' pipelines differ for us.
 
 A run is the pipeline's own ``pipe(...)``; the accelerations attach to its modules. What really differs between
-families is small, and it is all here, as one :class:`FamilyAdapter` subclass per family (``wan.py``, and later
-``hunyuan.py``, ``cogvideox.py``, ``ltx.py``, ``mochi.py``, ``unet.py``):
+families is small, and it is all here, as one :class:`FamilyAdapter` subclass per family, each in its own folder
+(``families/wan/``):
 
 * which modules denoise (two experts in Wan2.2 A14B), which encode text, which encode images;
-* where the noisy latent sits in a denoiser's input (channel axis; the condition channels are found from the
-  model's own in/out channels) and which extra outputs move with which input (LTX-2's audio);
+* how the noisy latent is laid out in a denoiser's input (:attr:`FamilyAdapter.latent_layout`; the condition
+  channels are found from the model's own in/out channels) and which extra outputs move with which input (LTX-2's
+  audio);
+* how many denoiser calls a step makes (the live trace redraws once per step) and which request fields the family
+  takes beyond the core request (:class:`~lightcache.fields.RequestField`: Wan's flow shift...), read by the CLI,
+  the app, the settings' validation and the presets;
+* whether it takes a prompt, and how long one may be;
 * which keyword arguments a run passes to ``pipe(...)`` and which pipeline settings it sets first (flow shift,
   the expert boundary);
-* which feature-chunking and sliced-decoding code fits its blocks and its VAE, or why none does;
+* its feature-chunking forwards and its VAE's band decoder, or none (then those strategies are refused, saying so);
 * which blocks torch.compile compiles (the ones the model names in ``_repeated_blocks`` by default).
 
 How a call's step and branch are found is not per family: :mod:`lightcache.calls` reads diffusers' cache context
-where the pipeline gives one and the scheduler otherwise.
+where the pipeline gives one and the scheduler (or a count of the calls) otherwise. This module loads no torch:
+the CLI reads the families' request fields before anything heavy is imported.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from ..errors import LightcacheError
+from ..fields import RequestField
+
+if TYPE_CHECKING:
+    import torch
+
+#: Latent layouts a denoiser's input may have, and the channel axis of each: (B, C, F, H, W) video latents,
+#: (B, F, C, H, W) ones (SVD, CogVideoX) and packed tokens (B, N, C) (LTX).
+LATENT_LAYOUTS = {"BCFHW": 1, "BFCHW": 2, "BNC": -1}
 
 
 class FamilyAdapter:
@@ -37,10 +51,27 @@ class FamilyAdapter:
     denoiser_names: ClassVar[tuple[str, ...]] = ("transformer",)
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
     image_encoder_names: ClassVar[tuple[str, ...]] = ("image_encoder",)
-    #: The channel axis of the denoiser's latent input: 1 for (B, C, F, H, W), 2 for (B, F, C, H, W).
-    latent_channel_axis: ClassVar[int] = 1
+    #: Modules the pipeline holds that no stage of a run calls (AnimateDiff's motion adapter, whose weights its
+    #: pipeline copies into the UNet): swapping parks them for the whole run, so nothing stays on the GPU by omission.
+    idle_module_names: ClassVar[tuple[str, ...]] = ()
+    #: The layout of the denoiser's latent input, one of :data:`LATENT_LAYOUTS`. EasyCache reads the noisy latent
+    #: on its channel axis; a layout that does not fit the model is a clear error at the first call.
+    latent_layout: ClassVar[str] = "BCFHW"
     #: Output index -> input keyword of the input that output moves with, for denoisers with several outputs.
     extra_outputs: ClassVar[dict[int, str]] = {}
+    #: Whether ``pipe(...)`` takes a text prompt (SVD takes none: a prompt given to it is refused).
+    takes_prompt: ClassVar[bool] = True
+    #: The settings this family takes beyond the core request, declared once (see :mod:`lightcache.fields`).
+    request_fields: ClassVar[tuple[RequestField, ...]] = ()
+
+    @property
+    def latent_channel_axis(self) -> int:
+        """The channel axis of the denoiser's latent input, from :attr:`latent_layout`."""
+        return LATENT_LAYOUTS[self.latent_layout]
+
+    def request_field(self, name: str) -> RequestField | None:
+        """The declared request field called ``name``, or None."""
+        return next((f for f in self.request_fields if f.name == name), None)
 
     # --- modules ---------------------------------------------------------------------------------------
     def denoisers(self, pipe) -> dict[str, torch.nn.Module]:
@@ -53,9 +84,24 @@ class FamilyAdapter:
     def image_encoders(self, pipe) -> dict[str, torch.nn.Module]:
         return _present(pipe, self.image_encoder_names)
 
+    def idle_modules(self, pipe) -> dict[str, torch.nn.Module]:
+        return _present(pipe, self.idle_module_names)
+
     def vae(self, pipe) -> torch.nn.Module | None:
+        import torch
+
         vae = getattr(pipe, "vae", None)
         return vae if isinstance(vae, torch.nn.Module) else None
+
+    def check_denoisers(self, pipe) -> None:
+        """Refuse a pipeline on which this adapter finds no denoiser: nothing could be accelerated or traced, and
+        attaching nothing would pass in silence."""
+        if not self.denoisers(pipe):
+            raise LightcacheError(
+                f"The {self.name or type(self).__name__} family adapter finds no denoiser on this "
+                f"{type(pipe).__name__} (it looks for {', '.join(self.denoiser_names)}): this adapter does not fit "
+                "the pipeline."
+            )
 
     # --- what a run is -----------------------------------------------------------------------------------
     def takes_image(self, pipe) -> bool:
@@ -63,11 +109,48 @@ class FamilyAdapter:
         return False
 
     def pipeline_for(self, pipe, image: Any):
-        """The pipeline to call for this request: ``pipe`` itself, or a view of it that takes the image."""
+        """The pipeline to call for this request: ``pipe`` itself, or a view of it that takes the image. An image
+        given to a pipeline that takes none is refused."""
+        if image is not None and not self.takes_image(pipe):
+            raise LightcacheError(f"This {type(pipe).__name__} is text-to-video only; it takes no image.")
         return pipe
 
     def prepare(self, pipe, settings) -> None:
         """Set what the request changes on the pipeline itself before the call (scheduler shift...)."""
+
+    def calls_per_step(self, pipe, settings) -> int:
+        """Denoiser calls one step of this request makes (the live trace draws a step once all of them are in).
+
+        The default is one call per step: embedded guidance, or classifier-free guidance batched into one call.
+        """
+        return 1
+
+    def check_prompt(self, pipe, settings) -> None:
+        """Refuse a prompt this model cannot take: any prompt where it takes none, and prompts its text encoder
+        would silently truncate (the default reads ``pipe.tokenizer`` against ``settings.max_sequence_length``)."""
+        texts = (("prompt", settings.prompt), ("negative_prompt", settings.negative_prompt))
+        if not self.takes_prompt:
+            given = [name for name, text in texts if text]
+            if given:
+                raise LightcacheError(f"This model takes no prompt; leave {' and '.join(given)} empty.")
+            return
+        tokenizer = getattr(pipe, "tokenizer", None)
+        if tokenizer is None:
+            return
+        for name, text in texts:
+            if not text:
+                continue
+            n_tokens = len(tokenizer(text, add_special_tokens=True).input_ids)
+            if n_tokens > settings.max_sequence_length:
+                raise LightcacheError(
+                    f"{name} is {n_tokens} tokens long; this model's text encoder takes at most "
+                    f"{settings.max_sequence_length}. Shorten it."
+                )
+
+    def estimate_call_seconds(self, preset, frames: int, height: int, width: int) -> float | None:
+        """Seconds one denoiser call of ``preset``'s model takes on a GPU at this size, where the family has a
+        measured anchor; None where it has none (the app then asks ZeroGPU for its longest duration)."""
+        return None
 
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
         """Keyword arguments of ``pipe(...)`` for one request (``output_type="np"``, a seeded CPU generator)."""
@@ -78,27 +161,71 @@ class FamilyAdapter:
         raise NotImplementedError
 
     # --- memory strategies -------------------------------------------------------------------------------
+    def chunked_forwards(self, denoiser: torch.nn.Module):
+        """Feature chunking's forwards for ``denoiser`` (a :class:`~lightcache.techniques.chunk.ChunkedForwards`),
+        or None where the family has none."""
+        return None
+
+    def band_decoder(self, vae):
+        """Sliced decoding's band decoder for ``vae`` (a :class:`~lightcache.techniques.decode.BandDecoder`), or
+        None where the family has none."""
+        return None
+
+    def refused_strategies(self) -> dict[str, str]:
+        """The settings this family refuses whatever the checkpoint, and why (``{"chunk_ffn": reason}``): known
+        before anything loads, so a request asking for them is refused with the other bad inputs. A family that
+        gives no chunked forwards or no band decoder refuses feature chunking or sliced decoding."""
+        family = self.name or type(self).__name__
+        refused = {}
+        if type(self).chunked_forwards is FamilyAdapter.chunked_forwards:
+            refused["chunk_ffn"] = (f"Feature chunking has no implementation for the {family} family yet (its "
+                                    "transformer blocks have no chunked forward); turn it off.")
+        if type(self).band_decoder is FamilyAdapter.band_decoder:
+            refused["sliced_decode"] = (f"Sliced decoding has no implementation for the {family} family yet (its "
+                                        "VAE has no exact band decoder); turn it off.")
+        return refused
+
     def chunking_unsupported(self, pipe) -> str | None:
         """Why feature chunking cannot run on this pipeline's denoisers, or None when it can."""
-        return f"Feature chunking has no implementation for the {self.name or type(pipe).__name__} family yet."
+        for module in self.denoisers(pipe).values():
+            forwards = self.chunked_forwards(module)
+            if forwards is None:
+                return self.refused_strategies().get("chunk_ffn") or (
+                    f"Feature chunking has no implementation for {type(module).__name__}; turn it off.")
+            try:
+                forwards.check(module)
+            except LightcacheError as exc:
+                return str(exc)
+        return None
 
     def repeated_blocks(self, denoiser: torch.nn.Module) -> list[torch.nn.Module]:
         """The blocks of ``denoiser`` that compile compiles: those its class names in ``_repeated_blocks`` (what
         diffusers' ``compile_repeated_blocks`` uses), else its block list. A family whose models name neither
         overrides this."""
-        from ..compile import find_repeated_blocks
+        from ..techniques.compile import find_repeated_blocks
 
         return find_repeated_blocks(denoiser)
 
     def sliced_decode_unsupported(self, pipe) -> str | None:
         """Why sliced decoding cannot run on this pipeline's VAE, or None when it can."""
-        return f"Sliced decoding has no implementation for the {self.name or type(pipe).__name__} family yet."
+        vae = self.vae(pipe)
+        decoder = self.band_decoder(vae) if vae is not None else None
+        if decoder is None:
+            return self.refused_strategies().get("sliced_decode") or (
+                f"Sliced decoding has no implementation for {type(vae).__name__}; turn it off.")
+        try:
+            decoder.check(vae)
+        except LightcacheError as exc:
+            return str(exc)
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 def _present(pipe, names) -> dict[str, torch.nn.Module]:
+    import torch
+
     out = {}
     for name in names:
         module = getattr(pipe, name, None)

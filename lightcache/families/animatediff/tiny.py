@@ -2,7 +2,7 @@
 
 The real parts at toy width: a Stable Diffusion ``UNet2DConditionModel`` and a ``MotionAdapter``, which the pipeline
 fuses into a ``UNetMotionModel`` (latents laid out (batch, channels, frames, height, width), all 4 channels noisy),
-a ``CLIPTextModel`` with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny_parts`), an
+a ``CLIPTextModel`` with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny.parts`), an
 ``AutoencoderKL`` decoding frame by frame (here 4x spatial compression; the real one has 8x) and the
 ``DDIMScheduler`` settings diffusers documents for AnimateDiff. A 4-step 32x32, 4-frame run takes well under a
 second on a CPU.
@@ -48,7 +48,7 @@ def build_tiny_pipeline(seed: int = 0):
     weights."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-    from ...tiny_parts import tiny_clip_tokenizer
+    from ...tiny.parts import tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):

@@ -7,7 +7,7 @@ has CogVideoX-5B's layout (2x2 patches, rotary position embeddings, and for imag
 ``CogVideoXTransformer3DModel`` (latents laid out (batch, frames, channels, height, width); image-to-video
 concatenates the first frame's latent on the channel axis: 4 noisy + 4 condition channels here, 16 + 16 in the real
 model), ``AutoencoderKLCogVideoX`` (here 4x spatial, 4x temporal compression; the real one has 8x / 4x), a
-``T5EncoderModel`` with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny_parts`) and
+``T5EncoderModel`` with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny.parts`) and
 CogVideoX-5B's ``CogVideoXDDIMScheduler`` settings. A 4-step 32x32, 9-frame run takes well under a second on a CPU.
 
 Example:
@@ -58,7 +58,7 @@ TINY_VARIANTS = (dict(task="t2v", version="1.0"), dict(task="t2v", version="1.5"
 def tiny_inputs(task: str = "t2v", version: str = "1.0") -> dict:
     """What the pipeline of ``task`` is conditioned on: a prompt, and for image-to-video a 32x32 first frame."""
     _check(task, version)
-    from ...tiny_parts import tiny_image
+    from ...tiny.parts import tiny_image
 
     return dict(prompt="a red circle moving right") | (dict(image=tiny_image(SIZE)) if task == "i2v" else {})
 
@@ -69,7 +69,7 @@ def build_tiny_pipeline(seed: int = 0, task: str = "t2v", version: str = "1.0"):
     _check(task, version)
     from diffusers import CogVideoXImageToVideoPipeline, CogVideoXPipeline
 
-    from ...tiny_parts import tiny_t5_tokenizer
+    from ...tiny.parts import tiny_t5_tokenizer
 
     tokenizer = tiny_t5_tokenizer(model_max_length=226)
     with torch.random.fork_rng(devices=[]):

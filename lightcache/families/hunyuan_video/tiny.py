@@ -4,7 +4,7 @@ The real parts at toy width: ``HunyuanVideoTransformer3DModel`` (dual-stream, th
 refiner, embedded guidance), ``AutoencoderKLHunyuanVideo`` (here 4x spatial and 4x temporal compression), a
 ``LlamaModel`` text encoder read through the pipeline's prompt template (its third-last hidden state, as in the
 real model) and a ``CLIPTextModel`` giving the pooled projection, each with its real tokenizer class over a tiny
-vocabulary (:mod:`lightcache.tiny_parts`). The pipeline crops the first 95 tokens (the real tokenizer's length of
+vocabulary (:mod:`lightcache.tiny.parts`). The pipeline crops the first 95 tokens (the real tokenizer's length of
 the template before the prompt); with the tiny vocabulary that part is 99 tokens long, so the prompt survives the
 crop. A 4-step 32x32, 5-frame run takes well under a second on a CPU.
 
@@ -48,7 +48,7 @@ def build_tiny_pipeline(seed: int = 0):
     weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
-    from ...tiny_parts import tiny_clip_tokenizer, tiny_llama_tokenizer
+    from ...tiny.parts import tiny_clip_tokenizer, tiny_llama_tokenizer
 
     tokenizer, tokenizer_2 = tiny_llama_tokenizer(), tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):

@@ -5,7 +5,7 @@ parts at toy width: ``HunyuanVideo15Transformer3DModel`` (its input concatenates
 batch, the noisy latent, a condition latent and a one-channel mask: 4 + 4 + 1 = 9 channels here, 32 + 32 + 1 in the
 real model), ``AutoencoderKLHunyuanVideo15`` (here 4x spatial and 4x temporal compression; the real one has 16x),
 a ``Qwen2_5_VLTextModel`` read through a ChatML template and a ByT5 ``T5EncoderModel`` for quoted glyph text, each
-with its real tokenizer class (:mod:`lightcache.tiny_parts`; ByT5's needs no vocabulary), classifier-free guidance
+with its real tokenizer class (:mod:`lightcache.tiny.parts`; ByT5's needs no vocabulary), classifier-free guidance
 through a ``ClassifierFreeGuidance`` guider (``guidance_scale`` at build time: the pipeline's call takes none), and
 for image-to-video a ``SiglipVisionModel`` image encoder. A 4-step 32x32, 5-frame run takes about a second on a CPU.
 
@@ -53,7 +53,7 @@ TINY_VARIANTS = tuple(dict(task=task) for task in TASKS)
 def tiny_inputs(task: str = "t2v") -> dict:
     """What the pipeline of ``task`` is conditioned on: a prompt, and for image-to-video a 32x32 first frame."""
     _check_task(task)
-    from ...tiny_parts import tiny_image
+    from ...tiny.parts import tiny_image
 
     return dict(prompt="a red circle moving right") | (dict(image=tiny_image(SIZE)) if task == "i2v" else {})
 
@@ -69,7 +69,7 @@ def build_tiny_pipeline(seed: int = 0, task: str = "t2v", guidance_scale: float 
     )
     from transformers import ByT5Tokenizer
 
-    from ...tiny_parts import tiny_qwen2_tokenizer
+    from ...tiny.parts import tiny_qwen2_tokenizer
 
     tokenizer, tokenizer_2 = tiny_qwen2_tokenizer(), ByT5Tokenizer()
     with torch.random.fork_rng(devices=[]):

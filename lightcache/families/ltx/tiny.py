@@ -6,7 +6,7 @@ keeps the first latent frame clean through a per-token timestep, (batch, tokens)
 timestep conditioning in the decoder, as from LTX-Video 0.9.1 (the pipeline decodes with
 ``vae.decode(latents, timestep, return_dict=False)``; here 2x2 pixel patches and two space-time downsamplings: 8x
 spatial and 4x temporal compression, the real VAE has 32x / 8x), a ``T5EncoderModel`` with its real tokenizer class
-over a tiny vocabulary (:mod:`lightcache.tiny_parts`) and the dynamically shifted ``FlowMatchEulerDiscreteScheduler``.
+over a tiny vocabulary (:mod:`lightcache.tiny.parts`) and the dynamically shifted ``FlowMatchEulerDiscreteScheduler``.
 A 4-step 32x32, 9-frame run takes well under a second on a CPU.
 
 Example:
@@ -54,7 +54,7 @@ TINY_VARIANTS = tuple(dict(task=task) for task in TASKS)
 def tiny_inputs(task: str = "t2v") -> dict:
     """What the pipeline of ``task`` is conditioned on: a prompt, and for image-to-video a 32x32 first frame."""
     _check_task(task)
-    from ...tiny_parts import tiny_image
+    from ...tiny.parts import tiny_image
 
     return dict(prompt="a red circle moving right") | (dict(image=tiny_image(SIZE)) if task == "i2v" else {})
 
@@ -65,7 +65,7 @@ def build_tiny_pipeline(seed: int = 0, task: str = "t2v"):
     _check_task(task)
     from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline
 
-    from ...tiny_parts import tiny_t5_tokenizer
+    from ...tiny.parts import tiny_t5_tokenizer
 
     tokenizer = tiny_t5_tokenizer(model_max_length=128)
     with torch.random.fork_rng(devices=[]):

@@ -4,7 +4,7 @@ The real parts at toy width: ``LTX2VideoTransformer3DModel`` (packed video token
 video and an audio prediction out), ``AutoencoderKLLTX2Video``, the audio branch (``AutoencoderKLLTX2Audio`` over
 mel spectrograms and the ``LTX2Vocoder`` turning them into a waveform), the ``LTX2TextConnectors`` that turn the
 text encoder's stacked hidden states into the video and audio prompt streams, and a ``Gemma3ForConditionalGeneration``
-text encoder with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny_parts`). A 4-step 32x32,
+text encoder with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny.parts`). A 4-step 32x32,
 9-frame run takes about a second on a CPU.
 
 Example:
@@ -53,7 +53,7 @@ def build_tiny_pipeline(seed: int = 0):
     """A complete ``LTX2Pipeline`` with random weights, in eval mode; the same ``seed`` gives the same weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
 
-    from ...tiny_parts import tiny_gemma_tokenizer
+    from ...tiny.parts import tiny_gemma_tokenizer
 
     tokenizer = tiny_gemma_tokenizer()
     with torch.random.fork_rng(devices=[]):

@@ -1,1 +1,7 @@
-"""Stable Video Diffusion (``StableVideoDiffusionPipeline``): image-to-video with a spatio-temporal UNet, no prompt."""
+"""Stable Video Diffusion (``StableVideoDiffusionPipeline``): image-to-video with a spatio-temporal UNet, no prompt.
+Its adapter is :mod:`~lightcache.families.svd.adapter`, its tiny random pipeline
+:mod:`~lightcache.families.svd.tiny`."""
+
+from .adapter import SVDAdapter
+
+__all__ = ["SVDAdapter"]

@@ -41,7 +41,7 @@ TINY_VARIANTS = ({},)
 
 def tiny_inputs() -> dict:
     """What the pipeline is conditioned on: a 32x32 first frame (it takes no prompt)."""
-    from ...tiny_parts import tiny_image
+    from ...tiny.parts import tiny_image
 
     return dict(image=tiny_image(32))
 

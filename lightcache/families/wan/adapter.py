@@ -10,8 +10,12 @@ What differs from the defaults:
   the transformer's input; Wan2.2 TI2V-5B has no image encoder and writes the image's latent into the first latent
   frame (per-token timesteps, ``expand_timesteps``), so a TI2V-5B checkpoint loaded as ``WanPipeline`` runs
   image-to-video through ``WanImageToVideoPipeline.from_pipe`` over the same modules;
-* feature chunking fits every Wan transformer block (per-token timesteps included); sliced decoding fits the
-  Wan VAEs that :mod:`lightcache.decode` can decode exactly.
+* **request fields**: the scheduler's flow shift, and for the two experts the low-noise expert's guidance and the
+  expert boundary;
+* classifier-free guidance is two calls per step (``cond`` then ``uncond``) when ``guidance_scale > 1``;
+* feature chunking fits every Wan transformer block (per-token timesteps included,
+  :mod:`lightcache.families.wan.chunked`); sliced decoding fits the Wan VAEs that
+  :mod:`lightcache.families.wan.vae_bands` can decode exactly.
 
 Example:
     >>> from lightcache.families import adapter_for
@@ -26,18 +30,37 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from ..errors import LightcacheError
-from .base import FamilyAdapter
+from ...errors import LightcacheError
+from ...fields import RequestField
+from ..base import FamilyAdapter
 
 I2V_PIPELINE = "WanImageToVideoPipeline"
+
+FLOW_SHIFT = RequestField(
+    "flow_shift", "Flow shift", "the flow-matching scheduler's shift (Wan: 3.0 at 480p, 5.0 at 720p)",
+    low=0.0, high=100.0)
+GUIDANCE_SCALE_2 = RequestField(
+    "guidance_scale_2", "Guidance (low-noise expert)",
+    "two-expert models (Wan2.2 A14B): the low-noise expert's guidance scale (default: the same as the guidance)",
+    low=0.0, high=30.0, optional=True)
+BOUNDARY_RATIO = RequestField(
+    "boundary_ratio", "Expert boundary",
+    "two-expert models: the fraction of the 1000 training timesteps above which the high-noise expert runs "
+    "(default: the checkpoint's)", low=0.0, high=1.0, optional=True)
+
+#: Seconds per transformer call (one CFG branch) and the token count they were measured at (one H100, bf16; the
+#: design notes' anchors). Other shapes scale with the token count; other presets use the 14B figure.
+_MEASURED_CALLS = {
+    "wan2.1-t2v-1.3b": (0.63, 21 * 30 * 52),
+    "wan2.1-t2v-14b": (12.53, 21 * 45 * 80),
+}
 
 
 class WanAdapter(FamilyAdapter):
     name = "wan"
     pipeline_classes = ("WanPipeline", I2V_PIPELINE)
     denoiser_names = ("transformer", "transformer_2")
+    request_fields = (FLOW_SHIFT, GUIDANCE_SCALE_2, BOUNDARY_RATIO)
 
     def takes_image(self, pipe) -> bool:
         return type(pipe).__name__ == I2V_PIPELINE
@@ -60,13 +83,27 @@ class WanAdapter(FamilyAdapter):
 
     def prepare(self, pipe, settings) -> None:
         config = pipe.scheduler.config
-        if "flow_shift" in config and config.flow_shift != settings.flow_shift:
-            pipe.scheduler = type(pipe.scheduler).from_config(config, flow_shift=settings.flow_shift)
-        boundary = getattr(settings, "boundary_ratio", None)
+        # A request without a value of its own leaves the pipeline's setting as it is.
+        shift = settings.extras.get("flow_shift")
+        if shift is not None and "flow_shift" in config and config.flow_shift != shift:
+            pipe.scheduler = type(pipe.scheduler).from_config(config, flow_shift=shift)
+        boundary = settings.extras.get("boundary_ratio")
         if boundary is not None and getattr(pipe, "transformer_2", None) is not None:
             pipe.register_to_config(boundary_ratio=boundary)
 
+    def calls_per_step(self, pipe, settings) -> int:
+        # WanPipeline runs the unconditional branch whenever guidance_scale > 1 (for both experts).
+        return 2 if settings.guidance_scale > 1.0 else 1
+
+    def estimate_call_seconds(self, preset, frames: int, height: int, width: int) -> float | None:
+        per_call, ref_tokens = _MEASURED_CALLS.get(preset.name, _MEASURED_CALLS["wan2.1-t2v-14b"])
+        # The Wan2.1 VAE compresses 4x in time and 8x in space, the transformer patches 2x2: 16 pixels a token.
+        tokens = ((int(frames) - 1) // 4 + 1) * (int(height) // 16) * (int(width) // 16)
+        return per_call * tokens / ref_tokens
+
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
+        import torch
+
         kwargs = dict(
             prompt=settings.prompt,
             negative_prompt=settings.negative_prompt,
@@ -79,8 +116,9 @@ class WanAdapter(FamilyAdapter):
             output_type="np",
             max_sequence_length=settings.max_sequence_length,
         )
-        if getattr(pipe.config, "boundary_ratio", None) is not None and settings.guidance_scale_2 is not None:
-            kwargs["guidance_scale_2"] = settings.guidance_scale_2
+        guidance_2 = settings.extras.get("guidance_scale_2")
+        if getattr(pipe.config, "boundary_ratio", None) is not None and guidance_2 is not None:
+            kwargs["guidance_scale_2"] = guidance_2
         if self.takes_image(pipe):
             if image is None:
                 raise LightcacheError("This is an image-to-video model: give it an image to start from.")
@@ -93,21 +131,12 @@ class WanAdapter(FamilyAdapter):
         return (1, int(channels), frames, settings.height // pipe.vae_scale_factor_spatial,
                 settings.width // pipe.vae_scale_factor_spatial)
 
-    def chunking_unsupported(self, pipe) -> str | None:
-        from ..chunk import _check_supported
+    def chunked_forwards(self, denoiser):
+        from .chunked import WanChunkedForwards
 
-        try:
-            for module in self.denoisers(pipe).values():
-                _check_supported(module)
-        except LightcacheError as exc:
-            return str(exc)
-        return None
+        return WanChunkedForwards()
 
-    def sliced_decode_unsupported(self, pipe) -> str | None:
-        from ..decode import check_sliced_decode_supported
+    def band_decoder(self, vae):
+        from .vae_bands import WanBandDecoder
 
-        try:
-            check_sliced_decode_supported(pipe.vae)
-        except LightcacheError as exc:
-            return str(exc)
-        return None
+        return WanBandDecoder()

@@ -7,7 +7,7 @@ model's words plus the words of the families' prompt templates, so that a templa
 words and a prompt keeps one token per known word. The learning is deterministic: the same tokenizer every time.
 
 Example:
-    >>> from lightcache.tiny_parts import tiny_clip_tokenizer, tiny_image
+    >>> from lightcache.tiny.parts import tiny_clip_tokenizer, tiny_image
     >>> tokenizer = tiny_clip_tokenizer()
     >>> tokenizer.convert_ids_to_tokens(tokenizer("a red circle").input_ids)
     ['<|startoftext|>', 'a</w>', 'red</w>', 'circle</w>', '<|endoftext|>']

@@ -1,11 +1,12 @@
-"""Sliced decoding: decode Wan latents without ever holding the VAE's full-resolution activations for a whole frame.
+"""The Wan VAE's band decoder: sliced decoding (:mod:`lightcache.techniques.decode`) of Wan latents, exactly.
 
 The Wan VAE decoder already works one latent frame at a time, carrying a causal cache (the last two frames of every
 causal convolution's input) from one latent frame to the next. At 720x1280 those caches alone are about 8 GiB, and
 one latent frame's activations at full resolution several more: that is the decode surge. diffusers' tiling cuts it
 by decoding overlapping tiles and blending them, which changes the output at the seams and recomputes the overlaps.
 
-This module decodes exactly, without recomputing anything:
+This module decodes exactly, without recomputing anything (the band plan and the host store are the shared
+ones of :mod:`lightcache.techniques.decode`):
 
 1. **Whole frame, low resolution.** ``conv_in``, the mid block (whose attention is global over each frame) and the
    first up block run on the whole latent frame, one frame at a time, as in diffusers. Their caches and outputs are
@@ -34,7 +35,7 @@ that keeps only one band's caches alive completes frames last), grouped per late
 Example:
     >>> import torch
     >>> from lightcache.tiny import build_tiny_pipeline
-    >>> from lightcache.decode import iter_sliced_decode
+    >>> from lightcache.families.wan.vae_bands import iter_sliced_decode
     >>> vae = build_tiny_pipeline(seed=0).vae
     >>> latents = torch.randn(1, 4, 3, 16, 16)
     >>> chunks = list(iter_sliced_decode(vae, latents, num_slices=2))
@@ -44,47 +45,43 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from .errors import LightcacheError
+from ...errors import LightcacheError
+from ...techniques.decode import (
+    BandDecoder,
+    BandUnit,
+    HostStore,
+    Window,
+    band_cuts,
+    band_lag,
+    max_slices,
+    simulate_bands,
+    total_scale,
+)
 
 #: Frames of each causal convolution's input the Wan VAE carries from one latent frame to the next.
 _CACHE_T = 2
 
 
-@dataclass(frozen=True)
-class _Unit:
-    """One step of the sliced chain and its geometry along the slicing axis.
+class WanBandDecoder(BandDecoder):
+    """Sliced decoding's view of ``AutoencoderKLWan`` (the Wan2.1 and the Wan2.2 VAE)."""
 
-    ``scale``: output columns per input column; ``shrink``: columns lost at an interior edge (its convolutions'
-    reach, in output columns); ``carry``: input columns the next band needs from this band.
-    """
+    def check(self, vae) -> None:
+        check_sliced_decode_supported(vae)
 
-    kind: str  # "resnet" | "resample" | "head"
-    module: torch.nn.Module
-    scale: int
-    shrink: int
-    carry: int
-    #: Wan2.2 residual up blocks: the block's ``DupUp3D`` shortcut, added to the output of its last unit (this one),
-    #: and how many units back the block starts (the shortcut reads that unit's input, the block's input).
-    shortcut: torch.nn.Module | None = None
-    shortcut_back: int = 0
+    def plan(self, vae, latent_height: int, latent_width: int, num_slices: int | None = None,
+             axis: str | None = None) -> dict:
+        return plan_slices(vae, latent_height, latent_width, num_slices=num_slices, axis=axis)
 
-
-@dataclass(frozen=True)
-class _Window:
-    """Columns [start, stop) of a unit's input or output, in that unit's resolution."""
-
-    start: int
-    stop: int
-
-    @property
-    def width(self) -> int:
-        return self.stop - self.start
+    def decode(self, vae, latents: torch.Tensor, plan: dict) -> torch.Tensor:
+        bands, layout = sliced_decode_bands(vae, latents, postprocess=False, plan=plan)
+        video = torch.cat([torch.from_numpy(b) for b in bands], dim=3 if layout["dim"] == -1 else 2)
+        del bands
+        return video.permute(0, 4, 1, 2, 3)
 
 
 def check_sliced_decode_supported(vae) -> None:
@@ -204,21 +201,21 @@ def plan_slices(vae, latent_height: int, latent_width: int, num_slices: int | No
         raise LightcacheError(f"Sliced decoding needs a whole number of slices >= 1, got {num_slices!r}.")
     whole, units = _split_units(vae)
     # Bands are cut where the sliced chain starts, after the whole-frame units have upsampled the latent.
-    length = (latent_width if axis == "width" else latent_height) * _total_scale(whole)
+    length = (latent_width if axis == "width" else latent_height) * total_scale(whole)
     patch = _patch(vae)
     if num_slices is None:
-        num_slices = max(1, min(16, length * _total_scale(units) * patch // 64))
-        while num_slices > 1 and _simulate(units, _cuts(units, length, num_slices), length) is None:
+        num_slices = max(1, min(16, length * total_scale(units) * patch // 64))
+        while num_slices > 1 and simulate_bands(units, band_cuts(units, length, num_slices), length) is None:
             num_slices -= 1
-    cuts = _cuts(units, length, num_slices)
-    windows = _simulate(units, cuts, length)
+    cuts = band_cuts(units, length, num_slices)
+    windows = simulate_bands(units, cuts, length)
     if windows is None:
-        most = _max_slices(units, length)
+        most = max_slices(units, length)
         raise LightcacheError(
             f"Sliced decoding with {num_slices} slices leaves a slice too narrow for this VAE at a latent "
-            f"{axis} of {length // _total_scale(whole)}; use between 1 and {most} slices."
+            f"{axis} of {length // total_scale(whole)}; use between 1 and {most} slices."
         )
-    lag = _lag(units, length)
+    lag = band_lag(units, length)
     spans = [(rows[-1][1].start * patch, rows[-1][1].stop * patch) for rows in windows]
     return {"axis": axis, "dim": -1 if axis == "width" else -2, "cuts": cuts, "lag": lag, "windows": windows,
             "patch": patch, "spans": spans}
@@ -232,7 +229,7 @@ def sliced_decode_bands(vae, latents, num_slices=None, axis=None, postprocess=Tr
     """
     if plan is None:
         plan = plan_slices(vae, latents.shape[-2], latents.shape[-1], num_slices=num_slices, axis=axis)
-    store = _HostStore(_module_device(vae))
+    store = HostStore(_module_device(vae))
     bands, frames_per_latent = decode_into(vae, latents, plan, store, postprocess=postprocess)
     arrays = [b.float().numpy() for b in bands]
     return arrays, {"dim": plan["dim"], "frames_per_latent": frames_per_latent, "plan": plan}
@@ -347,7 +344,7 @@ def _shortcut_source(store, windows, s, k, close, i, x, new, dim, last):
     return source, first
 
 
-def _band_shortcut(unit: _Unit, source, first: int, out_window: "_Window", dim: int, first_chunk: bool):
+def _band_shortcut(unit: BandUnit, source, first: int, out_window: "Window", dim: int, first_chunk: bool):
     """``DupUp3D`` on the source columns under ``out_window``, trimmed to exactly those output columns."""
     lo, hi = out_window.start // unit.scale, -(-out_window.stop // unit.scale)
     if lo < first or first + source.shape[dim] < hi:
@@ -357,7 +354,9 @@ def _band_shortcut(unit: _Unit, source, first: int, out_window: "_Window", dim: 
 
 
 # --- the chain -----------------------------------------------------------------------------------------------
-def _split_units(vae) -> tuple[list[_Unit], list[_Unit]]:
+
+
+def _split_units(vae) -> tuple[list[BandUnit], list[BandUnit]]:
     """(units run on whole frames, units run band by band): the split is after the first upsampler."""
     units = _units(vae)
     for k, unit in enumerate(units):
@@ -366,21 +365,22 @@ def _split_units(vae) -> tuple[list[_Unit], list[_Unit]]:
     return [], units
 
 
-def _units(vae) -> list[_Unit]:
+def _units(vae) -> list[BandUnit]:
     decoder = vae.decoder
     units = []
     for block in decoder.up_blocks:
         opened = len(units)
         for resnet in block.resnets:
-            units.append(_Unit("resnet", resnet, scale=1, shrink=2, carry=4))
+            units.append(BandUnit("resnet", resnet, scale=1, shrink=2, carry=4))
         upsampler = _upsampler(block)
         if upsampler is not None:
             # Nearest 2x then a 3x3 conv: an output column 2c+1 needs input columns c..c+1 (one carried column).
             # Residual (Wan2.2) blocks add their shortcut, read from the block's input, to the resampler's output.
             shortcut = getattr(block, "avg_shortcut", None)
             back = len(units) - opened if shortcut is not None else 0
-            units.append(_Unit("resample", upsampler, scale=2, shrink=1, carry=1, shortcut=shortcut, shortcut_back=back))
-    units.append(_Unit("head", decoder.conv_out, scale=1, shrink=1, carry=2))
+            units.append(BandUnit("resample", upsampler, scale=2, shrink=1, carry=1, shortcut=shortcut,
+                                  shortcut_back=back))
+    units.append(BandUnit("head", decoder.conv_out, scale=1, shrink=1, carry=2))
     return units
 
 
@@ -391,7 +391,7 @@ def _upsampler(block):
     return getattr(block, "upsampler", None)
 
 
-def _run_whole(units: list[_Unit], decoder, h: torch.Tensor, cache: list, idx: list, first_chunk: bool):
+def _run_whole(units: list[BandUnit], decoder, h: torch.Tensor, cache: list, idx: list, first_chunk: bool):
     """Whole-frame units in order, with residual up blocks' shortcuts (as ``WanResidualUpBlock.forward``)."""
     opens = {k - u.shortcut_back for k, u in enumerate(units) if u.shortcut is not None}
     inputs = {}
@@ -405,7 +405,7 @@ def _run_whole(units: list[_Unit], decoder, h: torch.Tensor, cache: list, idx: l
     return h
 
 
-def _run_unit(unit: _Unit, decoder, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
+def _run_unit(unit: BandUnit, decoder, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
     if unit.kind == "head":
         x = decoder.nonlinearity(decoder.norm_out(x))
         return _cached_conv(decoder.conv_out, x, cache, idx)
@@ -422,93 +422,6 @@ def _cached_conv(conv, x: torch.Tensor, cache: list, idx: list) -> torch.Tensor:
     cache[i] = cache_x
     idx[0] += 1
     return out
-
-
-def _total_scale(units: list[_Unit]) -> int:
-    scale = 1
-    for u in units:
-        scale *= u.scale
-    return scale
-
-
-def _step(unit: _Unit, window: _Window, length_in: int) -> _Window:
-    """The exact output columns of ``unit`` given input columns ``window`` of a ``length_in`` wide frame."""
-    start = window.start * unit.scale + (unit.shrink if window.start > 0 else 0)
-    stop = window.stop * unit.scale - (unit.shrink if window.stop < length_in else 0)
-    return _Window(start, stop)
-
-
-def _lag(units: list[_Unit], length: int) -> int:
-    """How far (in output columns) an interior cut moves left through the chain."""
-    # Follow a band that starts at the frame's left edge and stops at an interior cut: its right edge loses each
-    # unit's reach, scaled up by the units after it.
-    cut = far = 1 << 20
-    window = _Window(0, cut)
-    for u in units:
-        window = _step(u, window, far * 4)
-        far *= u.scale
-    return cut * _total_scale(units) - window.stop
-
-
-def _simulate(units: list[_Unit], cuts: list[int], length: int):
-    """Per band, per unit: (input window, output window); None when some band is too narrow to be exact."""
-    bands = []
-    previous: list[_Window] | None = None
-    for s in range(len(cuts) - 1):
-        if cuts[s + 1] <= cuts[s]:
-            return None
-        last = s == len(cuts) - 2
-        rows = []
-        new = _Window(cuts[s], cuts[s + 1])
-        length_in = length
-        for k, u in enumerate(units):
-            start = 0 if previous is None else previous[k].stop - u.carry
-            window = _Window(start, new.stop)
-            # The new columns must continue exactly where the previous band's input to this unit stopped.
-            if previous is not None and (start < previous[k].start or new.start != previous[k].stop):
-                return None
-            if not last and window.width < u.carry:
-                return None
-            out = _step(u, window, length_in)
-            if out.width <= 0:
-                return None
-            if u.shortcut is not None:
-                # The shortcut reads block-input columns out.start // scale .. ceil(out.stop / scale), from this
-                # band's block input and what the previous band kept of its own.
-                opened = rows[k - u.shortcut_back][0]
-                first = 0 if previous is None else bands[-1][k][1].stop // u.scale
-                if first > out.start // u.scale or -(-out.stop // u.scale) > opened.stop:
-                    return None
-            rows.append((window, out))
-            new = out
-            length_in *= u.scale
-        if s > 0 and rows[-1][1].start != bands[-1][-1][1].stop:
-            return None
-        bands.append(rows)
-        previous = [w for w, _ in rows]
-    if bands[-1][-1][1].stop != length * _total_scale(units):
-        return None
-    return bands
-
-
-def _max_slices(units: list[_Unit], length: int) -> int:
-    best = 1
-    for n in range(2, length + 1):
-        if _simulate(units, _cuts(units, length, n), length) is None:
-            break
-        best = n
-    return best
-
-
-def _cuts(units: list[_Unit], length: int, num_slices: int) -> list[int]:
-    """Latent columns where bands start, chosen so the decoded bands come out about equally wide."""
-    total, lag = _total_scale(units), _lag(units, length)
-    cuts = [0]
-    for s in range(1, num_slices):
-        target = round((s * length * total / num_slices + lag) / total)
-        # Leave at least one column for each band still to come.
-        cuts.append(min(max(target, cuts[-1] + 1), length - (num_slices - s)))
-    return cuts + [length]
 
 
 def _count_causal_convs(modules) -> int:
@@ -553,69 +466,3 @@ def _frames_per_step(vae) -> int:
 
 def _module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
-
-
-class _HostStore:
-    """Where the mid-block outputs and the carries wait between uses.
-
-    On a CUDA device they go to pinned host memory on a side stream and come back ahead of use, so the accelerator
-    holds only what the current band and frame need. On a CPU they simply stay where they are (as copies, so that a
-    carried view does not keep a whole activation alive).
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.items: dict = {}
-        self.ready: dict = {}  # key -> (device tensor, event) fetched ahead of use
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-
-    def put(self, key, tensor: torch.Tensor) -> None:
-        if not self.cuda:
-            self.items[key] = tensor.clone()
-            return
-        # Copy out on the side stream once the compute stream has produced the tensor; record_stream keeps the
-        # allocator from handing its memory to a later kernel before the copy has read it.
-        produced = torch.cuda.current_stream(self.device).record_event()
-        old = self.items.get(key)
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_event(produced)
-            host = old if old is not None and old.shape == tensor.shape else torch.empty(
-                tensor.shape, dtype=tensor.dtype, pin_memory=True
-            )
-            host.copy_(tensor, non_blocking=True)
-        tensor.record_stream(self.stream)
-        self.items[key] = host
-
-    def prefetch(self, keys) -> None:
-        if not self.cuda:
-            return
-        for key in keys:
-            if key in self.ready or key not in self.items:
-                continue
-            with torch.cuda.stream(self.stream):
-                on_device = self.items[key].to(self.device, non_blocking=True)
-                done = self.stream.record_event()
-            self.ready[key] = (on_device, done)
-
-    def get(self, key) -> torch.Tensor:
-        if not self.cuda:
-            return self.items[key]
-        if key not in self.ready:
-            self.prefetch([key])
-        on_device, done = self.ready.pop(key)
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(done)
-        on_device.record_stream(current)
-        return on_device
-
-    def drop(self, predicate) -> None:
-        for key in [k for k in self.items if predicate(k)]:
-            del self.items[key]
-
-    def host_buffer(self, shape, dtype) -> torch.Tensor:
-        return torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
-
-    def synchronize(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)

@@ -15,7 +15,7 @@ the real ``from_pretrained`` path can be tested on it.
 Example:
     >>> import torch
     >>> from PIL import Image
-    >>> from lightcache.tiny_variants import build_tiny_variant
+    >>> from lightcache.tiny.variants import build_tiny_variant
     >>> pipe = build_tiny_variant("wan2.1-i2v")
     >>> out = pipe(image=Image.new("RGB", (32, 32), "red"), prompt="a red circle", num_inference_steps=2,
     ...            height=32, width=32, num_frames=5, generator=torch.Generator().manual_seed(0), output_type="np")
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny import (
+from .pipeline import (
     _tiny_scheduler, _tiny_text_encoder, build_tiny_pipeline, build_tiny_tokenizer, build_tiny_wan22_pipeline,
 )
 

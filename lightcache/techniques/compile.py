@@ -28,7 +28,7 @@ run without compile runs eagerly. The compiled code stays in torch's cache, keye
 later run with compile on at the same size reuses it instead of compiling again.
 
 Example (``find_repeated_blocks`` only: compiling takes tens of seconds on a CPU):
-    >>> from lightcache.compile import CompileConfig, find_repeated_blocks
+    >>> from lightcache.techniques.compile import CompileConfig, find_repeated_blocks
     >>> from lightcache.tiny import build_tiny_pipeline
     >>> blocks = find_repeated_blocks(build_tiny_pipeline(seed=0).transformer)
     >>> len(blocks), type(blocks[0]).__name__
@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from .errors import LightcacheError
+from ..errors import LightcacheError
 
 COMPILE_HOOK = "lightcache_compile"
 #: The only hook that may sit underneath the compile hook on a block: it replaces the innermost forward.

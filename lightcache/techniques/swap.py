@@ -29,10 +29,11 @@ reverse order. diffusers' stream prefetching removes one of its own hooks after 
 unlink a hook that replaces the forward (EasyCache) if that hook sat above it.
 
 Example:
+    >>> from lightcache.families import adapter_for
     >>> from lightcache.tiny import build_tiny_pipeline
-    >>> from lightcache.swap import apply_async_swap, remove_async_swap
+    >>> from lightcache.techniques.swap import apply_async_swap, remove_async_swap
     >>> pipe = build_tiny_pipeline(seed=0)
-    >>> swap = apply_async_swap(pipe, device="cpu")
+    >>> swap = apply_async_swap(pipe, device="cpu", adapter=adapter_for(pipe))
     >>> swap.active, swap.note.startswith("Asynchronous swapping did nothing")
     (False, True)
     >>> remove_async_swap(pipe)
@@ -46,7 +47,7 @@ from typing import Any
 import torch
 
 from .easycache import TensorStore, get_easycache_hook
-from .errors import LightcacheError
+from ..errors import LightcacheError
 
 CPU_NOTE = (
     "Asynchronous swapping did nothing: this run is on the CPU, where the model weights, the text encoder, the VAE "
@@ -95,13 +96,11 @@ class AsyncSwap:
     host while the other one computes. Every method is a no-op when the strategy is inactive (no CUDA device).
     """
 
-    def __init__(self, pipe, device: torch.device, config: AsyncSwapConfig, adapter=None):
-        from .families import adapter_for
-
+    def __init__(self, pipe, device: torch.device, config: AsyncSwapConfig, adapter):
         self.pipe = pipe
         self.device = device
         self.config = config
-        self.adapter = adapter if adapter is not None else adapter_for(pipe)
+        self.adapter = adapter
         self.active = _swaps_on(device)
         self.note: str | None = None
         if not self.active:
@@ -170,7 +169,9 @@ class AsyncSwap:
             names += [*self.adapter.text_encoders(self.pipe), *self.adapter.image_encoders(self.pipe)]
         if self.config.vae and self.adapter.vae(self.pipe) is not None:
             names.append("vae")
-        return names
+        # Modules the pipeline holds but no stage calls (AnimateDiff's motion adapter, copied into its UNet): no
+        # stage asks for them, so they wait on the host for the whole run.
+        return names + [name for name in self.adapter.idle_modules(self.pipe) if name not in names]
 
     def _start(self) -> None:
         if not self.active:
@@ -259,18 +260,22 @@ class AsyncSwap:
             parked.unpark(device)
 
 
-def apply_async_swap(pipe, device: torch.device | str | None = None, config: AsyncSwapConfig | None = None,
-                     adapter=None) -> AsyncSwap:
+def apply_async_swap(pipe, device: torch.device | str | None = None, config: AsyncSwapConfig | None = None, *,
+                     adapter) -> AsyncSwap:
     """Start swapping for ``pipe`` on ``device`` (default: the pipeline's execution device); returns the swap.
+
+    ``adapter``: the pipeline's family adapter, which names every module the pipeline calls (denoisers, text and
+    image encoders, the VAE).
 
     On a CUDA device this parks the VAE, puts the transformer under streamed group offloading and, if EasyCache is
     already applied, gives it a pinned tensor store. On any other device it changes nothing and the returned
     swap's ``note`` says so. Raises :class:`LightcacheError` if swapping is already applied.
 
     Example:
+        >>> from lightcache.families import adapter_for
         >>> from lightcache.tiny import build_tiny_pipeline
         >>> pipe = build_tiny_pipeline(seed=0)
-        >>> swap = apply_async_swap(pipe, device="cpu")
+        >>> swap = apply_async_swap(pipe, device="cpu", adapter=adapter_for(pipe))
         >>> swap.summary()["active"]
         False
         >>> remove_async_swap(pipe)

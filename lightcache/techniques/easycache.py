@@ -41,7 +41,7 @@ generations in one process never share it.
 Example:
     >>> import torch
     >>> from lightcache.tiny import build_tiny_pipeline
-    >>> from lightcache.easycache import EasyCacheConfig, apply_easycache, remove_easycache
+    >>> from lightcache.techniques.easycache import EasyCacheConfig, apply_easycache, remove_easycache
     >>> pipe = build_tiny_pipeline(seed=0)
     >>> hook = apply_easycache(pipe.transformer, EasyCacheConfig(threshold=0.2, warmup_steps=2))
     >>> video = pipe("a red circle moving right", num_inference_steps=8, height=32, width=32, num_frames=9,
@@ -62,8 +62,9 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .calls import CallLocator, CallSite, timestep_value
-from .events import StepRecord
+from ..calls import CallLocator, CallSite, timestep_value
+from ..errors import LightcacheError
+from ..events import StepRecord
 
 EASYCACHE_HOOK = "lightcache_easycache"
 
@@ -130,8 +131,8 @@ class EasyCacheConfig:
 class TensorStore:
     """Where EasyCache keeps its cached tensors between calls: a plain dict, on the device they were made on.
 
-    The default. :class:`lightcache.swap.PinnedTensorStore` is a drop-in replacement that parks them in pinned host
-    memory between the calls that use them; the hook's arithmetic does not change with the store.
+    The default. :class:`lightcache.techniques.swap.PinnedTensorStore` is a drop-in replacement that parks them in
+    pinned host memory between the calls that use them; the hook's arithmetic does not change with the store.
     """
 
     def __init__(self):
@@ -242,12 +243,13 @@ class EasyCacheHook(ModelHook):
     _is_stateful = True
 
     def __init__(self, run: _SharedRun, name: str, latent_channels: int | None, channel_axis: int = 1,
-                 extra_inputs: Mapping[int, str] | None = None):
+                 extra_inputs: Mapping[int, str] | None = None, latent_ndim: int | None = None):
         super().__init__()
         self._run = run
         self.name = name
         self.latent_channels = latent_channels
         self.channel_axis = channel_axis
+        self.latent_ndim = latent_ndim
         self.extra_inputs = dict(extra_inputs or {})
         # diffusers sets the pipeline's cache context on every StateManager attribute of a stateful hook; this one
         # exists only to receive it (our state is shared across branches and experts, not kept per context).
@@ -357,6 +359,7 @@ class EasyCacheHook(ModelHook):
             k=state.k,
             ms=(time.perf_counter() - start) * 1000.0,
             denoiser=self.name,
+            decides=site.decides,
         )
         self._run.records.append(record)
         if cfg.on_record is not None:
@@ -446,9 +449,21 @@ class EasyCacheHook(ModelHook):
         # Image-to-video denoisers get condition channels concatenated after the noisy latent; only the noisy
         # latent is the "x_t" the transformation vector is defined against.
         n = self.latent_channels
-        if n is None or hidden_states.shape[self.channel_axis] == n:
+        axis = self.channel_axis
+        wrong_rank = self.latent_ndim is not None and hidden_states.ndim != self.latent_ndim
+        if wrong_rank or (n is not None and (hidden_states.ndim <= (axis if axis >= 0 else -axis - 1)
+                                             or hidden_states.shape[axis] < n)):
+            # The family adapter's latent layout does not fit this model: say so, instead of torch's error from deep
+            # inside narrow(), or a wrong slice that would decide on the wrong tensor.
+            expected = f"{self.latent_ndim} dimensions with " if self.latent_ndim is not None else ""
+            raise LightcacheError(
+                f"EasyCache: the {self.name}'s latent input has shape {tuple(hidden_states.shape)}, not "
+                f"{expected}{n} latent channels on axis {axis} as its family adapter declares. The adapter's "
+                "latent layout does not fit this model."
+            )
+        if n is None or hidden_states.shape[axis] == n:
             return hidden_states
-        return hidden_states.narrow(self.channel_axis, 0, n)
+        return hidden_states.narrow(axis, 0, n)
 
     def _extra_input(self, index: int, args, kwargs) -> torch.Tensor | None:
         name = self.extra_inputs.get(index)
@@ -477,6 +492,7 @@ def apply_easycache(
     locator: CallLocator | None = None,
     channel_axis: int = 1,
     extra_inputs: Mapping[int, str] | None = None,
+    latent_ndim: int | None = None,
 ) -> EasyCacheHook:
     """Attach EasyCache to a pipeline's denoiser(s) and return the hook (its ``records`` hold the trace).
 
@@ -488,9 +504,12 @@ def apply_easycache(
         locator: how a call's step and branch are found; default one that reads diffusers' cache contexts and
             counts calls otherwise. :func:`lightcache.accelerate.apply_lightcache` passes one that also reads the
             pipeline's scheduler.
-        channel_axis: the channel axis of the denoiser's latent input (2 for UNets that take (B, F, C, H, W)).
+        channel_axis: the channel axis of the denoiser's latent input (2 for UNets that take (B, F, C, H, W), -1 for
+            packed tokens (B, N, C)).
         extra_inputs: for denoisers with several outputs, ``output index -> input keyword`` of the input each
             extra output moves with (e.g. ``{1: "audio_hidden_states"}``).
+        latent_ndim: the dimensions the latent input has (5 for video latents, 3 for packed tokens), when known;
+            an input of another rank is refused at its first call, naming the layout the adapter declares.
 
     Applying twice raises; call :func:`remove_easycache` first. Composes with diffusers' own hooks registered
     through the same :class:`~diffusers.hooks.HookRegistry` (group offloading, layerwise casting).
@@ -516,7 +535,7 @@ def apply_easycache(
         num_inference_steps=config.num_inference_steps))
     first = None
     for name, module in named.items():
-        hook = EasyCacheHook(run, name, _latent_channels(module), channel_axis, extra_inputs)
+        hook = EasyCacheHook(run, name, _latent_channels(module), channel_axis, extra_inputs, latent_ndim)
         registry = HookRegistry.check_if_exists_or_initialize(module)
         registry.register_hook(hook, EASYCACHE_HOOK)
         registry.invalidate_child_registries_cache()

@@ -1,0 +1,56 @@
+"""The AnimateDiff family: ``AnimateDiffPipeline`` (a Stable Diffusion 1.5 UNet with a motion adapter, text to video).
+
+What differs from the defaults:
+
+* the denoiser is the ``unet``: the pipeline fuses the Stable Diffusion UNet and the ``MotionAdapter`` into a
+  ``UNetMotionModel`` when it is built; latents are (B, C, F, H, W), and classifier-free guidance is batched into
+  one call per step (no cache context: each call is located by counting, since DDIM keeps no ``step_index``);
+* the ``motion_adapter`` the pipeline keeps is never called during a run (its weights live on in the UNet): it is
+  an idle module, which swapping parks for the whole run;
+* one CLIP text encoder (77 tokens);
+* no feature chunking and no sliced decoding yet (refused with the reason, before anything loads).
+
+Example:
+    >>> from lightcache.families import adapter_for
+    >>> from lightcache.families.animatediff.tiny import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline(seed=0)
+    >>> adapter = adapter_for(pipe)
+    >>> adapter.name, list(adapter.denoisers(pipe)), list(adapter.idle_modules(pipe))
+    ('animatediff', ['unet'], ['motion_adapter'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..base import FamilyAdapter
+
+
+class AnimateDiffAdapter(FamilyAdapter):
+    name = "animatediff"
+    pipeline_classes = ("AnimateDiffPipeline",)
+    denoiser_names = ("unet",)
+    image_encoder_names = ("image_encoder",)  # the optional IP-Adapter image encoder, when a checkpoint has one
+    idle_module_names = ("motion_adapter",)
+
+    def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
+        import torch
+
+        kwargs = dict(
+            prompt=settings.prompt,
+            height=settings.height,
+            width=settings.width,
+            num_frames=settings.frames,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
+            output_type="np",
+        )
+        if settings.negative_prompt:
+            kwargs["negative_prompt"] = settings.negative_prompt
+        return kwargs
+
+    def latent_shape(self, pipe, settings) -> tuple[int, int, int, int, int]:
+        scale = pipe.vae_scale_factor
+        return (1, int(pipe.unet.config.out_channels), settings.frames, settings.height // scale,
+                settings.width // scale)

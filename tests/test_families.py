@@ -1,0 +1,908 @@
+"""Every family through the runner, one row per model variant: parity with the pipeline's own call, EasyCache's
+rules, the memory strategies, the event stream, bad inputs, a stop inside the decode, and loading from disk.
+
+A family adds its rows to :data:`ROWS` (its tiny builder, its call pattern, the pipeline's own call written out);
+the tests of sections 1, 2, 5, 6 and 8 run on every row. Wan's own behaviour (two experts, TI2V's image path, the
+memory strategies) has its Wan-only tests. Each tiny variant is built once for the module (see ``pipes``); tests
+that change a pipeline build their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FLOAT_TOL
+
+from lightcache.errors import LightcacheError, RunCancelled
+from lightcache.events import FramesDecoded, RunFinished, RunStarted, StageFinished, StageStarted, StepRecord
+from lightcache.families import adapter_named
+from lightcache.runner import run_generation, run_to_completion
+from lightcache.settings import RunSettings
+from lightcache.tiny.variants import TINY_BOUNDARY_RATIO, build_tiny_variant, save_tiny_variant
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One model variant of one family, as the family-parametrised tests need it.
+
+    ``branches``: the branch names of one step's denoiser calls, in call order (the first decides);
+    ``image``: "none", "optional" or "required"; ``build(variant, seed)``: its tiny random pipeline;
+    ``plain``: the pipeline's own call for a request, written out in this file (not taken from the adapter).
+    """
+
+    variant: str
+    family: str
+    branches: tuple[str, ...]
+    image: str
+    build: object
+    plain: object
+    denoisers: tuple[str, ...] = ("transformer",)
+    pipeline: str = ""
+    size: int = 32
+    #: Request settings this row always runs with (a family field, a negative prompt that turns on true CFG...).
+    settings: tuple[tuple[str, object], ...] = ()
+
+
+def _wan_row(variant: str, image: str = "none", denoisers=("transformer",), size: int = 32) -> Row:
+    pipeline = "WanImageToVideoPipeline" if image == "required" else "WanPipeline"
+    return Row(variant, "wan", ("cond", "uncond"), image, build_tiny_variant, lambda *a: plain_video(*a),
+               denoisers, pipeline, size)
+
+
+def _hunyuan_build(variant: str, seed: int = 0):
+    from lightcache.families.hunyuan_video.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _hunyuan_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """HunyuanVideoPipeline's own call for the same request, written out here."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    if settings.extras.get("true_cfg_scale") is not None:
+        kwargs["true_cfg_scale"] = settings.extras["true_cfg_scale"]
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+def _hunyuan_row(variant: str, branches=("cond",), settings=()) -> Row:
+    return Row(variant, "hunyuan_video", branches, "none", _hunyuan_build, _hunyuan_plain,
+               pipeline="HunyuanVideoPipeline", settings=settings)
+
+
+def _svd_build(variant: str, seed: int = 0):
+    from lightcache.families.svd.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _svd_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """StableVideoDiffusionPipeline's own call for the same request, written out here."""
+    kwargs = dict(height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, max_guidance_scale=settings.guidance_scale, fps=settings.fps,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+    kwargs.update({k: v for k, v in settings.extras.items() if v is not None})
+    return np.asarray(pipe(image, **kwargs).frames[0], dtype=np.float32)
+
+
+def _animatediff_build(variant: str, seed: int = 0):
+    from lightcache.families.animatediff.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _animatediff_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """AnimateDiffPipeline's own call for the same request, written out here."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+#: Every family's rows. A new family adds its own here.
+ROWS = {r.variant: r for r in (
+    _wan_row("wan2.1-t2v"),
+    _wan_row("wan2.1-i2v", image="required"),
+    # The Wan2.2 VAE compresses 16x and the transformer patches 2x2: sizes are multiples of 32, 64 at least here.
+    _wan_row("wan2.2-ti2v", image="optional", size=64),
+    _wan_row("wan2.2-t2v-a14b", denoisers=("transformer", "transformer_2")),
+    _wan_row("wan2.2-i2v-a14b", image="required", denoisers=("transformer", "transformer_2")),
+    # Embedded guidance: one call per step. True CFG (with a negative prompt) adds the uncond call.
+    _hunyuan_row("hunyuanvideo"),
+    _hunyuan_row("hunyuanvideo-true-cfg", ("cond", "uncond"),
+                 (("true_cfg_scale", 4.0), ("negative_prompt", "a blue square"))),
+    # A UNet over (B, F, C, H, W) latents, guidance batched into one call per step; an image and no prompt.
+    Row("svd", "svd", ("cond",), "required", _svd_build, _svd_plain, denoisers=("unet",),
+        pipeline="StableVideoDiffusionPipeline",
+        settings=(("prompt", ""), ("frames", 4), ("decode_chunk_size", 4), ("min_guidance_scale", 1.0))),
+    # A Stable Diffusion UNet with a motion adapter, guidance batched, DDIM (no step_index: steps are counted).
+    Row("animatediff", "animatediff", ("cond",), "none", _animatediff_build, _animatediff_plain, denoisers=("unet",),
+        pipeline="AnimateDiffPipeline", settings=(("frames", 4),)),
+)}
+VARIANTS = tuple(ROWS)
+WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
+IMAGE_TO_VIDEO = tuple(v for v, r in ROWS.items() if r.image == "required")
+TEXT_TO_VIDEO = tuple(v for v, r in ROWS.items() if r.image == "none")
+TWO_EXPERTS = tuple(v for v, r in ROWS.items() if len(r.denoisers) == 2)
+#: Variant name, or "<variant>+image": a variant that may take a first frame, given one.
+CASES = (*VARIANTS, *(f"{v}+image" for v, r in ROWS.items() if r.image == "optional"))
+
+CHUNK_TOL = 1e-5  # feature chunking reorders nothing but slices matmuls: fp32 rounding only
+DECODE_TOL = 1e-4  # sliced decoding: fp32 rounding of the convolutions (the tolerance decode.py documents)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+class _Pipes:
+    """Builds each variant on first use and keeps it for the module, with the plain videos already made on it."""
+
+    def __init__(self):
+        self._built: dict[str, object] = {}
+        self._plain: dict[tuple, np.ndarray] = {}
+
+    def __getitem__(self, variant: str):
+        if variant not in self._built:
+            self._built[variant] = ROWS[variant].build(variant, seed=0)
+        return self._built[variant]
+
+    def plain(self, case: str, settings: RunSettings) -> np.ndarray:
+        """:func:`plain_video` of ``case`` on the module's pipeline; lightcache's own settings do not change it."""
+        request = dataclasses.replace(settings, easycache=False, threshold=0.0, warmup=0, async_swap=False,
+                                      chunk_ffn=None, sliced_decode=False, decode_slices=None)
+        if (case, request) not in self._plain:
+            self._plain[case, request] = _row(case).plain(self[_variant(case)], request, _image(case))
+        return self._plain[case, request]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return _Pipes()
+
+
+def _variant(case: str) -> str:
+    return case.removesuffix("+image")
+
+
+def _build(case: str, seed: int = 0):
+    return _row(case).build(_variant(case), seed=seed)
+
+
+def _row(case: str) -> Row:
+    return ROWS[_variant(case)]
+
+
+def _size(case: str) -> int:
+    return _row(case).size
+
+
+def _calls_per_step(case: str) -> int:
+    return len(_row(case).branches)
+
+
+def _image(case: str):
+    """A small RGB gradient for the cases that take a first frame, else None."""
+    from PIL import Image
+
+    if case not in IMAGE_TO_VIDEO and not case.endswith("+image"):
+        return None
+    n = _size(case)
+    ramp = np.linspace(0, 255, n, dtype=np.uint8)
+    rgb = np.stack([np.tile(ramp, (n, 1)), np.tile(ramp[:, None], (1, n)), np.full((n, n), 96, np.uint8)], -1)
+    return Image.fromarray(rgb, "RGB")
+
+
+def _settings(case: str, **overrides) -> RunSettings:
+    n = _size(case)
+    values = dict(prompt="a red circle moving right", seed=3, steps=5, frames=5, height=n, width=n,
+                  guidance_scale=5.0, warmup=1, threshold=0.05, max_sequence_length=16)
+    if _variant(case) in TWO_EXPERTS:
+        values["guidance_scale_2"] = 3.0  # differs from guidance_scale, so passing it (or not) shows
+    values.update(dict(_row(case).settings))
+    values.update(overrides)
+    # The family's own fields (its adapter's declaration) go where RunSettings keeps them.
+    family = {f.name for f in adapter_named(_row(case).family).request_fields}
+    extra = {k: values.pop(k) for k in list(values) if k in family}
+    return RunSettings(**values, extra=extra)
+
+
+def plain_video(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """The pipeline's own call for the same request, written out here (not taken from the family adapter)."""
+    kwargs = dict(
+        prompt=settings.prompt, negative_prompt=settings.negative_prompt, height=settings.height,
+        width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(settings.seed),
+        output_type="np", max_sequence_length=settings.max_sequence_length,
+    )
+    if settings.extras.get("guidance_scale_2") is not None:
+        kwargs["guidance_scale_2"] = settings.extras["guidance_scale_2"]
+    if image is not None:
+        if type(pipe).__name__ != "WanImageToVideoPipeline":
+            from diffusers import WanImageToVideoPipeline
+
+            pipe = WanImageToVideoPipeline.from_pipe(pipe)
+            pipe.set_progress_bar_config(disable=True)
+        kwargs["image"] = image
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+def _run(pipe, settings: RunSettings, image=None, cancel=None) -> tuple[list, RunFinished]:
+    events = list(run_generation(pipe, settings, cancel=cancel, image=image))
+    assert isinstance(events[-1], RunFinished)
+    return events, events[-1]
+
+
+def _records(events) -> list[StepRecord]:
+    return [e for e in events if isinstance(e, StepRecord)]
+
+
+def _denoisers(pipe) -> dict[str, torch.nn.Module]:
+    from lightcache.families import adapter_for
+
+    return adapter_for(pipe).denoisers(pipe)
+
+
+def _assert_pipeline_clean(pipe) -> None:
+    """No lightcache hook, wrapper or torch hook is left on the pipeline."""
+    for name, module in _denoisers(pipe).items():
+        for sub_name, sub in module.named_modules():
+            registry = getattr(sub, "_diffusers_hook", None)
+            assert registry is None or not registry.hooks, f"hooks left on {name}.{sub_name}: {list(registry.hooks)}"
+    for attribute in ("encode", "decode"):
+        assert attribute not in pipe.vae.__dict__, f"vae.{attribute} is still wrapped"
+    from lightcache.families import adapter_for
+
+    adapter = adapter_for(pipe)
+    encoders = [*adapter.text_encoders(pipe).values(), *adapter.image_encoders(pipe).values()]
+    for module in [pipe.vae.decoder, *pipe.vae.decoder.children(), *encoders]:
+        assert not module._forward_pre_hooks and not module._forward_hooks
+    assert getattr(pipe, "_lightcache_acceleration", None) is None
+
+
+class _CallRecorder:
+    """Torch forward hooks on every expert: (denoiser, hidden_states, output) of each call as it really happened."""
+
+    def __init__(self, pipe):
+        self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        self._handles = []
+        for name, module in _denoisers(pipe).items():
+            self._handles.append(module.register_forward_hook(self._hook(name), with_kwargs=True))
+
+    def _hook(self, name):
+        def hook(_module, args, kwargs, output):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            out = output if isinstance(output, torch.Tensor) else (
+                output[0] if isinstance(output, (tuple, list)) else output.sample)
+            self.calls.append((name, hidden.detach().clone(), out.detach().clone()))
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+# --- 1. parity with the pipeline's own call ------------------------------------------------------------------------
+@pytest.mark.parametrize("easycache", [True, False], ids=["tau0", "easycache-off"])
+@pytest.mark.parametrize("case", CASES)
+def test_runner_is_bit_identical_to_the_pipeline(pipes, case, easycache):
+    pipe = pipes[_variant(case)]
+    settings = _settings(case, easycache=easycache, threshold=0.0)
+    events, finished = _run(pipe, settings, image=_image(case))
+    assert finished.frames.dtype == np.float32
+    assert np.array_equal(finished.frames, pipes.plain(case, settings))
+    records = _records(events)
+    assert len(records) == _calls_per_step(case) * settings.steps and all(r.computed for r in records)
+    assert events[0].calls_per_step == _calls_per_step(case)
+
+
+# --- 2. a high tau reuses, in both experts, and the experts switch where the pipeline says --------------------------
+@pytest.mark.parametrize("case", VARIANTS)
+def test_high_tau_reuses_and_experts_switch_at_the_boundary(pipes, case):
+    pipe = pipes[case]
+    settings = _settings(case, steps=8, warmup=1, threshold=1e9)
+    events, finished = _run(pipe, settings, image=_image(case))
+    records = _records(events)
+    n = _calls_per_step(case)
+    assert len(records) == n * settings.steps
+    assert finished.summary["calls_reused"] > 0
+    assert [r.computed for r in records if r.step < settings.warmup] == [True] * n * settings.warmup
+    last = [r for r in records if r.step == settings.steps - 1]
+    assert len(last) == n and all(r.computed for r in last)
+    assert [r.reason for r in last if r.decides] == ["last step"]
+    # With tau this high every step between the second computed one (the first k) and the last is reused.
+    cond = [r for r in records if r.decides]
+    assert [r.branch for r in cond] == [_row(case).branches[0]] * settings.steps
+    assert [r.computed for r in cond] == [True, True] + [False] * (settings.steps - 3) + [True]
+    assert finished.summary["steps_reused"] == list(range(2, settings.steps - 1))
+
+    timesteps = pipe.scheduler.timesteps
+    if case in TWO_EXPERTS:
+        boundary = pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+        expected = ["transformer" if float(t) >= boundary else "transformer_2" for t in timesteps]
+        assert "transformer" in expected and "transformer_2" in expected  # the run really crosses the boundary
+        for name in ("transformer", "transformer_2"):
+            assert any(not r.computed for r in records if r.denoiser == name), f"{name} reused nothing"
+        assert finished.summary["denoisers"] == ["transformer", "transformer_2"]
+    else:
+        expected = [_row(case).denoisers[0]] * settings.steps
+    assert [r.denoiser for r in cond] == expected
+    for follower in _row(case).branches[1:]:
+        assert [r.denoiser for r in records if r.branch == follower] == expected
+
+
+def test_a_boundary_ratio_setting_moves_the_switch():
+    pipe = build_tiny_variant("wan2.2-t2v-a14b")
+    settings = _settings("wan2.2-t2v-a14b", steps=8, boundary_ratio=0.5, threshold=0.0)
+    events, finished = _run(pipe, settings)
+    expected = ["transformer" if float(t) >= 500 else "transformer_2" for t in pipe.scheduler.timesteps]
+    assert expected.count("transformer") > 3  # more than the tiny model's own 0.875 boundary gives
+    assert [r.denoiser for r in _records(events) if r.branch == "cond"] == expected
+    assert np.array_equal(finished.frames, plain_video(pipe, settings))  # the pipeline now runs with 0.5 too
+
+
+# --- 3. an independent transcription of EasyCache's rules -----------------------------------------------------------
+def _mean_abs(t: torch.Tensor) -> float:
+    return t.double().abs().mean().item()
+
+
+def reference_easycache(calls, num_steps: int, warmup: int, tau: float, latent_channels: int):
+    """EasyCache's rules as the easycache module documents them, replayed over the calls of a real run.
+
+    ``calls``: (denoiser, hidden_states, output) in call order, cond then uncond for every step. One state for
+    the whole run whichever expert runs. Returns, per call, (computed, eps, expected output if reused else None).
+    """
+    assert len(calls) == 2 * num_steps
+    k = x_prev = x_last = v_last = None
+    error = 0.0
+    deltas: dict[str, torch.Tensor] = {}
+    out = []
+    for step in range(num_steps):
+        for branch, (_name, hidden, output) in zip(("cond", "uncond"), calls[2 * step: 2 * step + 2]):
+            x = hidden[:, :latent_channels]
+            eps = None
+            if branch == "cond":
+                if step < warmup or step == num_steps - 1 or k is None:
+                    compute, error = True, 0.0
+                else:
+                    eps = k * _mean_abs(x - x_prev) / max(_mean_abs(v_last), 1e-12)
+                    error += eps
+                    compute = error >= tau
+                    if compute:
+                        error = 0.0
+                step_computes = compute
+                if compute:
+                    if v_last is not None and _mean_abs(x - x_last) > 0:
+                        k = _mean_abs(output - v_last) / _mean_abs(x - x_last)
+                    v_last, x_last = output, x
+                x_prev = x
+            else:
+                compute = step_computes or branch not in deltas
+            if compute:
+                deltas[branch] = output - x
+                out.append((True, eps, None))
+            else:
+                out.append((False, eps, x + deltas[branch]))
+    return out
+
+
+@pytest.mark.parametrize("case, tau", [("wan2.1-i2v", 0.5), ("wan2.2-i2v-a14b", 0.5), ("wan2.2-t2v-a14b", 0.5)])
+def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pipes, case, tau):
+    pipe = pipes[case]
+    settings = _settings(case, steps=14, warmup=2, threshold=tau)
+    recorder = _CallRecorder(pipe)
+    try:
+        events, _finished = _run(pipe, settings, image=_image(case))
+    finally:
+        recorder.remove()
+    records = _records(events)
+    latent_channels = pipe.transformer.config.out_channels
+    if case in IMAGE_TO_VIDEO:  # the input carries condition channels after the noisy latent
+        assert recorder.calls[0][1].shape[1] > latent_channels
+    expected = reference_easycache(recorder.calls, settings.steps, settings.warmup, tau, latent_channels)
+
+    assert [(r.step, r.branch, r.denoiser) for r in records] == [
+        (i // 2, ("cond", "uncond")[i % 2], name) for i, (name, _, _) in enumerate(recorder.calls)]
+    assert [r.computed for r in records] == [computed for computed, _, _ in expected]
+    reasons = {r.reason for r in records}
+    assert {"E < tau", "E >= tau"} <= reasons, f"tau {tau} does not exercise both outcomes: {reasons}"
+    for record, (_computed, eps, _) in zip(records, expected):
+        if eps is None:
+            assert record.eps is None
+        else:
+            assert record.eps == pytest.approx(eps, rel=1e-4)
+    # A reused call returns x_t + (v - x) of its branch's last computed call, on the noisy latent only.
+    for (_name, _hidden, output), (computed, _, reused) in zip(recorder.calls, expected):
+        if not computed:
+            assert output.shape[1] == latent_channels
+            torch.testing.assert_close(output, reused, rtol=0, atol=1e-6)
+    if case in TWO_EXPERTS:  # both experts reuse, and the switch did not reset anything
+        cond = [r for r in records if r.branch == "cond"]
+        switch = next(i for i, r in enumerate(cond) if r.denoiser == "transformer_2")
+        assert cond[switch].reason not in ("warm-up", "no k yet")
+        assert {r.denoiser for r in records if not r.computed} == {"transformer", "transformer_2"}
+
+
+# --- 4. memory strategies --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", WAN)
+def test_feature_chunking_matches_the_plain_run(pipes, case):
+    pipe = pipes[_variant(case)]
+    settings = _settings(case, easycache=False, chunk_ffn=2)
+    _events, finished = _run(pipe, settings, image=_image(case))
+    assert finished.summary["strategies"]["feature_chunking"]["active"]
+    plain = pipes.plain(case, settings)
+    assert finished.frames.shape == plain.shape
+    assert np.abs(finished.frames - plain).max() <= CHUNK_TOL
+
+
+@pytest.mark.parametrize("case", WAN)
+def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
+    pipe = pipes[case]
+    # Two bands need room: the Wan2.2 VAE's 16x compression leaves a 64-pixel frame 4 latent columns wide, too few.
+    wider = {"width": 160} if case == "wan2.2-ti2v" else {}
+    settings = _settings(case, easycache=False, sliced_decode=True, decode_slices=2, **wider)
+    try:
+        _events, finished = _run(pipe, settings, image=_image(case))
+    except LightcacheError as exc:
+        # Refusing is fine only for the Wan2.2 VAE, and only with a reason a user can act on.
+        assert pipe.vae.config.is_residual, f"the Wan2.1 VAE must be supported: {exc}"
+        message = str(exc)
+        assert "Sliced decoding" in message and "Wan2.2" in message and "off" in message
+        _assert_pipeline_clean(pipe)
+        return
+    assert finished.summary["strategies"]["sliced_decode"]["active"]
+    assert finished.summary["strategies"]["sliced_decode"]["num_slices"] == 2
+    plain = pipes.plain(case, settings)
+    assert finished.frames.shape == plain.shape
+    assert np.abs(finished.frames - plain).max() <= DECODE_TOL
+
+
+@pytest.mark.parametrize("case", WAN)
+def test_async_swap_is_a_noted_no_op_on_cpu(pipes, case):
+    pipe = pipes[case]
+    settings = _settings(case, easycache=False, async_swap=True)
+    events, finished = _run(pipe, settings, image=_image(case))
+    swap = finished.summary["strategies"]["async_swap"]
+    assert swap["requested"] and not swap["active"]
+    assert swap["note"] and "nothing" in swap["note"]
+    assert any(getattr(e, "message", None) == swap["note"] for e in events)
+    assert np.allclose(finished.frames, pipes.plain(case, settings), rtol=0, atol=CHUNK_TOL)
+
+
+# --- 5. the event stream ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES)
+def test_event_stream_of_each_variant(pipes, case):
+    pipe = pipes[_variant(case)]
+    settings = _settings(case, steps=4, threshold=0.2)
+    recorder = _CallRecorder(pipe)
+    try:
+        events, finished = _run(pipe, settings, image=_image(case))
+    finally:
+        recorder.remove()
+    assert isinstance(events[0], RunStarted)
+    takes_image = _image(case) is not None
+    from lightcache.families import adapter_for
+
+    encodes = bool(adapter_for(pipe).text_encoders(pipe))
+    stages = [*(["encode"] if encodes else []), *(["encode_image"] if takes_image else []), "denoise", "decode"]
+    marks = [(type(e).__name__, e.stage) for e in events if isinstance(e, (StageStarted, StageFinished))]
+    assert marks == [(kind, stage) for stage in stages for kind in ("StageStarted", "StageFinished")]
+
+    records = _records(events)
+    branches = _row(case).branches
+    assert len(records) == len(recorder.calls) == len(branches) * settings.steps
+    assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(settings.steps) for b in branches]
+    assert [r.decides for r in records] == [b == branches[0] for _ in range(settings.steps) for b in branches]
+    assert [r.denoiser for r in records] == [name for name, _, _ in recorder.calls]
+    starts = {e.stage: i for i, e in enumerate(events) if isinstance(e, StageStarted)}
+    ends = {e.stage: i for i, e in enumerate(events) if isinstance(e, StageFinished)}
+    assert all(starts["denoise"] < events.index(r) < ends["denoise"] for r in records)
+
+    decoded = [e for e in events if isinstance(e, FramesDecoded)]
+    assert sum(len(e.frames) for e in decoded) == settings.frames
+    assert finished.frames.shape == (settings.frames, settings.height, settings.width, 3)
+    s = finished.summary
+    experts = list(_row(case).denoisers)
+    assert s["denoisers"] == experts
+    assert list(s["calls_by_denoiser"]) == experts
+    assert sum(s["calls_by_denoiser"].values()) == len(records)
+    assert s["family"] == _row(case).family
+    if _row(case).family == "wan":
+        assert s["pipeline"] == ("WanImageToVideoPipeline" if takes_image else "WanPipeline")
+    assert list(s["stages"]) == stages
+
+
+# --- 6. bad inputs ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", IMAGE_TO_VIDEO)
+def test_image_to_video_without_an_image_is_refused(pipes, case):
+    pipe = pipes[case]
+    with pytest.raises(LightcacheError, match=r"image-to-video.*image"):
+        _run(pipe, _settings(case))
+    _assert_pipeline_clean(pipe)
+
+
+@pytest.mark.parametrize("case", TEXT_TO_VIDEO)
+def test_text_to_video_with_an_image_is_refused(pipes, case):
+    from PIL import Image
+
+    pipe = pipes[case]
+    with pytest.raises(LightcacheError, match=r"(text-to-video|takes no image)"):
+        _run(pipe, _settings(case), image=Image.new("RGB", (32, 32), "red"))
+    _assert_pipeline_clean(pipe)
+
+
+def test_ti2v_with_an_image_runs_as_image_to_video(pipes):
+    pipe = pipes["wan2.2-ti2v"]
+    settings = _settings("wan2.2-ti2v+image", steps=4)
+    events, finished = _run(pipe, settings, image=_image("wan2.2-ti2v+image"))
+    assert finished.frames.shape == (settings.frames, 64, 64, 3)
+    assert np.isfinite(finished.frames).all()
+    assert finished.summary["pipeline"] == "WanImageToVideoPipeline"
+    assert finished.summary["image"] == {"width": 64, "height": 64}
+    assert type(pipe).__name__ == "WanPipeline"  # the user's pipeline is left as it was
+    _assert_pipeline_clean(pipe)
+
+
+def test_ti2v_with_an_image_honours_the_flow_shift():
+    # The image-to-video view is made from the pipeline; a flow shift that differs from the checkpoint's must reach
+    # the scheduler the view actually steps with, and the step trace must still count steps.
+    pipe = build_tiny_variant("wan2.2-ti2v")
+    image = _image("wan2.2-ti2v+image")
+    settings = _settings("wan2.2-ti2v+image", steps=5, flow_shift=7.0, threshold=0.0)
+    events, finished = _run(pipe, settings, image=image)
+    assert [r.step for r in _records(events) if r.branch == "cond"] == list(range(settings.steps))
+    reference = build_tiny_variant("wan2.2-ti2v")
+    reference.scheduler = type(reference.scheduler).from_config(reference.scheduler.config, flow_shift=7.0)
+    # Another object with the same weights: within FLOAT_TOL, not bit for bit.
+    np.testing.assert_allclose(finished.frames, plain_video(reference, settings, image), rtol=0, atol=FLOAT_TOL)
+
+
+# --- 7. a stop inside the decode -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case, sliced", [*((c, False) for c in VARIANTS), ("wan2.1-t2v", True), ("wan2.2-ti2v", True)],
+                         ids=[*VARIANTS, "wan2.1-t2v-sliced", "wan2.2-ti2v-sliced"])
+def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
+    from lightcache.families import adapter_for
+
+    pipe = _row(case).build(case, seed=0)  # a run that is stopped must leave nothing behind: a pipeline of its own
+    if sliced and adapter_for(pipe).sliced_decode_unsupported(pipe):
+        pytest.skip("sliced decoding is refused for this VAE (covered by the sliced-decoding test)")
+    wider = {"width": 160} if sliced and case == "wan2.2-ti2v" else {}
+    settings = _settings(case, steps=3, threshold=0.2, sliced_decode=sliced, **({"decode_slices": 2} if sliced else {}),
+                         **wider)
+    image = _image(case)
+    cancel = threading.Event()
+    seen = []
+
+    def stop_after_first(_module, _args, _output):
+        cancel.set()
+
+    handle = pipe.vae.decoder.conv_in.register_forward_hook(stop_after_first)
+    try:
+        with pytest.raises(RunCancelled):
+            run_to_completion(run_generation(pipe, settings, cancel=cancel, image=image), seen.append)
+    finally:
+        handle.remove()
+    assert cancel.is_set()
+    assert any(isinstance(e, StageStarted) and e.stage == "decode" for e in seen)
+    assert not any(isinstance(e, (FramesDecoded, RunFinished)) for e in seen)
+    assert len(_records(seen)) == _calls_per_step(case) * settings.steps
+    _assert_pipeline_clean(pipe)
+
+    plain = _settings(case, steps=3, **wider)
+    after = _row(case).plain(pipe, plain, image)
+    # A fresh pipeline with the same weights: within FLOAT_TOL, not bit for bit.
+    fresh = _row(case).plain(_row(case).build(case, seed=0), plain, image)
+    np.testing.assert_allclose(after, fresh, rtol=0, atol=FLOAT_TOL)
+
+
+# --- 8. loading from disk --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", WAN)
+def test_a_saved_variant_loads_and_runs(pipes, case, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    built = pipes[case]
+    path = save_tiny_variant(case, tmp_path / case)
+    loaded = DiffusionPipeline.from_pretrained(path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded).__name__ == type(built).__name__
+    assert (getattr(loaded, "transformer_2", None) is not None) == (case in TWO_EXPERTS)
+    assert (getattr(loaded, "image_encoder", None) is not None) == (case == "wan2.1-i2v")
+    assert loaded.config.boundary_ratio == (TINY_BOUNDARY_RATIO if case in TWO_EXPERTS else None)
+    assert bool(loaded.config.expand_timesteps) == (case == "wan2.2-ti2v")
+
+    settings = _settings(case, steps=4, threshold=0.2)
+    events, finished = _run(loaded, settings, image=_image(case))
+    assert finished.summary["denoisers"] == list(_denoisers(built))
+    assert finished.frames.shape == (settings.frames, settings.height, settings.width, 3)
+    # Same weights as the pipeline built in memory, so the same accelerated video, within FLOAT_TOL.
+    _events, same = _run(built, settings, image=_image(case))
+    np.testing.assert_allclose(finished.frames, same.frames, rtol=0, atol=FLOAT_TOL)
+
+
+# --- 9. HunyuanVideo: EasyCache4HunyuanVideo's rules, transcribed independently ------------------------------------
+def reference_easycache_hunyuan(calls, num_steps: int, ret_steps: int, thresh: float):
+    """The rules of EasyCache4HunyuanVideo's transformer forward, written out from the reference's description: one
+    transformer call per step (embedded guidance), counted by ``cnt``.
+
+    Forced (computed, error reset to 0) while ``cnt < ret_steps`` and at ``cnt >= num_steps - 1``. Otherwise, once a
+    previous input and a previous output exist and ``k`` is known: ``pred_change = k * mean|x - previous input| /
+    mean|previous output|`` is added to the error, and the call reuses while the error stays under ``thresh``
+    (computing resets it); without ``k`` it computes. The previous input is remembered on every call. A reused call
+    returns ``x + cache``; a computed one sets ``cache = output - x`` and, when an earlier computed call exists,
+    ``k = mean|output - previous output| / mean|x - input of the previous computed call|``.
+    Returns, per call, (computed, pred_change or None, expected output if reused else None).
+    """
+    assert len(calls) == num_steps
+    cnt, error = 0, 0.0
+    previous_input = previous_output = computed_input = k = cache = None
+    out = []
+    for _name, x, output in calls:
+        change = None
+        if cnt < ret_steps or cnt >= num_steps - 1:
+            calc, error = True, 0.0
+        elif previous_input is not None and previous_output is not None and k is not None:
+            change = k * _mean_abs(x - previous_input) / _mean_abs(previous_output)
+            error += change
+            calc = error >= thresh
+            if calc:
+                error = 0.0
+        else:
+            calc = True
+        previous_input = x
+        if not calc and cache is not None:
+            out.append((False, change, x + cache))
+        else:
+            cache = output - x
+            if previous_output is not None and computed_input is not None:
+                k = _mean_abs(output - previous_output) / _mean_abs(x - computed_input)
+            computed_input, previous_output = x, output
+            out.append((True, change, None))
+        cnt += 1
+    return out
+
+
+def test_hunyuanvideo_follows_an_independent_transcription_of_the_reference(pipes):
+    """The ``hunyuanvideo`` preset's reference settings are warm-up 5 and the last step computed; replayed on a
+    tiny run (14 steps, tau 0.1 so that both outcomes occur), every decision, error estimate and reused output is
+    the reference's."""
+    pipe = pipes["hunyuanvideo"]
+    settings = _settings("hunyuanvideo", steps=14, warmup=5, threshold=0.1)
+    recorder = _CallRecorder(pipe)
+    try:
+        events, _finished = _run(pipe, settings)
+    finally:
+        recorder.remove()
+    records = _records(events)
+    expected = reference_easycache_hunyuan(recorder.calls, settings.steps, settings.warmup, settings.threshold)
+    assert [(r.step, r.branch) for r in records] == [(s, "cond") for s in range(settings.steps)]
+    assert [r.computed for r in records] == [c for c, _, _ in expected]
+    assert {"E < tau", "E >= tau"} <= {r.reason for r in records}
+    assert [r.reason for r in records[:5]] == ["warm-up"] * 5 and records[-1].reason == "last step"
+    for record, (_c, change, _) in zip(records, expected):
+        assert (record.eps is None) == (change is None)
+        if change is not None:
+            assert record.eps == pytest.approx(change, rel=1e-4)
+    for (_name, _x, output), (computed, _, reused) in zip(recorder.calls, expected):
+        if not computed:
+            torch.testing.assert_close(output, reused, rtol=0, atol=1e-6)
+
+
+def test_the_hunyuanvideo_preset_carries_the_reference_settings():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("hunyuanvideo")
+    d = preset.defaults
+    assert (preset.family, preset.pipeline, preset.image_input) == ("hunyuan_video", "HunyuanVideoPipeline", "none")
+    assert (d["height"], d["width"], d["frames"], d["steps"]) == (720, 1280, 129, 50)
+    assert (d["threshold"], d["warmup"]) == (0.025, 5)
+    assert preset.model == "hunyuanvideo-community/HunyuanVideo"
+
+
+# --- 10. what every family's adapter must cover ------------------------------------------------------------------
+@pytest.mark.parametrize("case", VARIANTS)
+def test_the_adapter_names_every_module_the_pipeline_calls(pipes, case):
+    """Swapping parks and the observer watches what the adapter names: a module of the pipeline it does not name
+    would stay on the GPU by omission."""
+    from lightcache.families import adapter_for
+
+    pipe = pipes[case]
+    adapter = adapter_for(pipe)
+    named = {*adapter.denoisers(pipe), *adapter.text_encoders(pipe), *adapter.image_encoders(pipe),
+             *adapter.idle_modules(pipe), *(["vae"] if adapter.vae(pipe) is not None else [])}
+    modules = {name for name, value in pipe.components.items() if isinstance(value, torch.nn.Module)}
+    assert modules == named
+
+
+@pytest.mark.parametrize("case", [v for v, r in ROWS.items() if r.family != "wan"])
+@pytest.mark.parametrize("strategy, flag", [("chunk_ffn", 2), ("sliced_decode", True)])
+def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case, strategy, flag):
+    pipe = pipes[case]
+    with pytest.raises(LightcacheError, match=r"no implementation for the \w+ family yet.*turn it off"):
+        _run(pipe, _settings(case, **{strategy: flag}), image=_image(case))
+    _assert_pipeline_clean(pipe)
+
+
+# --- 11. each non-Wan preset through the CLI and the app's handler, on a saved tiny checkpoint ---------------------
+#: Preset -> the row whose tiny pipeline stands in for its model.
+PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff"}
+#: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
+SMALL_REQUESTS = {
+    "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "svd-xt": dict(steps=3, frames=4, height=64, width=64, warmup=1, decode_chunk_size=4),
+    "animatediff": dict(steps=3, frames=4, height=32, width=32, warmup=1, prompt="a red circle moving right",
+                        negative_prompt=""),
+}
+
+
+def _image_file(folder: Path) -> Path:
+    from PIL import Image
+
+    path = folder / "first-frame.png"
+    Image.fromarray(np.linspace(0, 255, 64 * 64 * 3).astype(np.uint8).reshape(64, 64, 3), "RGB").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    saved = {}
+
+    def saved_model(preset: str):
+        if preset not in saved:
+            path = tmp_path_factory.mktemp(preset)
+            ROWS[PRESET_ROWS[preset]].build(PRESET_ROWS[preset], seed=0).save_pretrained(path)
+            saved[preset] = path
+        return saved[preset]
+
+    return saved_model
+
+
+@pytest.mark.parametrize("preset", PRESET_ROWS)
+def test_each_preset_runs_through_the_cli_on_a_local_checkpoint(preset, saved_models, tmp_path):
+    import json
+
+    from lightcache.cli import main
+
+    out = tmp_path / "run"
+    request = SMALL_REQUESTS[preset]
+    args = ["generate", "--preset", preset, "--model", str(saved_models(preset)), "--device", "cpu", "--quiet",
+            "--out", str(out), *[f"--{k.replace('_', '-')}={v}" for k, v in request.items()], "--threshold", "0.5"]
+    if ROWS[PRESET_ROWS[preset]].image == "required":
+        args += ["--image", str(_image_file(tmp_path))]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"] == preset and summary["family"] == ROWS[PRESET_ROWS[preset]].family
+    assert summary["calls_computed"] + summary["calls_reused"] == request["steps"] * len(
+        ROWS[PRESET_ROWS[preset]].branches)
+    assert (out / "video.mp4").stat().st_size > 0
+
+
+class _Lend:
+    """A pipeline cache stand-in that lends one pipeline, on a GPU as far as the form can tell (GPU presets are
+    refused on a CPU before anything loads; the tiny checkpoint itself runs wherever it is)."""
+
+    device, loaded = "cuda", None
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def holds(self, preset):
+        return True
+
+    def use(self, preset):
+        import contextlib
+
+        return contextlib.nullcontext(self.pipe)
+
+
+@pytest.mark.parametrize("preset", PRESET_ROWS)
+def test_each_preset_runs_through_the_apps_handler(preset, pipes, tmp_path):
+    from lightcache.app import layout
+    from lightcache.app.form import initial_values
+    from lightcache.app.jobs import Session
+    from lightcache.app.outputs import OutputDirs
+
+    from gradio.utils import get_upload_folder
+
+    request = {k: v for k, v in SMALL_REQUESTS[preset].items()
+               if k in ("steps", "frames", "height", "width", "warmup", "prompt", "negative_prompt")}
+    raw = initial_values(preset, dict(request, tau=0.5))
+    upload = None
+    if ROWS[PRESET_ROWS[preset]].image == "required":
+        # The app reads images only from Gradio's upload folder, as its upload route stores them.
+        folder = Path(get_upload_folder()) / f"lightcache-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        upload = _image_file(folder)
+        raw["image"] = {"path": str(upload), "meta": {"_type": "gradio.FileData"}}
+    try:
+        outputs = list(layout.run_job(_Lend(pipes[PRESET_ROWS[preset]]), OutputDirs(tmp_path), raw, Session()))
+    finally:
+        if upload is not None:
+            upload.unlink()
+            upload.parent.rmdir()
+    assert outputs[-1][0].startswith("**Done.**")
+
+
+@pytest.mark.parametrize("preset", [p for p, row in PRESET_ROWS.items() if ROWS[row].image == "none"])
+def test_a_text_to_video_preset_refuses_an_image_before_anything_loads(preset, saved_models, tmp_path, capsys):
+    from PIL import Image
+
+    from lightcache.cli import main
+
+    image = tmp_path / "frame.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    out = tmp_path / "run"
+    assert main(["generate", "--preset", preset, "--model", str(tmp_path / "nothing-here"), "--device", "cpu",
+                 "--image", str(image), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "image" in err and "does not exist" not in err
+    assert not out.exists()
+
+
+# --- 12. Stable Video Diffusion: no prompt, an image ---------------------------------------------------------------
+def test_a_prompt_given_to_svd_is_refused(pipes):
+    pipe = pipes["svd"]
+    with pytest.raises(LightcacheError, match="takes no prompt"):
+        _run(pipe, _settings("svd", prompt="a red circle moving right"), image=_image("svd"))
+    _assert_pipeline_clean(pipe)
+
+
+def test_the_svd_preset_takes_no_prompt_and_needs_an_image():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("svd-xt")
+    assert not preset.takes_prompt and preset.image_input == "required"
+    d = preset.defaults
+    assert (d["height"], d["width"], d["frames"]) == (576, 1024, 25) and "not tuned" in preset.description
+    with pytest.raises(LightcacheError, match="takes no prompt"):
+        RunSettings.from_preset(preset, prompt="a cat")
+    assert RunSettings.from_preset(preset).prompt == ""
+
+
+# --- 13. AnimateDiff: DDIM keeps no step index ---------------------------------------------------------------------
+def test_animatediff_steps_are_counted_under_ddim_and_the_motion_adapter_is_an_idle_module(pipes):
+    """DDIM has no ``step_index``: before the locator counted steps, every call read as step 0, EasyCache never left
+    its warm-up and nothing was reused, in silence."""
+    from lightcache.families import adapter_for
+
+    pipe = pipes["animatediff"]
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and not hasattr(pipe.scheduler, "step_index")
+    events, finished = _run(pipe, _settings("animatediff", steps=6, warmup=1, threshold=1e9))
+    assert [r.step for r in _records(events)] == list(range(6))
+    assert finished.summary["steps_reused"] == [2, 3, 4]
+    assert list(adapter_for(pipe).idle_modules(pipe)) == ["motion_adapter"]
+
+
+def test_the_animatediff_preset_loads_its_motion_adapter_and_ddim_from_the_repositories_it_names(monkeypatch):
+    """The Stable Diffusion base has no motion adapter: the preset names the adapter's repository, which is loaded
+    and handed to the pipeline, and the documented DDIM settings replace the base's scheduler."""
+    import lightcache.presets as presets
+
+    loaded = []
+
+    def fake_from_pretrained(cls, source, dtypes, offline, **components):
+        loaded.append((cls.__name__, source, sorted(components)))
+        return "the adapter" if cls.__name__ == "MotionAdapter" else _animatediff_build("animatediff")
+
+    monkeypatch.setattr(presets, "_from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(presets, "hub_usable", lambda: False)
+    # The GPU check passes as on a GPU machine; everything else is the real loading path.
+    preset = dataclasses.replace(presets.load_preset("animatediff"), requires_gpu=False)
+    pipe = presets._load_pipeline(preset, "cpu", None)
+    assert loaded == [("MotionAdapter", "guoyww/animatediff-motion-adapter-v1-5-2", []),
+                      ("AnimateDiffPipeline", "SG161222/Realistic_Vision_V5.1_noVAE", ["motion_adapter"])]
+    config = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert (config.clip_sample, config.timestep_spacing, config.beta_schedule, config.steps_offset) == (
+        False, "linspace", "linear", 1)
+    assert "not tuned" in preset.description and preset.defaults["steps"] == 25

@@ -377,7 +377,7 @@ def modes_section(results: dict[str, Any]) -> str:
     rows = ["Order 0 is EasyCache as the paper and its reference code define it: a reused call returns the input plus "
             "the last computed transformation. Order 1 (`--easycache-order 1`) goes beyond the paper: it returns the "
             "input plus an extrapolation of the last two computed transformations, and its error estimate measures "
-            "that extrapolation's error (see `lightcache/easycache.py`).", "",
+            "that extrapolation's error (see `lightcache/techniques/easycache.py`).", "",
             "| mode | tau | calls computed | speed-up (denoise) | work computed | PSNR dB |", "|---|---:|---:|---:|---:|---:|"]
     for a in results["aggregates"]:
         if a["method"] not in OURS:

@@ -15,7 +15,7 @@ import torch
 from conftest import FLOAT_TOL
 
 #: Every family with a tiny builder, by folder name under ``lightcache/families``.
-FAMILIES = ("hunyuan_video", "hunyuan_video15", "svd", "animatediff", "cogvideox", "ltx", "ltx2", "mochi")
+FAMILIES = ("hunyuan_video", "hunyuan_video15", "svd", "animatediff", "cogvideox", "ltx", "ltx2", "mochi", "skyreels_v2")
 
 
 def _tiny(family: str):

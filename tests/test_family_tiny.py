@@ -15,7 +15,10 @@ import torch
 from conftest import FLOAT_TOL
 
 #: Every family with a tiny builder, by folder name under ``lightcache/families``.
-FAMILIES = ("hunyuan_video", "hunyuan_video15", "svd", "animatediff", "cogvideox", "ltx", "ltx2")
+FAMILIES = (
+    "hunyuan_video", "hunyuan_video15", "svd", "animatediff",
+    "cogvideox", "ltx", "ltx2", "mochi", "skyreels_v2", "kandinsky5",
+)
 
 
 def _tiny(family: str):

@@ -17,15 +17,17 @@ Example:
 
 from __future__ import annotations
 
-#: Words the tiny vocabularies are learnt on: the tiny model's words, then those of HunyuanVideo's and
-#: HunyuanVideo-1.5's prompt templates (a template spelt letter by letter would crowd the prompt out). Punctuation,
-#: digits and line breaks stay one character each, as in the real tokenizers.
+#: Words the tiny vocabularies are learnt on: the tiny model's words, then those of HunyuanVideo's,
+#: HunyuanVideo-1.5's and Kandinsky 5's prompt templates (a template spelt letter by letter would crowd the prompt
+#: out). Punctuation, digits and line breaks stay one character each, as in the real tokenizers.
 TINY_CORPUS = (
     "a an the and on of with moving left right up down circle square triangle red green blue yellow white black "
     "gray background You are helpful assistant system user Describe video by detailing following aspects The main "
     "content theme color shape size texture quantity text spatial relationships objects Actions events behaviors "
     "temporal physical movement changes environment light style atmosphere camera angles movements transitions "
-    "used in Text"
+    "used in Text prompt engineer detail how moves or shakes zoom view angle whether it follows location characters "
+    "their action dynamism presented Name visual professional footage generated some kind animation game scren "
+    "effects postprocessing if they Pay attention to order key shown scene"
 )
 
 #: A chat template in the ChatML form Qwen2 tokenizers use (HunyuanVideo-1.5 calls ``apply_chat_template``).

@@ -42,8 +42,9 @@ def _check(task: str, version: str = "1.0") -> None:
 
 def tiny_call(task: str = "t2v", version: str = "1.0", **overrides) -> dict:
     """Small ``pipe(...)`` keyword arguments that suit the tiny pipelines: 32x32, 9 frames (3 latent frames: the
-    VAE decodes an odd count of latent frames to 4n + 1 frames, an even one to more), 4 steps, guidance 6.0 (> 1: one batched uncond + cond transformer call per step; 1.0: one unbatched call), NumPy
-    frames. The prompt length is the model's 226 tokens."""
+    VAE decodes an odd count of latent frames to 4n + 1 frames, an even one to more), 4 steps, guidance 6.0 (> 1:
+    one batched uncond + cond transformer call per step; 1.0: one unbatched call), NumPy frames. The prompt length
+    is the model's 226 tokens."""
     _check(task, version)
     return dict(height=SIZE, width=SIZE, num_frames=9, num_inference_steps=4, guidance_scale=6.0,
                 output_type="np") | overrides

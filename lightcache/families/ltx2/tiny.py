@@ -27,6 +27,8 @@ TEXT_DIM = 32
 #: Mel bins and latent channels of the tiny audio VAE; the audio tokens carry both (after the VAE's 4x mel
 #: compression): 2 x 8 / 4 = 4 channels.
 MEL_BINS, AUDIO_LATENT_CHANNELS = 8, 2
+#: Channels of an audio token, and the width of the audio VAE's latent statistics.
+AUDIO_TOKEN_CHANNELS = AUDIO_LATENT_CHANNELS * MEL_BINS // 4
 
 
 def tiny_call(**overrides) -> dict:
@@ -108,7 +110,7 @@ def _transformer():
     return LTX2VideoTransformer3DModel(
         in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, patch_size=1, patch_size_t=1,
         num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
-        audio_in_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4, audio_out_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4,
+        audio_in_channels=AUDIO_TOKEN_CHANNELS, audio_out_channels=AUDIO_TOKEN_CHANNELS,
         audio_num_attention_heads=2, audio_attention_head_dim=8, audio_cross_attention_dim=16, num_layers=1,
         caption_channels=TEXT_DIM, rope_double_precision=False, rope_type="split",
     )
@@ -132,8 +134,9 @@ def _audio_vae():
 
     # Its latent statistics have base_channels entries, one per packed audio channel (the real VAE: 128 = 8 x 64 / 4).
     return AutoencoderKLLTX2Audio(
-        base_channels=AUDIO_LATENT_CHANNELS * MEL_BINS // 4, output_channels=2, ch_mult=(1,), num_res_blocks=1, in_channels=2, resolution=32,
-        latent_channels=AUDIO_LATENT_CHANNELS, mel_bins=MEL_BINS, sample_rate=16000, mel_hop_length=160,
+        base_channels=AUDIO_TOKEN_CHANNELS, output_channels=2, ch_mult=(1,), num_res_blocks=1, in_channels=2,
+        resolution=32, latent_channels=AUDIO_LATENT_CHANNELS, mel_bins=MEL_BINS, sample_rate=16000,
+        mel_hop_length=160,
     )
 
 

@@ -1,0 +1,1 @@
+"""SkyReels-V2 (``SkyReelsV2Pipeline``, image-to-video and diffusion forcing): a Wan-architecture transformer."""

@@ -47,6 +47,8 @@ class Row:
     size: int = 32
     #: Request settings this row always runs with (a family field, a negative prompt that turns on true CFG...).
     settings: tuple[tuple[str, object], ...] = ()
+    #: The stages a run goes through, in order, where they differ from encode, [encode_image,] denoise, decode.
+    stages: tuple[str, ...] = ()
 
 
 def _wan_row(variant: str, image: str = "none", denoisers=("transformer",), size: int = 32) -> Row:
@@ -112,6 +114,27 @@ def _animatediff_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
+def _hunyuan15_build(variant: str, seed: int = 0):
+    from lightcache.families.hunyuan_video15.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed, task=variant.rsplit("-", 1)[-1])
+
+
+def _hunyuan15_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """The HunyuanVideo-1.5 pipelines' own call for the same request, written out here: the guidance scale is the
+    guider's, the size of an image-to-video run the image's."""
+    if pipe.guider.guidance_scale != settings.guidance_scale:
+        pipe.guider = pipe.guider.new(guidance_scale=settings.guidance_scale)
+    kwargs = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
+                  num_frames=settings.frames, num_inference_steps=settings.steps,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+    if image is None:
+        kwargs.update(height=settings.height, width=settings.width)
+    else:
+        kwargs["image"] = image
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
 #: Every family's rows. A new family adds its own here.
 ROWS = {r.variant: r for r in (
     _wan_row("wan2.1-t2v"),
@@ -131,6 +154,13 @@ ROWS = {r.variant: r for r in (
     # A Stable Diffusion UNet with a motion adapter, guidance batched, DDIM (no step_index: steps are counted).
     Row("animatediff", "animatediff", ("cond",), "none", _animatediff_build, _animatediff_plain, denoisers=("unet",),
         pipeline="AnimateDiffPipeline", settings=(("frames", 4),)),
+    # Guidance through a guider: pred_cond then pred_uncond, each in its cache context; 4 + 4 + 1 input channels.
+    Row("hunyuanvideo-1.5-t2v", "hunyuan_video15", ("pred_cond", "pred_uncond"), "none", _hunyuan15_build,
+        _hunyuan15_plain, pipeline="HunyuanVideo15Pipeline"),
+    # Image to video: the SigLIP image encoder runs before the text encoders, the VAE encodes the image after them.
+    Row("hunyuanvideo-1.5-i2v", "hunyuan_video15", ("pred_cond", "pred_uncond"), "required", _hunyuan15_build,
+        _hunyuan15_plain, pipeline="HunyuanVideo15ImageToVideoPipeline",
+        stages=("encode_image", "encode", "encode_image", "denoise", "decode")),
 )}
 VARIANTS = tuple(ROWS)
 WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
@@ -495,7 +525,8 @@ def test_event_stream_of_each_variant(pipes, case):
     from lightcache.families import adapter_for
 
     encodes = bool(adapter_for(pipe).text_encoders(pipe))
-    stages = [*(["encode"] if encodes else []), *(["encode_image"] if takes_image else []), "denoise", "decode"]
+    stages = list(_row(case).stages) or [*(["encode"] if encodes else []), *(["encode_image"] if takes_image else []),
+                                         "denoise", "decode"]
     marks = [(type(e).__name__, e.stage) for e in events if isinstance(e, (StageStarted, StageFinished))]
     assert marks == [(kind, stage) for stage in stages for kind in ("StageStarted", "StageFinished")]
 
@@ -520,7 +551,7 @@ def test_event_stream_of_each_variant(pipes, case):
     assert s["family"] == _row(case).family
     if _row(case).family == "wan":
         assert s["pipeline"] == ("WanImageToVideoPipeline" if takes_image else "WanPipeline")
-    assert list(s["stages"]) == stages
+    assert list(s["stages"]) == list(dict.fromkeys(stages))  # the summary has each stage once
 
 
 # --- 6. bad inputs ---------------------------------------------------------------------------------------------------
@@ -735,13 +766,17 @@ def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case,
 
 # --- 11. each non-Wan preset through the CLI and the app's handler, on a saved tiny checkpoint ---------------------
 #: Preset -> the row whose tiny pipeline stands in for its model.
-PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff"}
+PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff",
+               "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v"}
 #: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
 SMALL_REQUESTS = {
     "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "svd-xt": dict(steps=3, frames=4, height=64, width=64, warmup=1, decode_chunk_size=4),
     "animatediff": dict(steps=3, frames=4, height=32, width=32, warmup=1, prompt="a red circle moving right",
                         negative_prompt=""),
+    "hunyuanvideo-1.5-480p": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "hunyuanvideo-1.5-i2v-480p": dict(steps=3, frames=5, height=32, width=32, warmup=1,
+                                      prompt="a red circle moving right"),
 }
 
 
@@ -906,3 +941,45 @@ def test_the_animatediff_preset_loads_its_motion_adapter_and_ddim_from_the_repos
     assert (config.clip_sample, config.timestep_spacing, config.beta_schedule, config.steps_offset) == (
         False, "linspace", "linear", 1)
     assert "not tuned" in preset.description and preset.defaults["steps"] == 25
+
+
+def test_hunyuanvideo15_image_to_video_refuses_a_size_the_image_does_not_give(pipes):
+    pipe = pipes["hunyuanvideo-1.5-i2v"]
+    with pytest.raises(LightcacheError, match=r"makes a 32x32 video from this image.*width 32 and height 32"):
+        _run(pipe, _settings("hunyuanvideo-1.5-i2v", height=48), image=_image("hunyuanvideo-1.5-i2v"))
+    _assert_pipeline_clean(pipe)
+
+
+def test_hunyuanvideo15_guidance_reaches_the_guider(pipes):
+    """The call takes no guidance scale: the request's goes to the guider, and guidance 1 is one call a step."""
+    from lightcache.families.hunyuan_video15.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0, task="t2v")
+    settings = _settings("hunyuanvideo-1.5-t2v", guidance_scale=1.0, steps=3)
+    events, finished = _run(pipe, settings)
+    assert pipe.guider.guidance_scale == 1.0
+    assert events[0].calls_per_step == 1
+    assert [(r.step, r.branch) for r in _records(events)] == [(s, "pred_cond") for s in range(3)]
+    assert np.array_equal(finished.frames, _hunyuan15_plain(pipe, settings))
+
+
+def test_hunyuanvideo15_refuses_glyph_text_byt5_would_cut(pipes):
+    pipe = pipes["hunyuanvideo-1.5-t2v"]
+    long_quote = 'a sign that reads "' + "x" * 300 + '"'
+    with pytest.raises(LightcacheError, match="256 tokens this model's ByT5"):
+        _run(pipe, _settings("hunyuanvideo-1.5-t2v", prompt=long_quote, max_sequence_length=512))
+    _assert_pipeline_clean(pipe)
+
+
+def test_the_hunyuanvideo15_presets_name_the_diffusers_checkpoints():
+    from lightcache.presets import load_preset
+
+    t2v, i2v = load_preset("hunyuanvideo-1.5-480p"), load_preset("hunyuanvideo-1.5-i2v-480p")
+    assert (t2v.pipeline, t2v.image_input) == ("HunyuanVideo15Pipeline", "none")
+    assert (i2v.pipeline, i2v.image_input) == ("HunyuanVideo15ImageToVideoPipeline", "required")
+    assert t2v.model == "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v"
+    assert i2v.model == "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_i2v"
+    for preset in (t2v, i2v):
+        d = preset.defaults
+        assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"]) == (480, 848, 121, 50, 6.0)
+        assert "not tuned" in preset.description

@@ -41,7 +41,7 @@ def test_wan_presets_carry_the_recommended_settings():
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(LightcacheError, match="Valid presets: tiny, animatediff, hunyuanvideo, svd-xt, wan2.1-i2v-14b-480p"):
+    with pytest.raises(LightcacheError, match="Valid presets: tiny, animatediff, hunyuanvideo, hunyuanvideo-1.5-480p, hunyuanvideo-1.5-i2v-480p, svd-xt, wan2.1-i2v-14b-480p"):
         load_preset("sd-turbo")
 
 

@@ -18,6 +18,7 @@ from ..errors import LightcacheError
 from .animatediff import AnimateDiffAdapter
 from .base import FamilyAdapter
 from .hunyuan_video import HunyuanVideoAdapter
+from .hunyuan_video15 import HunyuanVideo15Adapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
 
@@ -25,6 +26,7 @@ from .wan import WanAdapter
 ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (
     WanAdapter(),
     HunyuanVideoAdapter(),
+    HunyuanVideo15Adapter(),
     SVDAdapter(),
     AnimateDiffAdapter(),
 )}

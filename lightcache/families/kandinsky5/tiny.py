@@ -51,7 +51,7 @@ def build_tiny_pipeline(seed: int = 0):
     weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline
 
-    from ...tiny_parts import tiny_clip_tokenizer, tiny_qwen2_tokenizer
+    from ...tiny.parts import tiny_clip_tokenizer, tiny_qwen2_tokenizer
 
     tokenizer, tokenizer_2 = tiny_qwen2_tokenizer(), tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):

@@ -4,7 +4,7 @@ The real parts at toy width: ``MochiTransformer3DModel`` (latents laid out (batc
 all 12 channels noisy, as in the real model: the pipeline hard-codes 12), ``AutoencoderKLMochi`` with the real
 model's compression (the pipeline hard-codes 8x spatial and 6x temporal: ``spatial_expansions`` (2, 2, 2),
 ``temporal_expansions`` (1, 2, 3)) and latent statistics, at widths of 32 (its group norms have 32 groups), and a
-``T5EncoderModel`` with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny_parts`). A 4-step
+``T5EncoderModel`` with its real tokenizer class over a tiny vocabulary (:mod:`lightcache.tiny.parts`). A 4-step
 32x32, 7-frame run takes about a second on a CPU.
 
 Example:
@@ -48,7 +48,7 @@ def build_tiny_pipeline(seed: int = 0):
     """A complete ``MochiPipeline`` with random weights, in eval mode; the same ``seed`` gives the same weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline
 
-    from ...tiny_parts import tiny_t5_tokenizer
+    from ...tiny.parts import tiny_t5_tokenizer
 
     tokenizer = tiny_t5_tokenizer(model_max_length=256)
     with torch.random.fork_rng(devices=[]):

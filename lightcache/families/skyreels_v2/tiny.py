@@ -6,7 +6,7 @@ per-frame mask and the first frame's latent: 4 + 2 + 4 channels here, 16 + 4 + 1
 a ``SkyReelsV2DiffusionForcingPipeline`` (one timestep per latent frame). The real parts at toy width: a
 ``SkyReelsV2Transformer3DModel`` (Wan's architecture), Wan's ``AutoencoderKLWan`` (here 4x spatial and 2x temporal
 compression, the real one has 8x / 4x), a ``UMT5EncoderModel`` with its real tokenizer class over a tiny vocabulary
-(:mod:`lightcache.tiny_parts`) and the ``UniPCMultistepScheduler`` with flow sigmas (shift 8 for text-to-video, 5
+(:mod:`lightcache.tiny.parts`) and the ``UniPCMultistepScheduler`` with flow sigmas (shift 8 for text-to-video, 5
 for image-to-video, as the model card says). A 4-step 32x32, 9-frame run takes well under a second on a CPU.
 
 Example:
@@ -56,7 +56,7 @@ TINY_VARIANTS = tuple(dict(task=task) for task in TASKS)
 def tiny_inputs(task: str = "t2v") -> dict:
     """What the pipeline of ``task`` is conditioned on: a prompt, and for image-to-video a 32x32 first frame."""
     _check_task(task)
-    from ...tiny_parts import tiny_image
+    from ...tiny.parts import tiny_image
 
     return dict(prompt="a red circle moving right") | (dict(image=tiny_image(SIZE)) if task == "i2v" else {})
 
@@ -70,7 +70,7 @@ def build_tiny_pipeline(seed: int = 0, task: str = "t2v"):
         UniPCMultistepScheduler,
     )
 
-    from ...tiny_parts import tiny_t5_tokenizer
+    from ...tiny.parts import tiny_t5_tokenizer
 
     image_to_video = task == "i2v"
     tokenizer = tiny_t5_tokenizer(model_max_length=512)
@@ -128,7 +128,7 @@ def _vae():
 def _image_encoder():
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ...tiny_parts import tiny_clip_tokenizer
+    from ...tiny.parts import tiny_clip_tokenizer
 
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=IMAGE_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE,

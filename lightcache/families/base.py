@@ -156,6 +156,17 @@ class FamilyAdapter:
         """Keyword arguments of ``pipe(...)`` for one request (``output_type="np"``, a seeded CPU generator)."""
         raise NotImplementedError
 
+    @staticmethod
+    def video_kwargs(settings) -> dict[str, Any]:
+        """What every video pipeline's call takes the same way: the size, the frames, the steps, a CPU generator
+        seeded with the request's seed (the same noise on any device) and ``output_type="np"``; a family's
+        ``call_kwargs`` adds its own."""
+        import torch
+
+        return dict(height=settings.height, width=settings.width, num_frames=settings.frames,
+                    num_inference_steps=settings.steps,
+                    generator=torch.Generator(device="cpu").manual_seed(settings.seed), output_type="np")
+
     def latent_shape(self, pipe, settings) -> tuple[int, int, int, int, int]:
         """(batch, channels, frames, height, width) of the latent the run denoises and decodes."""
         raise NotImplementedError

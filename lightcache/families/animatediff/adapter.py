@@ -34,17 +34,9 @@ class AnimateDiffAdapter(FamilyAdapter):
     idle_module_names = ("motion_adapter",)
 
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
-        import torch
-
-        kwargs = dict(
+        kwargs = self.video_kwargs(settings) | dict(
             prompt=settings.prompt,
-            height=settings.height,
-            width=settings.width,
-            num_frames=settings.frames,
-            num_inference_steps=settings.steps,
             guidance_scale=settings.guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
-            output_type="np",
         )
         if settings.negative_prompt:
             kwargs["negative_prompt"] = settings.negative_prompt

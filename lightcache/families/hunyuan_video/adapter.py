@@ -63,17 +63,9 @@ class HunyuanVideoAdapter(FamilyAdapter):
                                       "encoder takes. Shorten it.")
 
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
-        import torch
-
-        kwargs = dict(
+        kwargs = self.video_kwargs(settings) | dict(
             prompt=settings.prompt,
-            height=settings.height,
-            width=settings.width,
-            num_frames=settings.frames,
-            num_inference_steps=settings.steps,
             guidance_scale=settings.guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
-            output_type="np",
             max_sequence_length=settings.max_sequence_length,
         )
         if settings.negative_prompt:

@@ -81,17 +81,10 @@ class HunyuanVideo15Adapter(FamilyAdapter):
                                           "encoder takes. Shorten it.")
 
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
-        import torch
-
-        kwargs = dict(
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt or None,
-            num_frames=settings.frames,
-            num_inference_steps=settings.steps,
-            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
-            output_type="np",
-        )
+        kwargs = self.video_kwargs(settings) | dict(prompt=settings.prompt,
+                                                    negative_prompt=settings.negative_prompt or None)
         if self.takes_image(pipe):
+            del kwargs["height"], kwargs["width"]  # the pipeline sizes the video from the image (below)
             if image is None:
                 raise LightcacheError("This is an image-to-video model: give it an image to start from.")
             # The pipeline sizes the video itself (the bucket of the image's aspect ratio); a request for another
@@ -103,8 +96,6 @@ class HunyuanVideo15Adapter(FamilyAdapter):
                     f"This image-to-video model makes a {width}x{height} video from this image (its aspect ratio at "
                     f"the model's {pipe.target_size}-pixel size); ask for width {width} and height {height}.")
             kwargs["image"] = image
-        else:
-            kwargs.update(height=settings.height, width=settings.width)
         return kwargs
 
     def latent_shape(self, pipe, settings) -> tuple[int, int, int, int, int]:

@@ -57,19 +57,11 @@ class SVDAdapter(FamilyAdapter):
         return True
 
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
-        import torch
-
         extras = settings.extras
-        kwargs = dict(
+        kwargs = self.video_kwargs(settings) | dict(
             image=image,
-            height=settings.height,
-            width=settings.width,
-            num_frames=settings.frames,
-            num_inference_steps=settings.steps,
             max_guidance_scale=settings.guidance_scale,
             fps=settings.fps,
-            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
-            output_type="np",
         )
         for field in self.request_fields:
             if extras.get(field.name) is not None:

@@ -102,18 +102,10 @@ class WanAdapter(FamilyAdapter):
         return per_call * tokens / ref_tokens
 
     def call_kwargs(self, pipe, settings, image: Any = None) -> dict[str, Any]:
-        import torch
-
-        kwargs = dict(
+        kwargs = self.video_kwargs(settings) | dict(
             prompt=settings.prompt,
             negative_prompt=settings.negative_prompt,
-            height=settings.height,
-            width=settings.width,
-            num_frames=settings.frames,
-            num_inference_steps=settings.steps,
             guidance_scale=settings.guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
-            output_type="np",
             max_sequence_length=settings.max_sequence_length,
         )
         guidance_2 = settings.extras.get("guidance_scale_2")

@@ -17,6 +17,7 @@ import pytest
 from lightcache import cli
 from lightcache.cli import main
 from lightcache.video import read_mp4
+from lightcache.presets import list_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--steps", "6", "--frames", "9", "--height", "32", "--width", "32", "--warmup", "2", "--quiet"]
@@ -109,7 +110,7 @@ BAD_INPUTS = [
     (["--threshold", "-0.5"], "threshold must be between"),
     (["--threshold", "nan"], "threshold must be a number"),
     (["--warmup", "6"], "warmup must be between 0 and 5"),
-    (["--preset", "nope"], "Unknown preset 'nope'. Valid presets: tiny, animatediff, hunyuanvideo, hunyuanvideo-1.5-480p, hunyuanvideo-1.5-i2v-480p, svd-xt, wan2.1-i2v-14b-480p, wan2.1-i2v-14b-720p, wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-i2v-a14b"),
+    (["--preset", "nope"], f"Unknown preset 'nope'. Valid presets: {', '.join(list_presets())}."),
     (["--model", "/definitely/not/here"], "Model directory '/definitely/not/here' does not exist"),
     (["--model", "README.md"], "'README.md' is a file, not a model directory"),
     (["--device", "banana"], "Unknown device 'banana'; use cpu or cuda"),

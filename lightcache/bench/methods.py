@@ -128,7 +128,9 @@ METHODS: dict[str, Method] = {
             # Extrapolating keeps more of the quality per reused step than repeating, so the same tau reuses about
             # as much at a higher PSNR; past tau ~0.2 the lines it follows stray and order 0 is the better of the two.
             quick=tuple({"threshold": t} for t in (0.02, 0.05, 0.1)),
-            full=tuple({"threshold": t} for t in (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15)),
+            # Dense between 0.02 and 0.05, where the extrapolating peers (SeaCache order 1, TaylorSeer) sit at 1.6-2.5x.
+            full=tuple({"threshold": t} for t in (0.01, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.075,
+                                                  0.1, 0.15)),
             describe=lambda p: f"tau={_fmt(p['threshold'])}",
         ),
         Method(

@@ -6,7 +6,8 @@ A run is the pipeline's own ``pipe(...)``, so lightcache learns where the run is
 * an image encoder's forward, or ``vae.encode`` (the conditioning image of image-to-video), starts ``encode_image``;
 * a denoiser's forward starts ``denoise``, and every call becomes a :class:`~lightcache.events.StepRecord` (step,
   branch, which denoiser, computed or reused and why, wall time, and whether torch.compile compiled during it);
-* ``vae.decode`` starts ``decode``.
+* ``vae.decode`` starts ``decode``, and so does a call of any other decoder the family names (LTX-2's audio VAE
+  and vocoder): its ``decode`` method where it has one, else its forward.
 
 A stage ends where the next begins (or when the run ends). The same hooks are where a stop request lands: before
 every text-encoder, denoiser and VAE-decoder call (the decoder is checked per frame, and per band when decoding is
@@ -103,12 +104,16 @@ class RunObserver:
         if vae is not None:
             self._wrap_method(vae, "encode", "encode_image")
             self._wrap_method(vae, "decode", "decode")
-            decoder = getattr(vae, "decoder", None)
-            if isinstance(decoder, torch.nn.Module):
-                # Checked per part of the decoder: the plain decode calls them once per latent frame, sliced
-                # decoding once per frame and band, so a stop lands within one frame's work either way.
-                for child in decoder.children():
-                    self._handles.append(child.register_forward_pre_hook(self._check_cancel_hook))
+            # Checked per part of the decoder: the plain decode calls them once per latent frame, sliced decoding
+            # once per frame and band, so a stop lands within one frame's work either way.
+            self._cancel_hooks(getattr(vae, "decoder", None))
+        for module in self.adapter.decoders(self.pipe).values():
+            # An audio VAE is called through its decode method (its forward is never run), a vocoder through forward.
+            if callable(getattr(module, "decode", None)):
+                self._wrap_method(module, "decode", "decode")
+            else:
+                self._pre_hook(module, "decode")
+            self._cancel_hooks(getattr(module, "decoder", None))
         for name, module in self.adapter.denoisers(self.pipe).items():
             registry = HookRegistry.check_if_exists_or_initialize(module)
             if registry.get_hook(TRACE_HOOK) is None:
@@ -168,6 +173,12 @@ class RunObserver:
 
     def _check_cancel_hook(self, _module, _args) -> None:
         self.check_cancel()
+
+    def _cancel_hooks(self, decoder: Any) -> None:
+        """A stop check before each part of ``decoder`` (when it is a module)."""
+        if isinstance(decoder, torch.nn.Module):
+            for child in decoder.children():
+                self._handles.append(child.register_forward_pre_hook(self._check_cancel_hook))
 
     def _wrap_method(self, obj: Any, name: str, stage: str) -> None:
         # An instance attribute shadows the class's method and is removed again by detach(); whatever replaced the

@@ -135,6 +135,46 @@ def _hunyuan15_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
+def _ltx_build(variant: str, seed: int = 0):
+    from lightcache.families.ltx.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed, task="i2v" if variant.endswith("-i2v") else "t2v")
+
+
+def _ltx_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """The LTX-Video pipelines' own call for the same request, written out here: the fps is the frame rate the model
+    is conditioned on, the decode timestep and noise are the request's where it gives them."""
+    kwargs = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None, height=settings.height,
+                  width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
+                  guidance_scale=settings.guidance_scale, frame_rate=settings.fps,
+                  max_sequence_length=settings.max_sequence_length,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+    kwargs.update({k: v for k, v in settings.extras.items() if v is not None})
+    if image is not None:
+        kwargs["image"] = image
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+def _ltx2_build(variant: str, seed: int = 0):
+    from lightcache.families.ltx2.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _ltx2_call(pipe, settings: RunSettings):
+    """LTX2Pipeline's own call for the same request, written out here: video and audio."""
+    return pipe(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None, height=settings.height,
+                width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale, frame_rate=float(settings.fps),
+                max_sequence_length=settings.max_sequence_length,
+                generator=torch.Generator().manual_seed(settings.seed), output_type="np")
+
+
+def _ltx2_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    assert image is None
+    return np.asarray(_ltx2_call(pipe, settings).frames[0], dtype=np.float32)
+
+
 #: Every family's rows. A new family adds its own here.
 ROWS = {r.variant: r for r in (
     _wan_row("wan2.1-t2v"),
@@ -161,6 +201,14 @@ ROWS = {r.variant: r for r in (
     Row("hunyuanvideo-1.5-i2v", "hunyuan_video15", ("pred_cond", "pred_uncond"), "required", _hunyuan15_build,
         _hunyuan15_plain, pipeline="HunyuanVideo15ImageToVideoPipeline",
         stages=("encode_image", "encode", "encode_image", "denoise", "decode")),
+    # Packed tokens (B, N, C), guidance batched into one cond_uncond call; image to video keeps the first frame's
+    # tokens clean with a per-token timestep, and the VAE encodes the image.
+    Row("ltx-video", "ltx", ("cond_uncond",), "none", _ltx_build, _ltx_plain, pipeline="LTXPipeline"),
+    Row("ltx-video-i2v", "ltx", ("cond_uncond",), "required", _ltx_build, _ltx_plain,
+        pipeline="LTXImageToVideoPipeline"),
+    # Video and audio: three calls per step (batched CFG decides; spatio-temporal and modality guidance follow).
+    Row("ltx-2", "ltx2", ("cond_uncond", "uncond_stg", "uncond_modality"), "none", _ltx2_build, _ltx2_plain,
+        pipeline="LTX2Pipeline"),
 )}
 VARIANTS = tuple(ROWS)
 WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
@@ -297,6 +345,10 @@ def _assert_pipeline_clean(pipe) -> None:
     encoders = [*adapter.text_encoders(pipe).values(), *adapter.image_encoders(pipe).values()]
     for module in [pipe.vae.decoder, *pipe.vae.decoder.children(), *encoders]:
         assert not module._forward_pre_hooks and not module._forward_hooks
+    for name, module in adapter.decoders(pipe).items():  # LTX-2's audio VAE and vocoder
+        assert "decode" not in module.__dict__, f"{name}.decode is still wrapped"
+        parts = [*getattr(module, "decoder", torch.nn.Module()).children(), module]
+        assert not any(m._forward_pre_hooks or m._forward_hooks for m in parts), f"hooks left on {name}"
     assert getattr(pipe, "_lightcache_acceleration", None) is None
 
 
@@ -750,7 +802,7 @@ def test_the_adapter_names_every_module_the_pipeline_calls(pipes, case):
     pipe = pipes[case]
     adapter = adapter_for(pipe)
     named = {*adapter.denoisers(pipe), *adapter.text_encoders(pipe), *adapter.image_encoders(pipe),
-             *adapter.idle_modules(pipe), *(["vae"] if adapter.vae(pipe) is not None else [])}
+             *adapter.idle_modules(pipe), *adapter.decoders(pipe), *(["vae"] if adapter.vae(pipe) is not None else [])}
     modules = {name for name, value in pipe.components.items() if isinstance(value, torch.nn.Module)}
     assert modules == named
 

@@ -19,6 +19,8 @@ from .animatediff import AnimateDiffAdapter
 from .base import FamilyAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .hunyuan_video15 import HunyuanVideo15Adapter
+from .ltx import LTXAdapter
+from .ltx2 import LTX2Adapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
 
@@ -29,6 +31,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (
     HunyuanVideo15Adapter(),
     SVDAdapter(),
     AnimateDiffAdapter(),
+    LTXAdapter(),
+    LTX2Adapter(),
 )}
 
 

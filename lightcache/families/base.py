@@ -4,7 +4,8 @@ A run is the pipeline's own ``pipe(...)``; the accelerations attach to its modul
 families is small, and it is all here, as one :class:`FamilyAdapter` subclass per family, each in its own folder
 (``families/wan/``):
 
-* which modules denoise (two experts in Wan2.2 A14B), which encode text, which encode images;
+* which modules denoise (two experts in Wan2.2 A14B), which encode text, which encode images, and which decode
+  beside the VAE (LTX-2's audio VAE and vocoder);
 * how the noisy latent is laid out in a denoiser's input (:attr:`FamilyAdapter.latent_layout`; the condition
   channels are found from the model's own in/out channels) and which extra outputs move with which input (LTX-2's
   audio);
@@ -54,6 +55,10 @@ class FamilyAdapter:
     #: Modules the pipeline holds that no stage of a run calls (AnimateDiff's motion adapter, whose weights its
     #: pipeline copies into the UNet): swapping parks them for the whole run, so nothing stays on the GPU by omission.
     idle_module_names: ClassVar[tuple[str, ...]] = ()
+    #: Modules the ``decode`` stage calls besides the VAE, in call order (LTX-2's ``audio_vae``, whose ``decode`` turns
+    #: the audio latent into a spectrogram, and its ``vocoder``): the stage observer starts ``decode`` at, and checks
+    #: for a stop before, each of their calls, and swapping brings them in for the decode only.
+    decoder_names: ClassVar[tuple[str, ...]] = ()
     #: The layout of the denoiser's latent input, one of :data:`LATENT_LAYOUTS`. EasyCache reads the noisy latent
     #: on its channel axis; a layout that does not fit the model is a clear error at the first call.
     latent_layout: ClassVar[str] = "BCFHW"
@@ -86,6 +91,10 @@ class FamilyAdapter:
 
     def idle_modules(self, pipe) -> dict[str, torch.nn.Module]:
         return _present(pipe, self.idle_module_names)
+
+    def decoders(self, pipe) -> dict[str, torch.nn.Module]:
+        """``name -> module`` for every module the decode stage calls besides the VAE."""
+        return _present(pipe, self.decoder_names)
 
     def vae(self, pipe) -> torch.nn.Module | None:
         import torch

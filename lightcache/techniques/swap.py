@@ -11,7 +11,8 @@ One run with swapping on, stage by stage:
   ``x_last``, ``v_last``) go to pinned host memory as soon as they are made and are fetched back on the side stream
   when a call's decision needs them, so none of them sits on the GPU during a transformer forward. With two experts
   (Wan2.2 A14B) both are under group offloading, so the idle one has nothing on the device.
-* **decode**: the VAE is copied in, decodes, and is parked again.
+* **decode**: the VAE (and the family's other decoders: LTX-2's audio VAE and vocoder) is copied in, decodes, and
+  is parked again.
 
 The stage changes come from the run's observer (:mod:`lightcache.observe`), which calls :meth:`AsyncSwap.enter_stage`
 before a stage's first module call; the modules of each role come from the pipeline's family adapter.
@@ -124,7 +125,9 @@ class AsyncSwap:
         encoders = set(self.adapter.text_encoders(self.pipe)) if self.config.text_encoder else set()
         images = set(self.adapter.image_encoders(self.pipe)) if self.config.text_encoder else set()
         vae = {"vae"} if self.config.vae else set()
-        return {"encode": encoders, "encode_image": images | vae, "denoise": set(), "decode": vae}.get(stage, set())
+        decoders = set(self.adapter.decoders(self.pipe)) if self.config.vae else set()
+        return {"encode": encoders, "encode_image": images | vae, "denoise": set(),
+                "decode": vae | decoders}.get(stage, set())
 
     def enter_stage(self, stage: str) -> None:
         """Bring in what ``stage`` needs and park every other swappable module (idle ones wait on the host)."""
@@ -145,7 +148,8 @@ class AsyncSwap:
 
     def after_decode(self) -> None:
         if self.active and self.config.vae:
-            self._park("vae")
+            for name in ("vae", *self.adapter.decoders(self.pipe)):
+                self._park(name)
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the run summary: what was swapped (during the run, and still after removal), or why
@@ -169,6 +173,8 @@ class AsyncSwap:
             names += [*self.adapter.text_encoders(self.pipe), *self.adapter.image_encoders(self.pipe)]
         if self.config.vae and self.adapter.vae(self.pipe) is not None:
             names.append("vae")
+        if self.config.vae:
+            names += list(self.adapter.decoders(self.pipe))  # LTX-2's audio VAE and vocoder: in for the decode only
         # Modules the pipeline holds but no stage calls (AnimateDiff's motion adapter, copied into its UNet): no
         # stage asks for them, so they wait on the host for the whole run.
         return names + [name for name in self.adapter.idle_modules(self.pipe) if name not in names]
@@ -180,7 +186,8 @@ class AsyncSwap:
         for name in [*self._swappable(), *denoisers]:
             self._home[name] = _module_device(getattr(self.pipe, name))
         if self.config.vae:
-            self._park("vae")
+            for name in ("vae", *self.adapter.decoders(self.pipe)):
+                self._park(name)
         if self.config.transformer:
             from diffusers.hooks.group_offloading import _is_group_offload_enabled
 

@@ -819,7 +819,8 @@ def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case,
 # --- 11. each non-Wan preset through the CLI and the app's handler, on a saved tiny checkpoint ---------------------
 #: Preset -> the row whose tiny pipeline stands in for its model.
 PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff",
-               "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v"}
+               "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v",
+               "ltx-video": "ltx-video", "ltx-2": "ltx-2"}
 #: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
 SMALL_REQUESTS = {
     "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
@@ -829,6 +830,8 @@ SMALL_REQUESTS = {
     "hunyuanvideo-1.5-480p": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "hunyuanvideo-1.5-i2v-480p": dict(steps=3, frames=5, height=32, width=32, warmup=1,
                                       prompt="a red circle moving right"),
+    "ltx-video": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "ltx-2": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
 }
 
 

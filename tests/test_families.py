@@ -155,6 +155,10 @@ def _ltx_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
+#: LTX-Video 0.9.1's decode settings, which its timestep-conditioned VAE is made for.
+LTX_DECODE = (("decode_timestep", 0.05), ("decode_noise_scale", 0.025))
+
+
 def _ltx2_build(variant: str, seed: int = 0):
     from lightcache.families.ltx2.tiny import build_tiny_pipeline
 
@@ -203,9 +207,11 @@ ROWS = {r.variant: r for r in (
         stages=("encode_image", "encode", "encode_image", "denoise", "decode")),
     # Packed tokens (B, N, C), guidance batched into one cond_uncond call; image to video keeps the first frame's
     # tokens clean with a per-token timestep, and the VAE encodes the image.
-    Row("ltx-video", "ltx", ("cond_uncond",), "none", _ltx_build, _ltx_plain, pipeline="LTXPipeline"),
+    # The tiny VAE is timestep-conditioned (LTX-Video 0.9.1 and later): the rows decode at a timestep, with noise.
+    Row("ltx-video", "ltx", ("cond_uncond",), "none", _ltx_build, _ltx_plain, pipeline="LTXPipeline",
+        settings=LTX_DECODE),
     Row("ltx-video-i2v", "ltx", ("cond_uncond",), "required", _ltx_build, _ltx_plain,
-        pipeline="LTXImageToVideoPipeline"),
+        pipeline="LTXImageToVideoPipeline", settings=LTX_DECODE),
     # Video and audio: three calls per step (batched CFG decides; spatio-temporal and modality guidance follow).
     Row("ltx-2", "ltx2", ("cond_uncond", "uncond_stg", "uncond_modality"), "none", _ltx2_build, _ltx2_plain,
         pipeline="LTX2Pipeline"),
@@ -439,22 +445,26 @@ def _mean_abs(t: torch.Tensor) -> float:
     return t.double().abs().mean().item()
 
 
-def reference_easycache(calls, num_steps: int, warmup: int, tau: float, latent_channels: int):
+def reference_easycache(calls, num_steps: int, warmup: int, tau: float, latent_channels: int,
+                        branches=("cond", "uncond"), channel_axis: int = 1):
     """EasyCache's rules as the easycache module documents them, replayed over the calls of a real run.
 
-    ``calls``: (denoiser, hidden_states, output) in call order, cond then uncond for every step. One state for
-    the whole run whichever expert runs. Returns, per call, (computed, eps, expected output if reused else None).
+    ``calls``: (denoiser, hidden_states, output) in call order, one call per branch for every step (the first
+    branch decides; Wan's cond then uncond by default). The noisy latent is the first ``latent_channels`` channels
+    on ``channel_axis``. One state for the whole run whichever expert runs. Returns, per call, (computed, eps,
+    expected output if reused else None).
     """
-    assert len(calls) == 2 * num_steps
+    n = len(branches)
+    assert len(calls) == n * num_steps
     k = x_prev = x_last = v_last = None
     error = 0.0
     deltas: dict[str, torch.Tensor] = {}
     out = []
     for step in range(num_steps):
-        for branch, (_name, hidden, output) in zip(("cond", "uncond"), calls[2 * step: 2 * step + 2]):
-            x = hidden[:, :latent_channels]
+        for branch, (_name, hidden, output) in zip(branches, calls[n * step: n * step + n]):
+            x = hidden.narrow(channel_axis, 0, latent_channels)
             eps = None
-            if branch == "cond":
+            if branch == branches[0]:
                 if step < warmup or step == num_steps - 1 or k is None:
                     compute, error = True, 0.0
                 else:
@@ -1038,3 +1048,136 @@ def test_the_hunyuanvideo15_presets_name_the_diffusers_checkpoints():
         d = preset.defaults
         assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"]) == (480, 848, 121, 50, 6.0)
         assert "not tuned" in preset.description
+
+
+# --- 14. LTX-Video and LTX-2: packed tokens, three calls per step, audio -------------------------------------------
+@pytest.mark.parametrize("case", ["ltx-video", "ltx-video-i2v", "ltx-2"])
+def test_ltx_easycache_decisions_follow_an_independent_transcription_of_the_rules(pipes, case):
+    """On packed tokens (B, N, C) the latent's channels are the last axis; LTX-2's spatio-temporal and modality calls
+    follow the batched cond_uncond call, each reusing its own branch's transformation."""
+    pipe = pipes[case]
+    settings = _settings(case, steps=14, warmup=2, threshold=0.2)
+    recorder = _CallRecorder(pipe)
+    try:
+        events, _finished = _run(pipe, settings, image=_image(case))
+    finally:
+        recorder.remove()
+    records = _records(events)
+    branches = _row(case).branches
+    assert recorder.calls[0][1].ndim == 3  # packed tokens
+    expected = reference_easycache(recorder.calls, settings.steps, settings.warmup, settings.threshold,
+                                   pipe.transformer.config.out_channels, branches=branches, channel_axis=-1)
+    assert [(r.step, r.branch) for r in records] == [(s, b) for s in range(settings.steps) for b in branches]
+    assert [r.computed for r in records] == [computed for computed, _, _ in expected]
+    assert {"E < tau", "E >= tau"} <= {r.reason for r in records}
+    for record, (_computed, eps, _) in zip(records, expected):
+        assert (record.eps is None) == (eps is None)
+        if eps is not None:
+            assert record.eps == pytest.approx(eps, rel=1e-4)
+    for (_name, _hidden, output), (computed, _, reused) in zip(recorder.calls, expected):
+        if not computed:
+            torch.testing.assert_close(output, reused, rtol=0, atol=1e-6)
+
+
+class _AudioRecorder:
+    """(branch, audio input, audio output) of every LTX-2 transformer call, as it really happened."""
+
+    def __init__(self, pipe):
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handle = pipe.transformer.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module, _args, kwargs, output):
+        self.calls.append((kwargs["audio_hidden_states"].detach().clone(), output[1].detach().clone()))
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def test_ltx2_reused_calls_move_the_audio_with_its_own_input(pipes):
+    """A reused LTX-2 call returns video and audio: the audio is its input plus the audio transformation of the
+    branch's last computed call, the way the video is."""
+    pipe = pipes["ltx-2"]
+    settings = _settings("ltx-2", steps=8, warmup=1, threshold=1e9)
+    recorder = _AudioRecorder(pipe)
+    try:
+        events, finished = _run(pipe, settings)
+    finally:
+        recorder.remove()
+    records = _records(events)
+    assert len(records) == len(recorder.calls) == 3 * settings.steps
+    assert finished.summary["calls_reused"] == 3 * len(finished.summary["steps_reused"]) > 0
+    last_delta = {}
+    for record, (audio_in, audio_out) in zip(records, recorder.calls):
+        assert audio_out.shape == audio_in.shape and torch.isfinite(audio_out).all()
+        if record.computed:
+            last_delta[record.branch] = audio_out - audio_in
+        else:
+            torch.testing.assert_close(audio_out, audio_in + last_delta[record.branch], rtol=0, atol=1e-6)
+
+
+def test_ltx2_audio_is_the_plain_runs_at_tau_0_and_present_at_a_high_tau():
+    from lightcache.accelerate import AccelerationConfig, apply_lightcache, remove_lightcache
+    from lightcache.techniques.easycache import EasyCacheConfig
+
+    pipe = _ltx2_build("ltx-2")
+    settings = _settings("ltx-2", steps=6, warmup=1)
+    plain = _ltx2_call(pipe, settings)
+    outputs = {}
+    for tau in (0.0, 1e9):
+        acc = apply_lightcache(pipe, AccelerationConfig(easycache=EasyCacheConfig(threshold=tau, warmup_steps=1)))
+        try:
+            outputs[tau] = _ltx2_call(pipe, settings)
+            reused = sum(not r.computed for r in acc.records)
+        finally:
+            remove_lightcache(pipe)
+        assert (reused > 0) == (tau > 0)
+    # The same objects run twice: bit for bit.
+    assert torch.equal(torch.as_tensor(outputs[0.0].audio), torch.as_tensor(plain.audio))
+    assert np.array_equal(outputs[0.0].frames, plain.frames)
+    audio = torch.as_tensor(outputs[1e9].audio)
+    assert audio.shape == torch.as_tensor(plain.audio).shape and torch.isfinite(audio).all()
+    assert not torch.equal(audio, torch.as_tensor(plain.audio))  # reused steps really changed what was decoded
+
+
+def test_ltx2_decode_stage_covers_the_audio_decode_and_a_stop_lands_inside_it():
+    pipe = _ltx2_build("ltx-2")
+    settings = _settings("ltx-2", steps=2, threshold=0.0)
+    seen = []
+    vocoder = pipe.vocoder.register_forward_hook(lambda *_: seen.append("vocoder ran"))
+    try:
+        run_to_completion(run_generation(pipe, settings), seen.append)
+    finally:
+        vocoder.remove()
+    stages = [(type(e).__name__, e.stage) for e in seen if isinstance(e, (StageStarted, StageFinished))]
+    assert stages[-2:] == [("StageStarted", "decode"), ("StageFinished", "decode")]
+    started = next(i for i, e in enumerate(seen) if isinstance(e, StageStarted) and e.stage == "decode")
+    assert started < seen.index("vocoder ran") < next(i for i, e in enumerate(seen) if isinstance(e, StageFinished)
+                                                       and e.stage == "decode")
+
+    # A stop asked for during the audio VAE's decode ends the run before the vocoder, and leaves nothing behind.
+    cancel, seen = threading.Event(), []
+    first = next(pipe.audio_vae.decoder.children())
+    handle = first.register_forward_hook(lambda *_: cancel.set())
+    vocoder = pipe.vocoder.register_forward_hook(lambda *_: seen.append("vocoder ran"))
+    try:
+        with pytest.raises(RunCancelled):
+            run_to_completion(run_generation(pipe, settings, cancel=cancel), seen.append)
+    finally:
+        handle.remove()
+        vocoder.remove()
+    assert cancel.is_set() and "vocoder ran" not in seen
+    assert not any(isinstance(e, (FramesDecoded, RunFinished)) for e in seen)
+    _assert_pipeline_clean(pipe)
+
+
+def test_swapping_brings_ltx2s_connectors_and_audio_decoders_in_for_their_stage_only(pipes):
+    from lightcache.families import adapter_for
+    from lightcache.techniques.swap import AsyncSwap, AsyncSwapConfig
+
+    pipe = pipes["ltx-2"]
+    swap = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(), adapter_for(pipe))
+    assert swap.stage_modules("encode") == {"text_encoder", "connectors"}
+    assert swap.stage_modules("denoise") == set()
+    assert swap.stage_modules("decode") == {"vae", "audio_vae", "vocoder"}
+    kept = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(vae=False), adapter_for(pipe))
+    assert kept.stage_modules("decode") == set()  # the decoders swap with the VAE, or not at all

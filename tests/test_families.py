@@ -1181,3 +1181,21 @@ def test_swapping_brings_ltx2s_connectors_and_audio_decoders_in_for_their_stage_
     assert swap.stage_modules("decode") == {"vae", "audio_vae", "vocoder"}
     kept = AsyncSwap(pipe, torch.device("cpu"), AsyncSwapConfig(vae=False), adapter_for(pipe))
     assert kept.stage_modules("decode") == set()  # the decoders swap with the VAE, or not at all
+
+
+def test_the_ltx_presets_carry_the_documented_settings():
+    """The settings of diffusers' own examples for each pipeline; EasyCache from Wan, said to be untuned."""
+    from lightcache.presets import load_preset
+
+    ltx, ltx2 = load_preset("ltx-video"), load_preset("ltx-2")
+    assert (ltx.model, ltx.family, ltx.pipeline) == ("Lightricks/LTX-Video", "ltx", "LTXPipeline")
+    assert (ltx2.model, ltx2.family, ltx2.pipeline) == ("Lightricks/LTX-2", "ltx2", "LTX2Pipeline")
+    d, d2 = ltx.defaults, ltx2.defaults
+    assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"]) == (480, 704, 161, 50, 3.0)
+    assert (d2["height"], d2["width"], d2["frames"], d2["steps"], d2["guidance_scale"]) == (512, 768, 121, 30, 3.0)
+    # Wan2.1's tau and warm-up share: 10 of 50 steps.
+    assert (d["threshold"], d["warmup"], d2["threshold"], d2["warmup"]) == (0.05, 10, 0.05, 6)
+    for preset in (ltx, ltx2):
+        assert preset.requires_gpu and preset.image_input == "none" and "not tuned" in preset.description
+        assert (preset.limits.frame_multiple, preset.limits.size_multiple) == (8, 32)  # what the pipelines accept
+        assert set(preset.refused) == {"chunk_ffn", "sliced_decode"}

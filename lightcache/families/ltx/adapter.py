@@ -39,7 +39,7 @@ DECODE_TIMESTEP = RequestField(
     "decode)", low=0.0, high=1.0)
 DECODE_NOISE_SCALE = RequestField(
     "decode_noise_scale", "Decode noise",
-    "noise mixed into the latent before a timestep-conditioned decode (empty: the decode timestep)", low=0.0,
+    "noise mixed into the latent before a timestep-conditioned decode (unset: the decode timestep)", low=0.0,
     high=1.0, optional=True)
 
 

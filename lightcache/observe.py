@@ -11,7 +11,7 @@ A run is the pipeline's own ``pipe(...)``, so lightcache learns where the run is
 
 A stage ends where the next begins (or when the run ends). The same hooks are where a stop request lands: before
 every text-encoder, denoiser and VAE-decoder call (the decoder is checked per frame, and per band when decoding is
-sliced), the observer raises :class:`~lightcache.errors.RunCancelled` once its ``cancel`` event is set, so a
+sliced) and before each part of the family's other decoders, the observer raises :class:`~lightcache.errors.RunCancelled` once its ``cancel`` event is set, so a
 stopped run never finishes its decode.
 
 The observer changes no result: it only reads arguments, times calls and forwards outputs untouched.

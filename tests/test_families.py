@@ -135,6 +135,54 @@ def _hunyuan15_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
+
+def _cogvideox_build(variant: str, seed: int = 0):
+    from lightcache.families.cogvideox.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed, task=variant.rsplit("-", 1)[-1],
+                               version="1.5" if variant.startswith("cogvideox1.5") else "1.0")
+
+
+def _cogvideox_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """The CogVideoX pipelines' own call for the same request, written out here."""
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  use_dynamic_cfg=bool(settings.extras.get("use_dynamic_cfg")),
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    if image is not None:
+        kwargs["image"] = image
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+def _cogvideox_row(variant: str, image: str = "none", dynamic_cfg: int = 0) -> Row:
+    # 9 frames: an odd number of latent frames, which the VAE decodes to the frames asked; the prompt is padded to the
+    # transformer's 226 text tokens.
+    pipeline = "CogVideoXImageToVideoPipeline" if image == "required" else "CogVideoXPipeline"
+    return Row(variant, "cogvideox", ("cond_uncond",), image, _cogvideox_build, _cogvideox_plain, pipeline=pipeline,
+               settings=(("frames", 9), ("max_sequence_length", 226), ("use_dynamic_cfg", dynamic_cfg)))
+
+
+def _mochi_build(variant: str, seed: int = 0):
+    from lightcache.families.mochi.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _mochi_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """MochiPipeline's own call for the same request, written out here."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
 #: Every family's rows. A new family adds its own here.
 ROWS = {r.variant: r for r in (
     _wan_row("wan2.1-t2v"),
@@ -161,6 +209,14 @@ ROWS = {r.variant: r for r in (
     Row("hunyuanvideo-1.5-i2v", "hunyuan_video15", ("pred_cond", "pred_uncond"), "required", _hunyuan15_build,
         _hunyuan15_plain, pipeline="HunyuanVideo15ImageToVideoPipeline",
         stages=("encode_image", "encode", "encode_image", "denoise", "decode")),
+    # One batched cond_uncond call per step over (B, F, C, H, W) latents, DDIM without step_index (steps are counted);
+    # 1.5 pads the latent frames to an even count; image to video adds 4 condition channels after the 4 noisy ones.
+    _cogvideox_row("cogvideox-t2v"),
+    _cogvideox_row("cogvideox1.5-t2v", dynamic_cfg=1),
+    _cogvideox_row("cogvideox-i2v", image="required", dynamic_cfg=1),
+    # One batched cond_uncond call per step, 12 noisy channels; its VAE compresses 6x in time: 7 frames.
+    Row("mochi", "mochi", ("cond_uncond",), "none", _mochi_build, _mochi_plain, pipeline="MochiPipeline",
+        settings=(("frames", 7),)),
 )}
 VARIANTS = tuple(ROWS)
 WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
@@ -767,7 +823,9 @@ def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case,
 # --- 11. each non-Wan preset through the CLI and the app's handler, on a saved tiny checkpoint ---------------------
 #: Preset -> the row whose tiny pipeline stands in for its model.
 PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff",
-               "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v"}
+               "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v",
+               "cogvideox-5b": "cogvideox-t2v", "cogvideox1.5-5b": "cogvideox1.5-t2v",
+               "cogvideox-5b-i2v": "cogvideox-i2v", "mochi-1": "mochi"}
 #: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
 SMALL_REQUESTS = {
     "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
@@ -777,6 +835,11 @@ SMALL_REQUESTS = {
     "hunyuanvideo-1.5-480p": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "hunyuanvideo-1.5-i2v-480p": dict(steps=3, frames=5, height=32, width=32, warmup=1,
                                       prompt="a red circle moving right"),
+    # CogVideoX: 8k+1 frames (1.5: 16k+1); the image-to-video model's learned positions fit its own 32x32, 9 frames.
+    "cogvideox-5b": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "cogvideox1.5-5b": dict(steps=3, frames=17, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "cogvideox-5b-i2v": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "mochi-1": dict(steps=3, frames=7, height=32, width=32, warmup=1, prompt="a red circle moving right"),
 }
 
 

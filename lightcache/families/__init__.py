@@ -17,8 +17,10 @@ from __future__ import annotations
 from ..errors import LightcacheError
 from .animatediff import AnimateDiffAdapter
 from .base import FamilyAdapter
+from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .hunyuan_video15 import HunyuanVideo15Adapter
+from .mochi import MochiAdapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
 
@@ -29,6 +31,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (
     HunyuanVideo15Adapter(),
     SVDAdapter(),
     AnimateDiffAdapter(),
+    CogVideoXAdapter(),
+    MochiAdapter(),
 )}
 
 

@@ -1112,15 +1112,15 @@ def test_requests_the_pipeline_would_change_or_fail_on_are_refused(pipes, case, 
 
 
 def test_cogvideox_dynamic_cfg_reaches_the_call(pipes):
-    """``use_dynamic_cfg`` is the family's field: with it the guidance ramps over the steps, so the video differs
-    from the same request without it, and each is the pipeline's own call."""
+    """``use_dynamic_cfg`` is the family's field: with it the pipeline recomputes the guidance scale at every step, so
+    the video differs from the same request without it, and each is the pipeline's own call."""
     pipe = pipes["cogvideox-t2v"]
-    ramped = _settings("cogvideox-t2v", steps=3, threshold=0.0, use_dynamic_cfg=1)
+    dynamic = _settings("cogvideox-t2v", steps=3, threshold=0.0, use_dynamic_cfg=1)
     fixed = _settings("cogvideox-t2v", steps=3, threshold=0.0, use_dynamic_cfg=0)
-    (_, with_ramp), (_, without) = _run(pipe, ramped), _run(pipe, fixed)
-    assert np.array_equal(with_ramp.frames, pipes.plain("cogvideox-t2v", ramped))
+    (_, with_dynamic), (_, without) = _run(pipe, dynamic), _run(pipe, fixed)
+    assert np.array_equal(with_dynamic.frames, pipes.plain("cogvideox-t2v", dynamic))
     assert np.array_equal(without.frames, pipes.plain("cogvideox-t2v", fixed))
-    assert not np.array_equal(with_ramp.frames, without.frames)
+    assert not np.array_equal(with_dynamic.frames, without.frames)
 
 
 def test_the_cogvideox_presets_carry_the_recommended_settings():

@@ -18,8 +18,8 @@ What differs from the defaults:
 * **learned position embeddings** (CogVideoX-5B-I2V) hold one size and one frame count, the model's own: another
   size fails in the transformer, another frame count would swap the learned table for a computed one in silence;
   both are refused before anything runs;
-* the family's own field: ``use_dynamic_cfg`` (1: the guidance rises over the steps with a cosine ramp, as the
-  CogVideoX authors run the 5B models with the DPM scheduler);
+* the family's own field: ``use_dynamic_cfg`` (1: the pipeline recomputes the guidance scale from each step's
+  timestep, as the CogVideoX authors run the 5B models with the DPM scheduler);
 * no feature chunking and no sliced decoding yet (refused with the reason, before anything loads).
 
 No EasyCache reference setting exists for these models: their presets start from Wan's tau, untuned.
@@ -45,8 +45,9 @@ I2V_PIPELINE = "CogVideoXImageToVideoPipeline"
 
 USE_DYNAMIC_CFG = RequestField(
     "use_dynamic_cfg", "Dynamic CFG",
-    "1: the guidance scale rises over the steps (a cosine ramp up to 1 + guidance), as the CogVideoX authors run "
-    "the 5B models with the DPM scheduler; 0: the guidance scale stays as given", low=0, high=1, kind="int")
+    "1: dynamic classifier-free guidance (the pipeline recomputes the scale from each step's timestep), as the "
+    "CogVideoX authors run the 5B models with the DPM scheduler; 0: the guidance scale stays as given", low=0, high=1,
+    kind="int")
 
 
 class CogVideoXAdapter(FamilyAdapter):

@@ -179,6 +179,53 @@ def _ltx2_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(_ltx2_call(pipe, settings).frames[0], dtype=np.float32)
 
 
+def _cogvideox_build(variant: str, seed: int = 0):
+    from lightcache.families.cogvideox.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed, task=variant.rsplit("-", 1)[-1],
+                               version="1.5" if variant.startswith("cogvideox1.5") else "1.0")
+
+
+def _cogvideox_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """The CogVideoX pipelines' own call for the same request, written out here."""
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  use_dynamic_cfg=bool(settings.extras.get("use_dynamic_cfg")),
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    if image is not None:
+        kwargs["image"] = image
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
+def _cogvideox_row(variant: str, image: str = "none", dynamic_cfg: int = 0) -> Row:
+    # 9 frames: an odd number of latent frames, which the VAE decodes to the frames asked; the prompt is padded to the
+    # transformer's 226 text tokens.
+    pipeline = "CogVideoXImageToVideoPipeline" if image == "required" else "CogVideoXPipeline"
+    return Row(variant, "cogvideox", ("cond_uncond",), image, _cogvideox_build, _cogvideox_plain, pipeline=pipeline,
+               settings=(("frames", 9), ("max_sequence_length", 226), ("use_dynamic_cfg", dynamic_cfg)))
+
+
+def _mochi_build(variant: str, seed: int = 0):
+    from lightcache.families.mochi.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _mochi_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """MochiPipeline's own call for the same request, written out here."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
 #: Every family's rows. A new family adds its own here.
 ROWS = {r.variant: r for r in (
     _wan_row("wan2.1-t2v"),
@@ -215,6 +262,14 @@ ROWS = {r.variant: r for r in (
     # Video and audio: three calls per step (batched CFG decides; spatio-temporal and modality guidance follow).
     Row("ltx-2", "ltx2", ("cond_uncond", "uncond_stg", "uncond_modality"), "none", _ltx2_build, _ltx2_plain,
         pipeline="LTX2Pipeline"),
+    # One batched cond_uncond call per step over (B, F, C, H, W) latents, DDIM without step_index (steps are counted);
+    # 1.5 pads the latent frames to an even count; image to video adds 4 condition channels after the 4 noisy ones.
+    _cogvideox_row("cogvideox-t2v"),
+    _cogvideox_row("cogvideox1.5-t2v", dynamic_cfg=1),
+    _cogvideox_row("cogvideox-i2v", image="required", dynamic_cfg=1),
+    # One batched cond_uncond call per step, 12 noisy channels; its VAE compresses 6x in time: 7 frames.
+    Row("mochi", "mochi", ("cond_uncond",), "none", _mochi_build, _mochi_plain, pipeline="MochiPipeline",
+        settings=(("frames", 7),)),
 )}
 VARIANTS = tuple(ROWS)
 WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
@@ -830,7 +885,9 @@ def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case,
 #: Preset -> the row whose tiny pipeline stands in for its model.
 PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "animatediff",
                "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v",
-               "ltx-video": "ltx-video", "ltx-2": "ltx-2"}
+               "ltx-video": "ltx-video", "ltx-2": "ltx-2",
+               "cogvideox-5b": "cogvideox-t2v", "cogvideox1.5-5b": "cogvideox1.5-t2v",
+               "cogvideox-5b-i2v": "cogvideox-i2v", "mochi-1": "mochi"}
 #: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
 SMALL_REQUESTS = {
     "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
@@ -842,6 +899,11 @@ SMALL_REQUESTS = {
                                       prompt="a red circle moving right"),
     "ltx-video": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "ltx-2": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    # CogVideoX: 8k+1 frames (1.5: 16k+1); the image-to-video model's learned positions fit its own 32x32, 9 frames.
+    "cogvideox-5b": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "cogvideox1.5-5b": dict(steps=3, frames=17, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "cogvideox-5b-i2v": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "mochi-1": dict(steps=3, frames=7, height=32, width=32, warmup=1, prompt="a red circle moving right"),
 }
 
 
@@ -1199,3 +1261,128 @@ def test_the_ltx_presets_carry_the_documented_settings():
         assert preset.requires_gpu and preset.image_input == "none" and "not tuned" in preset.description
         assert (preset.limits.frame_multiple, preset.limits.size_multiple) == (8, 32)  # what the pipelines accept
         assert set(preset.refused) == {"chunk_ffn", "sliced_decode"}
+
+
+# --- 15. CogVideoX: a counted step, the noisy channels on axis 2, the frames the VAE returns ------------------------
+@pytest.mark.parametrize("case, scheduler, tau", [("cogvideox-i2v", "CogVideoXDDIMScheduler", 0.3),
+                                                  ("cogvideox1.5-t2v", "CogVideoXDPMScheduler", 0.3)])
+def test_cogvideox_follows_an_independent_transcription_of_the_rules(case, scheduler, tau):
+    """One batched call per step under a scheduler without ``step_index`` (the presets' DPM one and the checkpoints'
+    DDIM one): the steps are counted, every decision, error estimate and reused output is the reference's, read on the
+    noisy channels of the (B, F, C, H, W) input only (image to video concatenates the image's latent after them)."""
+    import diffusers
+
+    pipe = _build(case)
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    assert not hasattr(pipe.scheduler, "step_index")
+    settings = _settings(case, steps=14, warmup=2, threshold=tau)
+    recorder = _CallRecorder(pipe)
+    try:
+        events, finished = _run(pipe, settings, image=_image(case))
+    finally:
+        recorder.remove()
+    records = _records(events)
+    noisy = pipe.transformer.config.out_channels
+    frames = (settings.frames - 1) // pipe.vae_scale_factor_temporal + 1
+    from lightcache.families import adapter_for
+
+    latent_shape = adapter_for(pipe).latent_shape(pipe, settings)
+    for _name, hidden, _output in recorder.calls:
+        # (B, F, C, H, W): CogVideoX 1.5 denoises one padding frame more than it decodes (odd -> even latent frames).
+        assert hidden.shape[1] == latent_shape[2] == frames + (case == "cogvideox1.5-t2v")
+        assert hidden.shape[2] == noisy * (2 if case in IMAGE_TO_VIDEO else 1)
+    calls = [(name, hidden[:, :, :noisy], output) for name, hidden, output in recorder.calls]
+    expected = reference_easycache_hunyuan(calls, settings.steps, settings.warmup, tau)
+    assert [(r.step, r.branch, r.decides) for r in records] == [(s, "cond_uncond", True) for s in range(settings.steps)]
+    assert [r.computed for r in records] == [c for c, _, _ in expected]
+    assert {"E < tau", "E >= tau"} <= {r.reason for r in records}, "tau does not exercise both outcomes"
+    for record, (_c, change, _) in zip(records, expected):
+        assert (record.eps is None) == (change is None)
+        if change is not None:
+            assert record.eps == pytest.approx(change, rel=1e-4)
+    for (_name, _x, output), (computed, _, reused) in zip(recorder.calls, expected):
+        if not computed:
+            assert output.shape[2] == noisy
+            torch.testing.assert_close(output, reused, rtol=0, atol=1e-6)
+    assert finished.frames.shape == (settings.frames, settings.height, settings.width, 3)
+
+
+@pytest.mark.parametrize("case, overrides, message", [
+    # An even number of latent frames: the VAE would return 8 frames for 5, 16 for 13.
+    ("cogvideox-t2v", dict(frames=5), r"frames must be of the form 8k\+1 for CogVideoX.*got 5"),
+    ("cogvideox1.5-t2v", dict(frames=13), r"frames must be of the form 8k\+1 for CogVideoX.*got 13"),
+    ("cogvideox-t2v", dict(max_sequence_length=64), r"max_sequence_length must be 226 for this model"),
+    # The learned position table holds the model's own 32x32, 9 frames (720x480, 49 frames in the real model).
+    ("cogvideox-i2v", dict(height=48), r"fit one video shape: 32x32, 9 frames; ask for width 32, height 32 and 9"),
+    ("cogvideox-i2v", dict(frames=17), r"fit one video shape: 32x32, 9 frames"),
+    # The Mochi VAE compresses 6x in time: 9 frames would come back as 7; one step divides by zero in its schedule.
+    ("mochi", dict(frames=9), r"frames must be of the form 6k\+1 for Mochi.*got 9"),
+    ("mochi", dict(steps=1, warmup=0), r"steps must be at least 2 for Mochi"),
+])
+def test_requests_the_pipeline_would_change_or_fail_on_are_refused(pipes, case, overrides, message):
+    pipe = pipes[case]
+    with pytest.raises(LightcacheError, match=message):
+        _run(pipe, _settings(case, **overrides), image=_image(case))
+    _assert_pipeline_clean(pipe)
+
+
+def test_cogvideox_dynamic_cfg_reaches_the_call(pipes):
+    """``use_dynamic_cfg`` is the family's field: with it the pipeline recomputes the guidance scale at every step, so
+    the video differs from the same request without it, and each is the pipeline's own call."""
+    pipe = pipes["cogvideox-t2v"]
+    dynamic = _settings("cogvideox-t2v", steps=3, threshold=0.0, use_dynamic_cfg=1)
+    fixed = _settings("cogvideox-t2v", steps=3, threshold=0.0, use_dynamic_cfg=0)
+    (_, with_dynamic), (_, without) = _run(pipe, dynamic), _run(pipe, fixed)
+    assert np.array_equal(with_dynamic.frames, pipes.plain("cogvideox-t2v", dynamic))
+    assert np.array_equal(without.frames, pipes.plain("cogvideox-t2v", fixed))
+    assert not np.array_equal(with_dynamic.frames, without.frames)
+
+
+def test_the_cogvideox_presets_carry_the_recommended_settings():
+    from lightcache.presets import load_preset
+
+    expected = {  # model, pipeline, image, (height, width, frames, steps, guidance, fps), frame multiple
+        "cogvideox-5b": ("THUDM/CogVideoX-5b", "CogVideoXPipeline", "none", (480, 720, 49, 50, 6.0, 8), 8),
+        "cogvideox1.5-5b": ("THUDM/CogVideoX1.5-5B", "CogVideoXPipeline", "none", (768, 1360, 81, 50, 6.0, 16), 16),
+        "cogvideox-5b-i2v": ("THUDM/CogVideoX-5b-I2V", "CogVideoXImageToVideoPipeline", "required",
+                             (480, 720, 49, 50, 6.0, 8), 8),
+    }
+    for name, (model, pipeline, image, shape, multiple) in expected.items():
+        preset = load_preset(name)
+        d = preset.defaults
+        assert (preset.model, preset.pipeline, preset.image_input, preset.family) == (model, pipeline, image,
+                                                                                      "cogvideox")
+        assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"], d["fps"]) == shape
+        assert (d["use_dynamic_cfg"], d["max_sequence_length"], d["threshold"], d["warmup"]) == (1, 226, 0.05, 10)
+        assert preset.scheduler == ("CogVideoXDPMScheduler", {"timestep_spacing": "trailing"})
+        assert preset.limits.frame_multiple == multiple and preset.requires_gpu
+        assert "not tuned" in preset.description and set(preset.refused) == {"chunk_ffn", "sliced_decode"}
+
+
+def test_a_cogvideox_checkpoint_loads_with_the_presets_scheduler(saved_models):
+    """The preset names the scheduler the CogVideoX authors run the 5B models with; a checkpoint's own (DDIM) is
+    replaced when it loads, keeping the checkpoint's noise schedule."""
+    from lightcache.presets import load_pipeline, load_preset
+
+    path = saved_models("cogvideox-5b")
+    pipe = load_pipeline(load_preset("cogvideox-5b"), "cpu", model=str(path))
+    config = pipe.scheduler.config
+    assert type(pipe.scheduler).__name__ == "CogVideoXDPMScheduler"
+    assert (config.timestep_spacing, config.prediction_type, config.rescale_betas_zero_snr) == (
+        "trailing", "v_prediction", True)
+
+
+# --- 16. Mochi --------------------------------------------------------------------------------------------------------
+def test_the_mochi_preset_carries_the_documented_settings():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("mochi-1")
+    d = preset.defaults
+    assert (preset.model, preset.pipeline, preset.family, preset.image_input) == (
+        "genmo/mochi-1-preview", "MochiPipeline", "mochi", "none")
+    assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"], d["fps"]) == (
+        480, 848, 85, 64, 4.5, 30)
+    # Wan2.1's tau and warm-up share (10 of 50) scaled to 64 steps.
+    assert (d["threshold"], d["warmup"], d["max_sequence_length"]) == (0.05, 13, 256)
+    assert (preset.limits.frame_multiple, preset.limits.min_steps) == (6, 2)
+    assert "not tuned" in preset.description and set(preset.refused) == {"chunk_ffn", "sliced_decode"}

@@ -17,10 +17,12 @@ from __future__ import annotations
 from ..errors import LightcacheError
 from .animatediff import AnimateDiffAdapter
 from .base import FamilyAdapter
+from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .hunyuan_video15 import HunyuanVideo15Adapter
 from .ltx import LTXAdapter
 from .ltx2 import LTX2Adapter
+from .mochi import MochiAdapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
 
@@ -33,6 +35,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (
     AnimateDiffAdapter(),
     LTXAdapter(),
     LTX2Adapter(),
+    CogVideoXAdapter(),
+    MochiAdapter(),
 )}
 
 

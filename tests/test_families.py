@@ -1125,3 +1125,23 @@ def test_the_kandinsky5_preset_names_the_diffusers_checkpoint_and_its_settings()
     assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"]) == (512, 768, 121, 50, 5.0)
     assert (d["threshold"], d["warmup"]) == (0.05, 10) and "not tuned" in preset.description
     assert set(preset.refused) == {"chunk_ffn", "sliced_decode"}
+
+
+# --- 16. diffusers' caches on the new families: run, or refused with the reason before anything runs ----------------
+@pytest.mark.parametrize("case, cache, refusal", [
+    # SkyReels-V2's blocks are not in diffusers' block registry, which FirstBlockCache, MagCache and SeaCache read.
+    *(("skyreels-v2-t2v", cache, "diffusers does not know the blocks") for cache in ("fbc", "magcache", "seacache")),
+    ("skyreels-v2-t2v", "taylorseer", None), ("skyreels-v2-t2v", "pab", None),
+    ("kandinsky5-t2v", "fbc", "no 'blocks' list"),
+])
+def test_diffusers_caches_run_or_are_refused_with_the_reason(pipes, case, cache, refusal):
+    pipe = pipes[case]
+    settings = _settings(case, steps=4, cache=cache)
+    if refusal is None:
+        _events, finished = _run(pipe, settings)
+        assert finished.summary["calls_computed"] + finished.summary["calls_reused"] == 4 * _calls_per_step(case)
+        assert np.isfinite(finished.frames).all()
+    else:
+        with pytest.raises(LightcacheError, match=refusal):
+            _run(pipe, settings)
+    _assert_pipeline_clean(pipe)

@@ -253,7 +253,8 @@ def apply_lightcache(
             acc.easycache = apply_easycache(denoisers, config.easycache, locator=locator,
                                             channel_axis=adapter.latent_channel_axis,
                                             latent_ndim=len(adapter.latent_layout),
-                                            extra_inputs=adapter.extra_outputs)
+                                            extra_inputs=adapter.extra_outputs,
+                                            latent_channels=adapter.latent_channels)
         method = get_cache_method(config.cache)
         if method.diffusers:
             params = method.params(config.cache_setting)

@@ -160,6 +160,10 @@ def get_cache_method(name: str) -> CacheMethod:
 
 
 # --- which pipelines a diffusers cache can run on ----------------------------------------------------------
+#: diffusers' caches whose hooks read each block's outputs through diffusers' registry of transformer block classes.
+_READ_BLOCK_METADATA = ("fbc", "magcache", "seacache")
+
+
 def unsupported_reason(name: str, denoisers: Mapping[str, Any]) -> str | None:
     """Why diffusers' cache ``name`` cannot run on a pipeline with these denoisers, or None when it can.
 
@@ -180,6 +184,17 @@ def unsupported_reason(name: str, denoisers: Mapping[str, Any]) -> str | None:
     if not hasattr(blocks, "__len__") or len(blocks) == 0:
         return (f"{method.label}: the {denoiser_name} ({type(transformer).__name__}) has no 'blocks' list, which "
                 "lightcache's trace and this cache's hooks need.")
+    if name in _READ_BLOCK_METADATA:
+        from diffusers.hooks._helpers import TransformerBlockRegistry
+
+        # These hooks find a block's outputs through diffusers' registry of block classes; an unregistered class
+        # (SkyReels-V2's blocks) fails deep inside enable_cache with diffusers' own message.
+        try:
+            TransformerBlockRegistry.get(type(blocks[0]))
+        except ValueError:
+            return (f"{method.label}: diffusers does not know the blocks of the {denoiser_name} "
+                    f"({type(blocks[0]).__name__}), so its cache hooks cannot read their outputs; use EasyCache, "
+                    "TaylorSeer or PAB.")
     return None
 
 

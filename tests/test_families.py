@@ -155,12 +155,35 @@ def _ltx_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
+def _skyreels_build(variant: str, seed: int = 0):
+    from lightcache.families.skyreels_v2.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed, task=variant.rsplit("-", 1)[-1])
+
+
+def _skyreels_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """The SkyReels-V2 pipelines' own call for the same request, written out here."""
+    kwargs = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt, height=settings.height,
+                  width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
+                  guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(settings.seed),
+                  output_type="np", max_sequence_length=settings.max_sequence_length)
+    if image is not None:
+        kwargs["image"] = image
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
 #: LTX-Video 0.9.1's decode settings, which its timestep-conditioned VAE is made for.
 LTX_DECODE = (("decode_timestep", 0.05), ("decode_noise_scale", 0.025))
 
 
 def _ltx2_build(variant: str, seed: int = 0):
     from lightcache.families.ltx2.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=seed)
+
+
+def _kandinsky5_build(variant: str, seed: int = 0):
+    from lightcache.families.kandinsky5.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(seed=seed)
 
@@ -226,6 +249,19 @@ def _mochi_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
     return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
 
 
+def _kandinsky5_plain(pipe, settings: RunSettings, image=None) -> np.ndarray:
+    """Kandinsky5T2VPipeline's own call for the same request, written out here: without a negative prompt of the
+    request's, the pipeline's own."""
+    assert image is None
+    kwargs = dict(prompt=settings.prompt, height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=torch.Generator().manual_seed(settings.seed), output_type="np",
+                  max_sequence_length=settings.max_sequence_length)
+    if settings.negative_prompt:
+        kwargs["negative_prompt"] = settings.negative_prompt
+    return np.asarray(pipe(**kwargs).frames[0], dtype=np.float32)
+
+
 #: Every family's rows. A new family adds its own here.
 ROWS = {r.variant: r for r in (
     _wan_row("wan2.1-t2v"),
@@ -270,12 +306,24 @@ ROWS = {r.variant: r for r in (
     # One batched cond_uncond call per step, 12 noisy channels; its VAE compresses 6x in time: 7 frames.
     Row("mochi", "mochi", ("cond_uncond",), "none", _mochi_build, _mochi_plain, pipeline="MochiPipeline",
         settings=(("frames", 7),)),
+    # Wan's architecture: cond then uncond in their cache contexts, UniPC; image to video adds a mask and the first
+    # frame's latent after the noisy channels (4 + 2 + 4) and a CLIP image encoder.
+    Row("skyreels-v2-t2v", "skyreels_v2", ("cond", "uncond"), "none", _skyreels_build, _skyreels_plain,
+        pipeline="SkyReelsV2Pipeline"),
+    Row("skyreels-v2-i2v", "skyreels_v2", ("cond", "uncond"), "required", _skyreels_build, _skyreels_plain,
+        pipeline="SkyReelsV2ImageToVideoPipeline"),
+    # No cache context: two calls a step told apart by their order (cond, call1); channels-last latents, 4 noisy of
+    # 9 input channels. The prompt template leaves room for the pipeline's own negative prompt at 128 tokens.
+    Row("kandinsky5-t2v", "kandinsky5", ("cond", "call1"), "none", _kandinsky5_build, _kandinsky5_plain,
+        pipeline="Kandinsky5T2VPipeline", settings=(("max_sequence_length", 128),)),
 )}
 VARIANTS = tuple(ROWS)
 WAN = tuple(v for v, r in ROWS.items() if r.family == "wan")
 IMAGE_TO_VIDEO = tuple(v for v, r in ROWS.items() if r.image == "required")
 TEXT_TO_VIDEO = tuple(v for v, r in ROWS.items() if r.image == "none")
 TWO_EXPERTS = tuple(v for v, r in ROWS.items() if len(r.denoisers) == 2)
+#: The variants whose family offers sliced decoding (Wan's, and SkyReels-V2's on Wan's VAE).
+SLICED = tuple(v for v, r in ROWS.items() if "sliced_decode" not in adapter_named(r.family).refused_strategies())
 #: Variant name, or "<variant>+image": a variant that may take a first frame, given one.
 CASES = (*VARIANTS, *(f"{v}+image" for v, r in ROWS.items() if r.image == "optional"))
 
@@ -544,7 +592,13 @@ def reference_easycache(calls, num_steps: int, warmup: int, tau: float, latent_c
     return out
 
 
-@pytest.mark.parametrize("case, tau", [("wan2.1-i2v", 0.5), ("wan2.2-i2v-a14b", 0.5), ("wan2.2-t2v-a14b", 0.5)])
+#: Where the noisy latent sits in a denoiser's input, for the variants whose input is not (B, C, F, H, W) with the
+#: model's ``out_channels`` first: Kandinsky 5 is channels-last, its noisy channels the model's ``out_visual_dim``.
+_NOISY_CHANNELS = {"kandinsky5-t2v": ("out_visual_dim", -1)}
+
+
+@pytest.mark.parametrize("case, tau", [("wan2.1-i2v", 0.5), ("wan2.2-i2v-a14b", 0.5), ("wan2.2-t2v-a14b", 0.5),
+                                       ("skyreels-v2-i2v", 0.5), ("kandinsky5-t2v", 0.05)])
 def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pipes, case, tau):
     pipe = pipes[case]
     settings = _settings(case, steps=14, warmup=2, threshold=tau)
@@ -554,13 +608,16 @@ def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pi
     finally:
         recorder.remove()
     records = _records(events)
-    latent_channels = pipe.transformer.config.out_channels
-    if case in IMAGE_TO_VIDEO:  # the input carries condition channels after the noisy latent
-        assert recorder.calls[0][1].shape[1] > latent_channels
-    expected = reference_easycache(recorder.calls, settings.steps, settings.warmup, tau, latent_channels)
+    channels_name, axis = _NOISY_CHANNELS.get(case, ("out_channels", 1))
+    latent_channels = getattr(pipe.transformer.config, channels_name)
+    if case in IMAGE_TO_VIDEO or case in _NOISY_CHANNELS:  # the input carries condition channels after the latent
+        assert recorder.calls[0][1].shape[axis] > latent_channels
+    branches = _row(case).branches
+    expected = reference_easycache(recorder.calls, settings.steps, settings.warmup, tau, latent_channels, branches,
+                                   axis)
 
     assert [(r.step, r.branch, r.denoiser) for r in records] == [
-        (i // 2, ("cond", "uncond")[i % 2], name) for i, (name, _, _) in enumerate(recorder.calls)]
+        (i // 2, branches[i % 2], name) for i, (name, _, _) in enumerate(recorder.calls)]
     assert [r.computed for r in records] == [computed for computed, _, _ in expected]
     reasons = {r.reason for r in records}
     assert {"E < tau", "E >= tau"} <= reasons, f"tau {tau} does not exercise both outcomes: {reasons}"
@@ -572,7 +629,7 @@ def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pi
     # A reused call returns x_t + (v - x) of its branch's last computed call, on the noisy latent only.
     for (_name, _hidden, output), (computed, _, reused) in zip(recorder.calls, expected):
         if not computed:
-            assert output.shape[1] == latent_channels
+            assert output.shape[axis] == latent_channels
             torch.testing.assert_close(output, reused, rtol=0, atol=1e-6)
     if case in TWO_EXPERTS:  # both experts reuse, and the switch did not reset anything
         cond = [r for r in records if r.branch == "cond"]
@@ -593,7 +650,7 @@ def test_feature_chunking_matches_the_plain_run(pipes, case):
     assert np.abs(finished.frames - plain).max() <= CHUNK_TOL
 
 
-@pytest.mark.parametrize("case", WAN)
+@pytest.mark.parametrize("case", SLICED)
 def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
     pipe = pipes[case]
     # Two bands need room: the Wan2.2 VAE's 16x compression leaves a 64-pixel frame 4 latent columns wide, too few.
@@ -872,8 +929,9 @@ def test_the_adapter_names_every_module_the_pipeline_calls(pipes, case):
     assert modules == named
 
 
-@pytest.mark.parametrize("case", [v for v, r in ROWS.items() if r.family != "wan"])
-@pytest.mark.parametrize("strategy, flag", [("chunk_ffn", 2), ("sliced_decode", True)])
+@pytest.mark.parametrize("case, strategy, flag", [
+    (v, strategy, flag) for v, r in ROWS.items() for strategy, flag in (("chunk_ffn", 2), ("sliced_decode", True))
+    if strategy in adapter_named(r.family).refused_strategies()])
 def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case, strategy, flag):
     pipe = pipes[case]
     with pytest.raises(LightcacheError, match=r"no implementation for the \w+ family yet.*turn it off"):
@@ -887,7 +945,8 @@ PRESET_ROWS = {"hunyuanvideo": "hunyuanvideo", "svd-xt": "svd", "animatediff": "
                "hunyuanvideo-1.5-480p": "hunyuanvideo-1.5-t2v", "hunyuanvideo-1.5-i2v-480p": "hunyuanvideo-1.5-i2v",
                "ltx-video": "ltx-video", "ltx-2": "ltx-2",
                "cogvideox-5b": "cogvideox-t2v", "cogvideox1.5-5b": "cogvideox1.5-t2v",
-               "cogvideox-5b-i2v": "cogvideox-i2v", "mochi-1": "mochi"}
+               "cogvideox-5b-i2v": "cogvideox-i2v", "mochi-1": "mochi",
+               "skyreels-v2-t2v-540p": "skyreels-v2-t2v", "kandinsky5-t2v-lite": "kandinsky5-t2v"}
 #: A small request each preset's tiny checkpoint runs quickly (within its limits: SVD sizes are multiples of 64).
 SMALL_REQUESTS = {
     "hunyuanvideo": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
@@ -904,6 +963,8 @@ SMALL_REQUESTS = {
     "cogvideox1.5-5b": dict(steps=3, frames=17, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "cogvideox-5b-i2v": dict(steps=3, frames=9, height=32, width=32, warmup=1, prompt="a red circle moving right"),
     "mochi-1": dict(steps=3, frames=7, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "skyreels-v2-t2v-540p": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
+    "kandinsky5-t2v-lite": dict(steps=3, frames=5, height=32, width=32, warmup=1, prompt="a red circle moving right"),
 }
 
 
@@ -1386,3 +1447,102 @@ def test_the_mochi_preset_carries_the_documented_settings():
     assert (d["threshold"], d["warmup"], d["max_sequence_length"]) == (0.05, 13, 256)
     assert (preset.limits.frame_multiple, preset.limits.min_steps) == (6, 2)
     assert "not tuned" in preset.description and set(preset.refused) == {"chunk_ffn", "sliced_decode"}
+
+
+# --- 17. SkyReels-V2: Wan's architecture; diffusion forcing refused ------------------------------------------------
+def test_skyreels_v2_diffusion_forcing_is_refused_by_name_before_anything_runs():
+    """Diffusion forcing steps each latent frame with its own copy of the scheduler: the pipeline's scheduler never
+    counts a step, so every call would read as step 0. It is refused, saying which pipelines to use instead."""
+    from lightcache.families.skyreels_v2.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0, task="df")
+    with pytest.raises(LightcacheError, match=r"SkyReelsV2DiffusionForcingPipeline.*not supported.*SkyReelsV2Pipeline"):
+        _run(pipe, _settings("skyreels-v2-t2v", threshold=0.2))
+    # Refused before anything attached (the adapter lookup itself refuses this class, so it is checked directly).
+    assert getattr(pipe.transformer, "_diffusers_hook", None) is None or not pipe.transformer._diffusers_hook.hooks
+    assert getattr(pipe, "_lightcache_acceleration", None) is None
+
+
+def test_the_skyreels_v2_preset_names_the_diffusers_checkpoint_and_its_settings():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("skyreels-v2-t2v-540p")
+    d = preset.defaults
+    assert (preset.family, preset.pipeline, preset.image_input) == ("skyreels_v2", "SkyReelsV2Pipeline", "none")
+    assert preset.model == "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers" and preset.requires_gpu
+    assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"], d["flow_shift"]) == (
+        544, 960, 97, 50, 6.0, 8.0)
+    assert (d["threshold"], d["warmup"]) == (0.05, 10) and "not tuned" in preset.description
+    assert set(preset.refused) == {"chunk_ffn"}
+
+
+def test_skyreels_v2_flow_shift_reaches_the_scheduler():
+    from lightcache.families.skyreels_v2.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0)
+    settings = _settings("skyreels-v2-t2v", steps=3, flow_shift=3.0, threshold=0.0)
+    _events, finished = _run(pipe, settings)
+    assert pipe.scheduler.config.flow_shift == 3.0
+    reference = build_tiny_pipeline(seed=0)
+    reference.scheduler = type(reference.scheduler).from_config(reference.scheduler.config, flow_shift=3.0)
+    np.testing.assert_allclose(finished.frames, _skyreels_plain(reference, settings), rtol=0, atol=FLOAT_TOL)
+
+
+# --- 18. Kandinsky 5: two calls a step without a context, channels-last latents, two prompt limits --------------------
+def test_kandinsky5_without_guidance_makes_one_call_a_step(pipes):
+    pipe = pipes["kandinsky5-t2v"]
+    settings = _settings("kandinsky5-t2v", guidance_scale=1.0, steps=3, threshold=0.0)
+    events, finished = _run(pipe, settings)
+    assert events[0].calls_per_step == 1
+    assert [(r.step, r.branch) for r in _records(events)] == [(s, "cond") for s in range(3)]
+    assert np.array_equal(finished.frames, pipes.plain("kandinsky5-t2v", settings))
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_kandinsky5_refuses_a_prompt_its_qwen_encoder_would_cut(pipes, field):
+    """The pipeline keeps ``max_sequence_length`` tokens after its template's first 128 and cuts the rest with a
+    log line only."""
+    pipe = pipes["kandinsky5-t2v"]
+    long_text = " ".join(["red circle"] * 40)
+    with pytest.raises(LightcacheError, match=rf"{field} is \d+ tokens long.*Qwen2.5-VL.*at most 64"):
+        _run(pipe, _settings("kandinsky5-t2v", max_sequence_length=64, **{field: long_text}))
+    _assert_pipeline_clean(pipe)
+
+
+def test_kandinsky5_refuses_a_prompt_clip_would_cut(pipes):
+    pipe = pipes["kandinsky5-t2v"]
+    with pytest.raises(LightcacheError, match="77 tokens this model's CLIP"):
+        _run(pipe, _settings("kandinsky5-t2v", max_sequence_length=512, prompt=" ".join(["red circle"] * 40)))
+    _assert_pipeline_clean(pipe)
+
+
+def test_the_kandinsky5_preset_names_the_diffusers_checkpoint_and_its_settings():
+    from lightcache.presets import load_preset
+
+    preset = load_preset("kandinsky5-t2v-lite")
+    d = preset.defaults
+    assert (preset.family, preset.pipeline, preset.image_input) == ("kandinsky5", "Kandinsky5T2VPipeline", "none")
+    assert preset.model == "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers" and preset.requires_gpu
+    assert (d["height"], d["width"], d["frames"], d["steps"], d["guidance_scale"]) == (512, 768, 121, 50, 5.0)
+    assert (d["threshold"], d["warmup"]) == (0.05, 10) and "not tuned" in preset.description
+    assert set(preset.refused) == {"chunk_ffn", "sliced_decode"}
+
+
+# --- 19. diffusers' caches on the new families: run, or refused with the reason before anything runs ----------------
+@pytest.mark.parametrize("case, cache, refusal", [
+    # SkyReels-V2's blocks are not in diffusers' block registry, which FirstBlockCache, MagCache and SeaCache read.
+    *(("skyreels-v2-t2v", cache, "diffusers does not know the blocks") for cache in ("fbc", "magcache", "seacache")),
+    ("skyreels-v2-t2v", "taylorseer", None), ("skyreels-v2-t2v", "pab", None),
+    ("kandinsky5-t2v", "fbc", "no 'blocks' list"),
+])
+def test_diffusers_caches_run_or_are_refused_with_the_reason(pipes, case, cache, refusal):
+    pipe = pipes[case]
+    settings = _settings(case, steps=4, cache=cache)
+    if refusal is None:
+        _events, finished = _run(pipe, settings)
+        assert finished.summary["calls_computed"] + finished.summary["calls_reused"] == 4 * _calls_per_step(case)
+        assert np.isfinite(finished.frames).all()
+    else:
+        with pytest.raises(LightcacheError, match=refusal):
+            _run(pipe, settings)
+    _assert_pipeline_clean(pipe)

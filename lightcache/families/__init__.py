@@ -23,6 +23,8 @@ from .hunyuan_video15 import HunyuanVideo15Adapter
 from .ltx import LTXAdapter
 from .ltx2 import LTX2Adapter
 from .mochi import MochiAdapter
+from .kandinsky5 import Kandinsky5Adapter
+from .skyreels_v2 import SkyReelsV2Adapter
 from .svd import SVDAdapter
 from .wan import WanAdapter
 
@@ -37,6 +39,8 @@ ADAPTERS: dict[str, FamilyAdapter] = {adapter.name: adapter for adapter in (
     LTX2Adapter(),
     CogVideoXAdapter(),
     MochiAdapter(),
+    SkyReelsV2Adapter(),
+    Kandinsky5Adapter(),
 )}
 
 
@@ -59,8 +63,13 @@ def family_of_pipeline_class(class_name: str) -> str | None:
 
 
 def adapter_for(pipe) -> FamilyAdapter:
-    """The adapter serving ``pipe``'s class; a clear error for pipelines no family covers."""
+    """The adapter serving ``pipe``'s class; a clear error for pipelines no family covers, and the family's reason
+    for a pipeline class it refuses (:attr:`FamilyAdapter.unsupported_pipelines`)."""
     family = family_of_pipeline_class(type(pipe).__name__)
+    for adapter in ADAPTERS.values():
+        reason = adapter.unsupported_pipelines.get(type(pipe).__name__)
+        if reason:
+            raise LightcacheError(reason)
     if family is None:
         known = ", ".join(c for a in ADAPTERS.values() for c in a.pipeline_classes)
         raise LightcacheError(f"lightcache does not know {type(pipe).__name__} yet; it runs {known}.")

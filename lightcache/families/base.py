@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     import torch
 
 #: Latent layouts a denoiser's input may have, and the channel axis of each: (B, C, F, H, W) video latents,
-#: (B, F, C, H, W) ones (SVD, CogVideoX) and packed tokens (B, N, C) (LTX).
-LATENT_LAYOUTS = {"BCFHW": 1, "BFCHW": 2, "BNC": -1}
+#: (B, F, C, H, W) ones (SVD, CogVideoX), channels-last ones (B, F, H, W, C) (Kandinsky 5) and packed tokens
+#: (B, N, C) (LTX).
+LATENT_LAYOUTS = {"BCFHW": 1, "BFCHW": 2, "BFHWC": -1, "BNC": -1}
 
 
 class FamilyAdapter:
@@ -68,11 +69,23 @@ class FamilyAdapter:
     takes_prompt: ClassVar[bool] = True
     #: The settings this family takes beyond the core request, declared once (see :mod:`lightcache.fields`).
     request_fields: ClassVar[tuple[RequestField, ...]] = ()
+    #: diffusers pipeline classes of this family that lightcache refuses, and why (``{class name: reason}``): a
+    #: pipeline that would run but that a technique cannot follow (SkyReels-V2's diffusion forcing) is refused by
+    #: name instead of running wrong, or being called unknown.
+    unsupported_pipelines: ClassVar[dict[str, str]] = {}
 
     @property
     def latent_channel_axis(self) -> int:
         """The channel axis of the denoiser's latent input, from :attr:`latent_layout`."""
         return LATENT_LAYOUTS[self.latent_layout]
+
+    def latent_channels(self, denoiser: torch.nn.Module) -> int | None:
+        """Channels of the noisy latent in ``denoiser``'s input: what it predicts, its config's ``out_channels``
+        (condition channels may follow them on the channel axis). None where the config does not say; a family whose
+        models name it otherwise (Kandinsky 5: ``out_visual_dim``) overrides this."""
+        config = getattr(denoiser, "config", None)
+        out = getattr(config, "out_channels", None) if config is not None else None
+        return int(out) if isinstance(out, int) else None
 
     def request_field(self, name: str) -> RequestField | None:
         """The declared request field called ``name``, or None."""

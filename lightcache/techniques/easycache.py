@@ -345,7 +345,7 @@ class EasyCacheHook(ModelHook):
             if extrapolated:
                 reason = f"{reason}, {EXTRAPOLATED}"
         if site.decides:
-            state.x_prev = x_t.detach()
+            state.x_prev = _kept(x_t)
 
         record = StepRecord(
             step=step,
@@ -415,7 +415,7 @@ class EasyCacheHook(ModelHook):
                     # against the line through the two before it.
                     state.k = _mean_abs(delta - self._extrapolated(branch, step)) / input_change
         state.v_last = v_t.detach()
-        state.x_last = x_t.detach()
+        state.x_last = _kept(x_t)
 
     # --- the cached transformations ---------------------------------------------------------------------
     def _keep_delta(self, key: str, delta: torch.Tensor, step: int) -> None:
@@ -493,6 +493,7 @@ def apply_easycache(
     channel_axis: int = 1,
     extra_inputs: Mapping[int, str] | None = None,
     latent_ndim: int | None = None,
+    latent_channels: Callable[[torch.nn.Module], int | None] | None = None,
 ) -> EasyCacheHook:
     """Attach EasyCache to a pipeline's denoiser(s) and return the hook (its ``records`` hold the trace).
 
@@ -510,6 +511,9 @@ def apply_easycache(
             extra output moves with (e.g. ``{1: "audio_hidden_states"}``).
         latent_ndim: the dimensions the latent input has (5 for video latents, 3 for packed tokens), when known;
             an input of another rank is refused at its first call, naming the layout the adapter declares.
+        latent_channels: the noisy latent's channel count in a denoiser's input, given the denoiser (the family
+            adapter's :meth:`~lightcache.families.base.FamilyAdapter.latent_channels`); default: its config's
+            ``out_channels``.
 
     Applying twice raises; call :func:`remove_easycache` first. Composes with diffusers' own hooks registered
     through the same :class:`~diffusers.hooks.HookRegistry` (group offloading, layerwise casting).
@@ -535,7 +539,8 @@ def apply_easycache(
         num_inference_steps=config.num_inference_steps))
     first = None
     for name, module in named.items():
-        hook = EasyCacheHook(run, name, _latent_channels(module), channel_axis, extra_inputs, latent_ndim)
+        channels = (latent_channels or _latent_channels)(module)
+        hook = EasyCacheHook(run, name, channels, channel_axis, extra_inputs, latent_ndim)
         registry = HookRegistry.check_if_exists_or_initialize(module)
         registry.register_hook(hook, EASYCACHE_HOOK)
         registry.invalidate_child_registries_cache()
@@ -561,6 +566,13 @@ def get_easycache_hook(transformer: torch.nn.Module) -> EasyCacheHook | None:
     """The EasyCache hook on ``transformer``, or None."""
     registry = getattr(transformer, "_diffusers_hook", None)
     return None if registry is None else registry.get_hook(EASYCACHE_HOOK)
+
+
+def _kept(x_t: torch.Tensor) -> torch.Tensor:
+    """A copy of the input latent to remember across steps: the input may be the pipeline's own latent tensor, which
+    some pipelines step in place (Kandinsky 5 writes the scheduler's result into its latents' noisy channels), so a
+    view of it would change under the cache and every input change would read as 0."""
+    return x_t.detach().clone()
 
 
 def _mean_abs(t: torch.Tensor) -> float:

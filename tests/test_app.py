@@ -1031,3 +1031,31 @@ def test_the_easycache_order_control_reaches_the_run_and_defaults_to_the_referen
     with pytest.raises(LightcacheError) as info:
         parse_request(_raw(easycache_order=2), device="cpu")
     assert str(info.value).startswith("EasyCache order: easycache_order must be 0")
+
+
+def test_a_model_that_refuses_the_small_warm_up_warms_up_at_its_presets_own_shape(monkeypatch):
+    """CogVideoX-5B-I2V takes only 480x720 and 49 frames: the warm-up moves to the preset's size, then its frames."""
+    from lightcache.app import pipelines
+    from lightcache.errors import LightcacheError
+    from lightcache.presets import load_shipped_preset
+
+    preset = load_shipped_preset("cogvideox-5b-i2v")
+    d = preset.defaults
+    tried = []
+
+    def warm_up_at(pipe, preset, frames, height, width):
+        tried.append((frames, height, width))
+        if (frames, height, width) != (d["frames"], d["height"], d["width"]):
+            raise LightcacheError("this model takes one shape only")
+
+    monkeypatch.setattr(pipelines, "_warm_up_at", warm_up_at)
+    pipelines._warm_up(object(), preset)
+    small = preset.limits.size_multiple
+    assert tried == [(1, small, small), (1, d["height"], d["width"]), (d["frames"], d["height"], d["width"])]
+    tried.clear()
+    monkeypatch.setattr(pipelines, "_warm_up_at", lambda *a: tried.append(a[2:]))
+    pipelines._warm_up(object(), preset)  # a model that takes the small request stops there
+    assert tried == [(1, small, small)]
+    monkeypatch.setattr(pipelines, "_warm_up_at", lambda *a: (_ for _ in ()).throw(LightcacheError("no")))
+    with pytest.raises(LightcacheError):
+        pipelines._warm_up(object(), preset)

@@ -161,22 +161,37 @@ def release_memory() -> None:
 
 
 def _warm_up(pipe, preset: Preset) -> None:
-    lim = preset.limits
-    settings = RunSettings(
-        prompt=preset.defaults["prompt"],
-        steps=lim.min_steps,
-        frames=1,
-        height=lim.size_multiple,
-        width=lim.size_multiple,
+    """One short run right after loading (the smallest size the preset allows, its fewest steps), so the first
+    visitor's run does not pay for kernel selection. A model that takes only its own shape refuses the small request
+    before anything runs (HunyuanVideo-1.5's image-to-video sizes the video from the image, CogVideoX-5B-I2V's learned
+    positions hold one size and frame count); it warms up at its preset's size, then at its preset's frames too."""
+    lim, d = preset.limits, preset.defaults
+    size = (int(d["height"]), int(d["width"]))
+    tries = [(1, lim.size_multiple, lim.size_multiple), (1, *size), (int(d["frames"]), *size)]
+    for attempt, (frames, height, width) in enumerate(tries):
+        try:
+            return _warm_up_at(pipe, preset, frames, height, width)
+        except LightcacheError:
+            if attempt == len(tries) - 1:
+                raise
+            log.info("warm-up of %s: %dx%d, %d frames refused; trying a larger request", preset.name, width, height,
+                     frames)
+
+
+def _warm_up_at(pipe, preset: Preset, frames: int, height: int, width: int) -> None:
+    settings = RunSettings.from_preset(
+        preset,
+        steps=preset.limits.min_steps,
+        frames=frames,
+        height=height,
+        width=width,
         easycache=False,
         warmup=0,
-        guidance_scale=float(preset.defaults["guidance_scale"]),
-        max_sequence_length=int(preset.defaults["max_sequence_length"]),
     )
     # Image-to-video models need a first frame even to warm up; a grey one of the warm-up size will do.
     image = None
     if preset.image_input == "required":
         from PIL import Image
 
-        image = Image.new("RGB", (lim.size_multiple, lim.size_multiple), (128, 128, 128))
+        image = Image.new("RGB", (width, height), (128, 128, 128))
     run_to_completion(run_generation(pipe, settings, preset.name, image=image))

@@ -476,7 +476,11 @@ def test_feature_chunking_matches_the_plain_run(pipes, case):
     assert np.abs(finished.frames - plain).max() <= CHUNK_TOL
 
 
-@pytest.mark.parametrize("case", WAN)
+#: The variants whose family has a band decoder (the others refuse sliced decoding before anything loads).
+SLICED = tuple(v for v, r in ROWS.items() if "sliced_decode" not in adapter_named(r.family).refused_strategies())
+
+
+@pytest.mark.parametrize("case", SLICED)
 def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
     pipe = pipes[case]
     # Two bands need room: the Wan2.2 VAE's 16x compression leaves a 64-pixel frame 4 latent columns wide, too few.
@@ -486,7 +490,7 @@ def test_sliced_decoding_is_exact_or_clearly_refused(pipes, case):
         _events, finished = _run(pipe, settings, image=_image(case))
     except LightcacheError as exc:
         # Refusing is fine only for the Wan2.2 VAE, and only with a reason a user can act on.
-        assert pipe.vae.config.is_residual, f"the Wan2.1 VAE must be supported: {exc}"
+        assert _row(case).family == "wan" and pipe.vae.config.is_residual, f"this VAE must be supported: {exc}"
         message = str(exc)
         assert "Sliced decoding" in message and "Wan2.2" in message and "off" in message
         _assert_pipeline_clean(pipe)
@@ -600,8 +604,11 @@ def test_ti2v_with_an_image_honours_the_flow_shift():
 
 
 # --- 7. a stop inside the decode -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case, sliced", [*((c, False) for c in VARIANTS), ("wan2.1-t2v", True), ("wan2.2-ti2v", True)],
-                         ids=[*VARIANTS, "wan2.1-t2v-sliced", "wan2.2-ti2v-sliced"])
+_SLICED_STOPS = ("wan2.1-t2v", "wan2.2-ti2v", "hunyuanvideo", "svd", "animatediff")
+
+
+@pytest.mark.parametrize("case, sliced", [*((c, False) for c in VARIANTS), *((c, True) for c in _SLICED_STOPS)],
+                         ids=[*VARIANTS, *(f"{c}-sliced" for c in _SLICED_STOPS)])
 def test_cancel_during_decode_stops_and_leaves_the_pipeline_clean(case, sliced):
     from lightcache.families import adapter_for
 
@@ -755,8 +762,10 @@ def test_the_adapter_names_every_module_the_pipeline_calls(pipes, case):
     assert modules == named
 
 
-@pytest.mark.parametrize("case", [v for v, r in ROWS.items() if r.family != "wan"])
-@pytest.mark.parametrize("strategy, flag", [("chunk_ffn", 2), ("sliced_decode", True)])
+@pytest.mark.parametrize("case, strategy, flag", [
+    (v, strategy, flag) for v, r in ROWS.items() if r.family != "wan"
+    for strategy, flag in (("chunk_ffn", 2), ("sliced_decode", True))
+    if strategy in adapter_named(r.family).refused_strategies()])
 def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case, strategy, flag):
     pipe = pipes[case]
     with pytest.raises(LightcacheError, match=r"no implementation for the \w+ family yet.*turn it off"):

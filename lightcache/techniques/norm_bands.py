@@ -79,9 +79,15 @@ class BandPasses:
         """``tensor`` as a staged tensor: moved to pinned host memory on CUDA, itself otherwise."""
         if not self.host:
             return tensor
-        staged = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        staged = self.staged_empty(tensor.shape, tensor.dtype)
         staged.copy_(tensor)
         return staged
+
+    def staged_empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        """A new staged tensor (what :meth:`map` writes its bands into)."""
+        if self.host:
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     def fetch(self, staged: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Columns [start, stop) of a staged tensor, on the device."""
@@ -89,32 +95,37 @@ class BandPasses:
         return band.to(self.device, non_blocking=True) if self.host else band
 
     def group_stats(self, norm: torch.nn.GroupNorm, staged: torch.Tensor) -> GroupStats:
-        """The statistics ``norm`` takes of ``staged`` (per sample, over each group's channels and every position),
-        accumulated band by band in float64."""
+        """The statistics ``norm`` takes of ``staged`` (per sample, over each group's channels and every position):
+        each band's mean and variance in float32 (as GroupNorm itself accumulates), merged across bands in float64
+        (Chan's pairwise update, which keeps the variance accurate where the mean is large)."""
         n, groups = staged.shape[0], norm.num_groups
-        total = torch.zeros(n, groups, dtype=torch.float64, device=self.device)
-        squares = torch.zeros_like(total)
+        mean = torch.zeros(n, groups, dtype=torch.float64, device=self.device)
+        m2 = torch.zeros_like(mean)  # sum of squared deviations from the mean
         count = 0
         cuts = self.cuts(staged.shape[self.dim])
         for start, stop in zip(cuts, cuts[1:]):
-            values = self.fetch(staged, start, stop).reshape(n, groups, -1).to(torch.float64)
-            total += values.sum(-1)
-            squares += values.square().sum(-1)
-            count += values.shape[-1]
+            values = self.fetch(staged, start, stop).reshape(n, groups, -1)
+            var_b, mean_b = torch.var_mean(values.float(), dim=-1, correction=0)
+            count_b = values.shape[-1]
             del values
-        mean = total / count
-        var = (squares / count - mean.square()).clamp_min(0)
-        return GroupStats(mean.float(), torch.rsqrt(var + norm.eps).float())
+            total = count + count_b
+            delta = mean_b.double() - mean
+            mean += delta * (count_b / total)
+            m2 += var_b.double() * count_b + delta.square() * (count * count_b / total)
+            count = total
+        return GroupStats(mean.float(), torch.rsqrt(m2 / count + norm.eps).float())
 
     def normalize(self, norm: torch.nn.GroupNorm, stats: GroupStats, band: torch.Tensor) -> torch.Tensor:
         """``norm(whole)`` restricted to ``band``: the band normalised with the whole tensor's statistics."""
         n, channels = band.shape[:2]
         groups = norm.num_groups
-        values = band.float().reshape(n, groups, -1)
-        out = ((values - stats.mean[..., None]) * stats.rstd[..., None]).reshape(band.shape)
+        # One float32 working copy, updated in place: the band's temporaries are what sliced decoding's peak is.
+        out = band.float().reshape(n, groups, -1) - stats.mean[..., None]
+        out.mul_(stats.rstd[..., None])
+        out = out.view(band.shape)
         if norm.affine:
             shape = (1, channels) + (1,) * (band.dim() - 2)
-            out = out * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+            out.mul_(norm.weight.float().view(shape)).add_(norm.bias.float().view(shape))
         return out.to(band.dtype)
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor], staged: torch.Tensor, halo: int, scale: int = 1,
@@ -142,7 +153,7 @@ class BandPasses:
             if out is None:
                 shape = list(y.shape)
                 shape[self.dim] = length * scale
-                out = torch.empty(shape, dtype=y.dtype, pin_memory=True) if self.host else y.new_empty(shape)
+                out = self.staged_empty(shape, y.dtype)
             out.narrow(self.dim, start * scale, (stop - start) * scale).copy_(y)
             del y
         return out

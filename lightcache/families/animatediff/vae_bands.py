@@ -79,7 +79,7 @@ class ImageVAEBandDecoder(BandDecoder):
                 stats = passes.group_stats(decoder.conv_norm_out, x)
                 head = lambda b: decoder.conv_out(decoder.conv_act(  # noqa: E731
                     passes.normalize(decoder.conv_norm_out, stats, b)))
-                frames.append(passes.map(head, x, halo=halo_of(decoder.conv_out, passes.dim)).cpu())
+                frames.append(passes.map(head, x, halo=halo_of(decoder.conv_out, passes.dim)))
                 del x
         return torch.cat(frames)
 

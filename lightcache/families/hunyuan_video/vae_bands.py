@@ -93,7 +93,7 @@ class CausalVAEBandDecoder(BandDecoder):
                                    scale=int(upsampler.upsample_factor[axis]))
             stats = passes.group_stats(decoder.conv_norm_out, x)
             head = lambda b: decoder.conv_out(decoder.conv_act(passes.normalize(decoder.conv_norm_out, stats, b)))  # noqa: E731
-            return passes.map(head, x, halo=halo_of(decoder.conv_out, passes.dim)).cpu()
+            return passes.map(head, x, halo=halo_of(decoder.conv_out, passes.dim))
 
         with torch.no_grad():
             # One clip at a time, as vae.decode with slicing does: the statistics are per clip either way.

@@ -87,7 +87,7 @@ class TemporalVAEBandDecoder(BandDecoder):
             # so each band can be written back over its own input.
             video = _as_video(frames, batch, num_frames)
             passes.map(decoder.time_conv_out, video, halo=0, out=video)
-        return frames.cpu()
+        return frames
 
 
 def _spatio_temporal_passes(passes: BandPasses, block, x: torch.Tensor, indicator: torch.Tensor, batch: int,

@@ -271,3 +271,14 @@ def test_a_decoder_block_it_does_not_know_is_refused(animatediff_pipe):
     vae.decoder.up_blocks[0] = torch.nn.Identity()
     with pytest.raises(LightcacheError, match="this one has Identity. Turn sliced decoding off"):
         _band_decoder("animatediff").check(vae)
+
+
+@pytest.mark.parametrize("family", ["animatediff", "svd", "hunyuan_video"])
+def test_an_offloaded_vae_is_refused(animatediff_pipe, svd_pipe, hunyuan_vae, family):
+    import copy
+
+    vaes = {"animatediff": animatediff_pipe.vae, "svd": svd_pipe.vae, "hunyuan_video": hunyuan_vae}
+    vae = copy.deepcopy(vaes[family])
+    vae.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    with pytest.raises(LightcacheError, match="without offloading hooks"):
+        _band_decoder(family).check(vae)

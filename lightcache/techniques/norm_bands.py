@@ -160,9 +160,10 @@ class BandPasses:
 
 
 def resnet_passes(passes: BandPasses, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A VAE residual block over bands of staged ``x``: ``shortcut(x) + conv2(dropout(act(norm2(conv1(act(norm1(x)))))))``,
-    divided by its ``output_scale_factor`` where it has one, in two passes (one per GroupNorm). Writes the output
-    over ``x`` when the block keeps the channel count."""
+    """A VAE residual block over bands of staged ``x``:
+    ``shortcut(x) + conv2(dropout(act(norm2(conv1(act(norm1(x)))))))``, divided by its ``output_scale_factor`` where
+    it has one, in two passes (one per GroupNorm). Writes the output over ``x`` when the block keeps the channel
+    count."""
     stats = passes.group_stats(block.norm1, x)
     h = passes.map(lambda b: block.conv1(block.nonlinearity(passes.normalize(block.norm1, stats, b))), x,
                    halo=halo_of(block.conv1, passes.dim))
@@ -176,7 +177,9 @@ def resnet_passes(passes: BandPasses, block: torch.nn.Module, x: torch.Tensor) -
         y = residual + y
         return y / scale if scale != 1.0 else y
 
-    second = lambda b: block.conv2(block.dropout(block.nonlinearity(passes.normalize(block.norm2, stats, b))))  # noqa: E731
+    def second(b: torch.Tensor) -> torch.Tensor:
+        return block.conv2(block.dropout(block.nonlinearity(passes.normalize(block.norm2, stats, b))))
+
     return passes.map(second, h, halo=halo_of(block.conv2, passes.dim), extra=(x,), combine=add_residual,
                       out=x if shortcut is None else None)
 
@@ -217,3 +220,13 @@ def plan_bands(latent_height: int, latent_width: int, upscale: int, num_slices: 
     dim = -1 if axis == "width" else -2
     cuts = BandPasses("cpu", num_slices, dim).cuts(length)
     return {"axis": axis, "dim": dim, "num_slices": num_slices, "cuts": cuts}
+
+
+def check_no_offloading(vae) -> None:
+    """Refuse a VAE with offloading hooks (diffusers' group offloading, accelerate's CPU offload): a band decoder
+    calls the decoder's parts itself, in its own order, which such hooks do not expect."""
+    for name, module in vae.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if getattr(module, "_hf_hook", None) is not None or (registry is not None and registry.hooks):
+            raise LightcacheError("Sliced decoding needs the VAE without offloading hooks (group or CPU offload): it "
+                                  f"runs the decoder's parts itself. Found one on '{name or 'vae'}'.")

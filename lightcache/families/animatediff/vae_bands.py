@@ -26,7 +26,7 @@ import torch
 
 from ...errors import LightcacheError
 from ...techniques.decode import BandDecoder
-from ...techniques.norm_bands import BandPasses, halo_of, plan_bands, resnet_passes
+from ...techniques.norm_bands import BandPasses, check_no_offloading, halo_of, plan_bands, resnet_passes
 
 
 class ImageVAEBandDecoder(BandDecoder):
@@ -51,6 +51,7 @@ class ImageVAEBandDecoder(BandDecoder):
         if getattr(vae, "use_tiling", False):
             raise LightcacheError("Sliced decoding replaces the VAE's tiled decode (which blends tiles, so its output "
                                   "differs); disable vae tiling or turn sliced decoding off.")
+        check_no_offloading(vae)
 
     def plan(self, vae, latent_height: int, latent_width: int, num_slices: int | None = None,
              axis: str | None = None) -> dict:

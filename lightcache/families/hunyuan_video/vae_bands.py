@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ...errors import LightcacheError
 from ...techniques.decode import BandDecoder
-from ...techniques.norm_bands import BandPasses, halo_of, plan_bands, resnet_passes
+from ...techniques.norm_bands import BandPasses, check_no_offloading, halo_of, plan_bands, resnet_passes
 
 #: Query rows x key columns of attention scores the mid block's attention computes at once (a query frame is split
 #: further when its scores would exceed it): 2**26 float32 scores are 256 MiB.
@@ -65,8 +65,9 @@ class CausalVAEBandDecoder(BandDecoder):
                                   f"up blocks, the default attention processor); this one has "
                                   f"{', '.join(sorted(kinds))}. Turn sliced decoding off.")
         if vae.use_tiling:
-            raise LightcacheError("Sliced decoding replaces the VAE's spatial tiling (which blends tiles, so its output "
-                                  "differs); disable vae tiling or turn sliced decoding off.")
+            raise LightcacheError("Sliced decoding replaces the VAE's spatial tiling (which blends tiles, so its "
+                                  "output differs); disable vae tiling or turn sliced decoding off.")
+        check_no_offloading(vae)
 
     def plan(self, vae, latent_height: int, latent_width: int, num_slices: int | None = None,
              axis: str | None = None) -> dict:
@@ -92,7 +93,8 @@ class CausalVAEBandDecoder(BandDecoder):
                     x = passes.map(upsampler, x, halo=halo_of(upsampler, passes.dim),
                                    scale=int(upsampler.upsample_factor[axis]))
             stats = passes.group_stats(decoder.conv_norm_out, x)
-            head = lambda b: decoder.conv_out(decoder.conv_act(passes.normalize(decoder.conv_norm_out, stats, b)))  # noqa: E731
+            head = lambda b: decoder.conv_out(decoder.conv_act(  # noqa: E731
+                passes.normalize(decoder.conv_norm_out, stats, b)))
             return passes.map(head, x, halo=halo_of(decoder.conv_out, passes.dim))
 
         with torch.no_grad():

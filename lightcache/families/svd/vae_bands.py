@@ -28,7 +28,7 @@ import torch
 
 from ...errors import LightcacheError
 from ...techniques.decode import BandDecoder
-from ...techniques.norm_bands import BandPasses, halo_of, plan_bands, resnet_passes
+from ...techniques.norm_bands import BandPasses, check_no_offloading, halo_of, plan_bands, resnet_passes
 
 
 class TemporalVAEBandDecoder(BandDecoder):
@@ -53,6 +53,7 @@ class TemporalVAEBandDecoder(BandDecoder):
         if any(halo_of(m, -1) or halo_of(m, -2) for m in temporal):
             raise LightcacheError("Sliced decoding expects the temporal decoder's temporal convolutions to be "
                                   "pointwise in space (kernel 3x1x1); this one's are not. Turn sliced decoding off.")
+        check_no_offloading(vae)
 
     def plan(self, vae, latent_height: int, latent_width: int, num_slices: int | None = None,
              axis: str | None = None) -> dict:
@@ -80,7 +81,8 @@ class TemporalVAEBandDecoder(BandDecoder):
                 for upsampler in block.upsamplers or ():
                     x = passes.map(upsampler, x, halo=halo_of(upsampler, passes.dim), scale=2)
             stats = passes.group_stats(decoder.conv_norm_out, x)
-            head = lambda b: decoder.conv_out(decoder.conv_act(passes.normalize(decoder.conv_norm_out, stats, b)))  # noqa: E731
+            head = lambda b: decoder.conv_out(decoder.conv_act(  # noqa: E731
+                passes.normalize(decoder.conv_norm_out, stats, b)))
             frames = passes.map(head, x, halo=halo_of(decoder.conv_out, passes.dim))
             del x
             # The temporal output convolution (3x1x1) reads each position across the chunk's frames only (no halo),

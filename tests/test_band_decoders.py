@@ -282,3 +282,35 @@ def test_an_offloaded_vae_is_refused(animatediff_pipe, svd_pipe, hunyuan_vae, fa
     vae.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
     with pytest.raises(LightcacheError, match="without offloading hooks"):
         _band_decoder(family).check(vae)
+
+
+@pytest.mark.parametrize("family", ["animatediff", "svd", "hunyuan_video"])
+def test_the_staging_path_of_a_cuda_device_gives_the_same_video(animatediff_pipe, svd_pipe, hunyuan_vae, fake_cuda,
+                                                                  monkeypatch, family):
+    """Staged tensors as on CUDA (copied into pinned host buffers of their own, bands fetched from them): the same
+    video. On this CPU the buffers are plain memory (``fake_cuda``) and a fetched band stays a view."""
+    from lightcache.techniques import norm_bands
+
+    staged = []
+    make = norm_bands.BandPasses.staged_empty
+
+    def staged_empty(self, shape, dtype):
+        staged.append(make(self, shape, dtype))
+        return staged[-1]
+
+    original_init = norm_bands.BandPasses.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.host = True
+
+    monkeypatch.setattr(norm_bands.BandPasses, "__init__", init)
+    monkeypatch.setattr(norm_bands.BandPasses, "staged_empty", staged_empty)
+    vae = {"animatediff": animatediff_pipe.vae, "svd": svd_pipe.vae, "hunyuan_video": hunyuan_vae}[family]
+    z = _latents(1, 4, 5, 8, 8, seed=10) if family == "hunyuan_video" else _latents(3, 4, 8, 8, seed=10)
+    kwargs = {"num_frames": 3} if family == "svd" else {}
+    with torch.no_grad():
+        plain = vae.decode(z, **kwargs).sample
+    video = _decode(family, vae, z, 3, **kwargs)
+    assert staged, "the host path allocated no staged tensor"
+    assert (video - plain).abs().max() < TOL

@@ -314,3 +314,20 @@ def test_the_staging_path_of_a_cuda_device_gives_the_same_video(animatediff_pipe
     video = _decode(family, vae, z, 3, **kwargs)
     assert staged, "the host path allocated no staged tensor"
     assert (video - plain).abs().max() < TOL
+
+
+def test_the_memory_benchmark_decodes_a_real_config_vae_exactly_in_less():
+    """``benchmarks/memory.py --smoke --decoders animatediff``'s measurement: Stable Diffusion's VAE at its real
+    widths (GroupNorms of 32 groups over 128 to 512 channels), a small frame on the CPU."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.memory import decoder_table, measure_decoder
+
+    result = measure_decoder("animatediff", torch.device("cpu"), slices=4)
+    assert result["max_abs_diff"] <= TOL
+    plain, sliced = result["configs"]["plain"], result["configs"]["sliced_decode"]
+    assert sliced["num_slices"] == 4
+    assert sliced["peak_bytes"] < 0.6 * plain["peak_bytes"]
+    assert "| animatediff | 2x4x8x8 (cpu) | float32 | 16 |" in decoder_table({"animatediff": result})

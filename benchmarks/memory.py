@@ -18,6 +18,14 @@ Usage::
     python -m benchmarks.memory --models 14b --configs plain all_three
     python -m benchmarks.memory --smoke                 # tiny shapes on the CPU in seconds: checks the machinery
     python -m benchmarks.memory --estimate              # real shapes on the meta device: live-tensor estimates
+    python -m benchmarks.memory --estimate --models --decoders animatediff svd-xt hunyuanvideo
+                                                        # only the other families' VAE decodes, plain and sliced
+
+``--decoders`` adds the decode of other families' presets (their VAEs built from the real configs, random weights,
+the preset's VAE dtype): the pipeline's own decode against sliced decoding, each one's peak of live tensors. With
+``--estimate`` at the preset's size on the meta device, where sliced decoding's staged tensors are counted as the
+CUDA path keeps them (in host memory, off the device) and attention as flash kernels hold it; with ``--smoke`` at a
+small size on the CPU, where staged and working memory are the same and the outputs are compared.
 
 A GPU run writes ``docs/memory-gpu.json`` and ``docs/memory-gpu.md``; ``--smoke`` and ``--estimate`` write
 ``memory-smoke.*`` / ``memory-estimate.*`` into ``--out`` (default: a new temporary directory), so they never
@@ -591,6 +599,148 @@ def _fill_end_to_end(configs: list[dict]) -> None:
         r["end_to_end_peak_bytes"] = max(peaks) if peaks else None
 
 
+# --- other families' decoders: the pipeline's decode against sliced decoding ----------------------------------------
+_SD_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+               sample_size=512)
+_SVD_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2, latent_channels=4)
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """A preset's VAE (its diffusers class and the real checkpoint's config) and the latents its pipeline decodes.
+
+    ``chunk``: frames per ``vae.decode`` call where the pipeline decodes in chunks (its default or the preset's
+    ``decode_chunk_size``); None where it decodes the whole clip at once. ``smoke``: a small latent for the CPU.
+    """
+
+    preset: str
+    family: str
+    vae_class: str
+    config: dict
+    latent: tuple[int, ...]
+    smoke: tuple[int, ...]
+    chunk: int | None = None
+
+
+DECODERS = {
+    # 16 frames at 512x512, decoded 16 at a time (AnimateDiffPipeline's decode_chunk_size).
+    "animatediff": DecoderSpec("animatediff", "animatediff", "AutoencoderKL", _SD_VAE, (16, 4, 64, 64),
+                               (2, 4, 8, 8), chunk=16),
+    # 25 frames at 576x1024, the preset's decode_chunk_size 8.
+    "svd-xt": DecoderSpec("svd-xt", "svd", "AutoencoderKLTemporalDecoder", _SVD_VAE, (25, 4, 72, 128),
+                          (4, 4, 8, 8), chunk=8),
+    # 129 frames at 720x1280: 33 latent frames, which the VAE decodes in its frame-wise time tiles.
+    "hunyuanvideo": DecoderSpec("hunyuanvideo", "hunyuan_video", "AutoencoderKLHunyuanVideo", {}, (1, 16, 33, 90, 160),
+                                (1, 16, 2, 8, 8)),
+}
+
+
+class _OffDeviceBandPasses:
+    """Sliced decoding's band passes as their CUDA path keeps staged tensors (in host memory), for the meta device:
+    a staged tensor is made where the meter does not see it, and a band fetched from it is a copy on the device."""
+
+    @staticmethod
+    def patch(passes_class):
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        class OffDevice(passes_class):
+            def staged_empty(self, shape, dtype):
+                with _disable_current_modes():
+                    return torch.empty(shape, dtype=dtype, device=self.device)
+
+            def stage(self, tensor):
+                return self.staged_empty(tensor.shape, tensor.dtype)
+
+            def fetch(self, staged, start, stop):
+                return staged.narrow(self.dim, start, stop - start).clone()
+
+        return OffDevice
+
+
+def measure_decoder(preset: str, device: torch.device, slices: int | None = None) -> dict[str, Any]:
+    """The peak of live tensors (over the weights) of ``preset``'s VAE decode, as its pipeline calls it and with
+    sliced decoding (``slices`` bands, None: the default); on a CPU also the time and the largest difference."""
+    import importlib
+
+    import diffusers
+
+    from lightcache.families import adapter_named
+    from lightcache.telemetry import LiveBytesMeter
+
+    spec = DECODERS[preset]
+    meta = device.type == "meta"
+    dtype = torch.float16 if meta else torch.float32  # the presets' VAE dtype; fp32 on the CPU (its exactness)
+    latent = spec.latent if meta else spec.smoke
+    with torch.device("meta"):
+        vae = getattr(diffusers, spec.vae_class)(**spec.config).eval()
+    # (.to(device) on the meta device too: a few parameters, SVD's blend factors, are made on the CPU regardless.)
+    vae = vae.to(device=device, dtype=dtype) if meta else vae.to_empty(device=device).to(dtype)
+    if not meta:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in vae.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * (1 / max(1, p[0].numel()) ** 0.5))
+            for m in vae.modules():
+                if isinstance(m, torch.nn.GroupNorm):
+                    m.weight.fill_(1.0), m.bias.zero_()
+    z = torch.randn(latent, generator=torch.Generator().manual_seed(1)).to(device, dtype) if not meta else \
+        torch.empty(latent, device=device, dtype=dtype)
+    adapter = adapter_named(spec.family)
+    bands = adapter.band_decoder(vae)
+    bands.check(vae)
+    module = importlib.import_module(type(bands).__module__)
+    original = module.BandPasses
+    if meta:
+        module.BandPasses = _OffDeviceBandPasses.patch(original)
+
+    def pipeline_decode(decode):
+        # As the pipeline calls vae.decode: in chunks of frames (AnimateDiff, SVD), or the whole clip.
+        if spec.chunk is None:
+            return decode(z)
+        outs = []
+        for start in range(0, z.shape[0], spec.chunk):
+            part = z[start : start + spec.chunk]
+            outs.append(decode(part, num_frames=part.shape[0]) if spec.family == "svd" else decode(part))
+        return torch.cat(outs)
+
+    results, outputs = {}, {}
+    try:
+        for config in ("plain", "sliced_decode"):
+            if config == "plain":
+                decode = lambda x, **kw: vae.decode(x, **kw).sample  # noqa: E731
+            else:
+                plan = bands.plan(vae, latent[-2], latent[-1], num_slices=slices)
+                decode = lambda x, **kw: bands.decode(vae, x, plan, **kw)  # noqa: E731
+            start = time.perf_counter()
+            with torch.no_grad(), LiveBytesMeter() as meter:
+                out = pipeline_decode(decode)
+            results[config] = {"peak_bytes": meter.peak, "seconds": None if meta else time.perf_counter() - start}
+            if config == "sliced_decode":
+                results[config]["num_slices"] = plan["num_slices"]
+            outputs[config] = out
+    finally:
+        module.BandPasses = original
+    diff = None if meta else float((outputs["sliced_decode"].float() - outputs["plain"].float()).abs().max())
+    return {"latent": list(latent), "dtype": str(dtype).removeprefix("torch."), "chunk": spec.chunk,
+            "device": device.type, "max_abs_diff": diff, "configs": results}
+
+
+def decoder_table(decoders: dict[str, Any]) -> str:
+    lines = ["### Other families' VAE decode: the pipeline's own against sliced decoding\n",
+             "| preset | latent | dtype | frames per decode call | plain peak GiB | sliced peak GiB | bands | "
+             "plain s | sliced s | max abs diff |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for preset, r in decoders.items():
+        plain, sliced = r["configs"]["plain"], r["configs"]["sliced_decode"]
+        diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2g}"
+        lines.append(
+            f"| {preset} | {'x'.join(map(str, r['latent']))} ({r['device']}) | {r['dtype']} | {r['chunk'] or 'all'} | "
+            f"{plain['peak_bytes'] / GIB:.3f} | {sliced['peak_bytes'] / GIB:.3f} | {sliced['num_slices']} | "
+            f"{_sec(plain['seconds'])} | {_sec(sliced['seconds'])} | {diff} |")
+    return "\n".join(lines)
+
+
 def _jsonable(result: ConfigResult) -> dict:
     data = asdict(result)
     data["max_abs_diff"] = {k: (None if math.isnan(v) else v) for k, v in result.max_abs_diff.items()}
@@ -599,7 +749,9 @@ def _jsonable(result: ConfigResult) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["1.3b", "14b"])
+    parser.add_argument("--models", nargs="*", choices=sorted(MODELS), default=["1.3b", "14b"])
+    parser.add_argument("--decoders", nargs="*", choices=sorted(DECODERS), default=[],
+                        help="also the VAE decode of these presets, plain and sliced (--estimate or --smoke)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=1, help="denoising steps timed (each is a cond and an uncond call)")
     parser.add_argument("--chunks", type=int, help="feature chunks (default: 8)")
@@ -617,8 +769,10 @@ def main(argv=None) -> int:
     if args.steps < 1:
         parser.error("--steps must be at least 1")
 
+    if args.decoders and not (args.smoke or args.estimate):
+        parser.error("--decoders runs with --estimate or --smoke")
     if args.smoke:
-        name, device, specs = "smoke", torch.device("cpu"), {"tiny": SMOKE}
+        name, device, specs = "smoke", torch.device("cpu"), {"tiny": SMOKE} if args.models else {}
     elif args.estimate:
         name, device, specs = "estimate", torch.device("meta"), {k: MODELS[k] for k in args.models}
     else:
@@ -668,6 +822,13 @@ def main(argv=None) -> int:
                 }
                 _write(results, out_dir, name)
             del bench
+        for preset in args.decoders:
+            start = time.perf_counter()
+            results.setdefault("decoders", {})[preset] = measure_decoder(preset, device, args.slices)
+            print(f"{preset} decode: " + ", ".join(f"{k} +{v['peak_bytes'] / 2**20:.1f} MiB" for k, v in
+                                                   results["decoders"][preset]["configs"].items())
+                  + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+            _write(results, out_dir, name)
     markdown = _write(results, out_dir, name)
     print()
     print(markdown)
@@ -677,6 +838,8 @@ def main(argv=None) -> int:
 
 def _write(results: dict[str, Any], out_dir: Path, name: str) -> str:
     markdown = table(results["models"], name)
+    if results.get("decoders"):
+        markdown = (markdown + "\n\n" if markdown else "") + decoder_table(results["decoders"])
     (out_dir / f"memory-{name}.json").write_text(json.dumps(results, indent=1))
     (out_dir / f"memory-{name}.md").write_text(markdown + "\n")
     return markdown

@@ -54,8 +54,10 @@ class BandDecoder:
         ``axis`` (``"width"`` or ``"height"``)."""
         raise NotImplementedError
 
-    def decode(self, vae, latents: torch.Tensor, plan: dict[str, Any]) -> torch.Tensor:
-        """The video ``vae.decode(latents).sample`` gives, (B, 3, F, H, W), assembled on the host from the bands."""
+    def decode(self, vae, latents: torch.Tensor, plan: dict[str, Any], **decode_kwargs: Any) -> torch.Tensor:
+        """What ``vae.decode(latents, **decode_kwargs).sample`` gives (Wan: the video, (B, 3, F, H, W)), assembled
+        on the host from the bands. ``decode_kwargs``: what the pipeline passes besides the latents and
+        ``return_dict`` (SVD's ``num_frames``)."""
         raise NotImplementedError
 
 
@@ -75,9 +77,9 @@ def apply_sliced_decode(vae, adapter: Any, num_slices: int | None = None) -> Ban
     if "decode" in vae.__dict__:
         raise LightcacheError("vae.decode is already replaced (sliced decoding applied twice?); remove it first.")
 
-    def decode(z: torch.Tensor, return_dict: bool = True, **_: Any):
+    def decode(z: torch.Tensor, return_dict: bool = True, **decode_kwargs: Any):
         plan = band_decoder.plan(vae, z.shape[-2], z.shape[-1], num_slices=num_slices)
-        video = band_decoder.decode(vae, z, plan)
+        video = band_decoder.decode(vae, z, plan, **decode_kwargs)
         return DecoderOutput(sample=video) if return_dict else (video,)
 
     decode.band_decoder = band_decoder

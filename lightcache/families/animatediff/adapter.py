@@ -8,7 +8,8 @@ What differs from the defaults:
 * the ``motion_adapter`` the pipeline keeps is never called during a run (its weights live on in the UNet): it is
   an idle module, which swapping parks for the whole run;
 * one CLIP text encoder (77 tokens);
-* no feature chunking and no sliced decoding yet (refused with the reason, before anything loads).
+* sliced decoding decodes the image VAE one frame at a time, each in bands with the whole frame's GroupNorm
+  statistics (:mod:`.vae_bands`); no feature chunking yet (refused with the reason, before anything loads).
 
 Example:
     >>> from lightcache.families import adapter_for
@@ -41,6 +42,11 @@ class AnimateDiffAdapter(FamilyAdapter):
         if settings.negative_prompt:
             kwargs["negative_prompt"] = settings.negative_prompt
         return kwargs
+
+    def band_decoder(self, vae):
+        from .vae_bands import ImageVAEBandDecoder
+
+        return ImageVAEBandDecoder()
 
     def latent_shape(self, pipe, settings) -> tuple[int, int, int, int, int]:
         scale = pipe.vae_scale_factor

@@ -10,7 +10,9 @@ What differs from the defaults:
   ``min_guidance_scale``), and its ``fps`` is also the frame rate the model is conditioned on; the family's own
   fields are the motion bucket, the noise added to the image, the first guidance of the ramp and the frames the VAE
   decodes at once;
-* no feature chunking and no sliced decoding yet (refused with the reason, before anything loads).
+* sliced decoding keeps each of the pipeline's ``decode_chunk_size`` chunks whole in time and decodes it in spatial
+  bands with the chunk's GroupNorm statistics (:mod:`.vae_bands`), so it is exact at any chunk size; no feature
+  chunking yet (refused with the reason, before anything loads).
 
 Example:
     >>> from lightcache.families import adapter_for
@@ -67,6 +69,11 @@ class SVDAdapter(FamilyAdapter):
             if extras.get(field.name) is not None:
                 kwargs[field.name] = extras[field.name]
         return kwargs
+
+    def band_decoder(self, vae):
+        from .vae_bands import TemporalVAEBandDecoder
+
+        return TemporalVAEBandDecoder()
 
     def latent_shape(self, pipe, settings) -> tuple[int, int, int, int, int]:
         scale = pipe.vae_scale_factor

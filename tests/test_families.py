@@ -465,15 +465,61 @@ def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pi
 
 
 # --- 4. memory strategies --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", WAN)
+def _refuses(variant: str, strategy: str) -> bool:
+    return strategy in adapter_named(ROWS[variant].family).refused_strategies()
+
+
+#: The variants whose family offers feature chunking (every family that does must be exact against plain).
+CHUNKED = tuple(v for v in VARIANTS if not _refuses(v, "chunk_ffn"))
+
+
+class _FeedForwardCalls:
+    """Calls of each diffusers ``FeedForward``'s first layer, and of the denoisers: chunking runs a feed-forward
+    once per token slice, the plain model once per call."""
+
+    def __init__(self, pipe):
+        from diffusers.models.attention import FeedForward
+
+        self.layers: dict[int, int] = {}
+        self.denoiser_calls = 0
+        self._handles = []
+        for module in _denoisers(pipe).values():
+            self._handles.append(module.register_forward_pre_hook(self._count_denoiser))
+            for ff in (m for m in module.modules() if isinstance(m, FeedForward)):
+                self._handles.append(ff.net[0].register_forward_pre_hook(self._count_layer))
+
+    def _count_denoiser(self, _module, _args):
+        self.denoiser_calls += 1
+
+    def _count_layer(self, module, _args):
+        self.layers[id(module)] = self.layers.get(id(module), 0) + 1
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def test_every_family_with_chunked_blocks_offers_chunking():
+    assert {"wan", "hunyuan_video", "hunyuan_video15", "svd", "animatediff"} <= {ROWS[v].family for v in CHUNKED}
+
+
+@pytest.mark.parametrize("case", CHUNKED)
 def test_feature_chunking_matches_the_plain_run(pipes, case):
     pipe = pipes[_variant(case)]
-    settings = _settings(case, easycache=False, chunk_ffn=2)
-    _events, finished = _run(pipe, settings, image=_image(case))
+    settings = _settings(case, easycache=False, chunk_ffn=3)
+    calls = _FeedForwardCalls(pipe)
+    try:
+        _events, finished = _run(pipe, settings, image=_image(case))
+    finally:
+        calls.remove()
     assert finished.summary["strategies"]["feature_chunking"]["active"]
+    # The run really sliced: some feed-forward ran once per slice, three times per denoiser call.
+    assert calls.denoiser_calls > 0
+    assert max(calls.layers.values()) >= 3 * calls.denoiser_calls
     plain = pipes.plain(case, settings)
     assert finished.frames.shape == plain.shape
     assert np.abs(finished.frames - plain).max() <= CHUNK_TOL
+    _assert_pipeline_clean(pipe)
 
 
 @pytest.mark.parametrize("case", WAN)
@@ -755,8 +801,9 @@ def test_the_adapter_names_every_module_the_pipeline_calls(pipes, case):
     assert modules == named
 
 
-@pytest.mark.parametrize("case", [v for v, r in ROWS.items() if r.family != "wan"])
-@pytest.mark.parametrize("strategy, flag", [("chunk_ffn", 2), ("sliced_decode", True)])
+@pytest.mark.parametrize("case, strategy, flag", [
+    (v, strategy, flag) for v in VARIANTS for strategy, flag in (("chunk_ffn", 2), ("sliced_decode", True))
+    if _refuses(v, strategy)])
 def test_strategies_a_family_lacks_are_refused_before_anything_runs(pipes, case, strategy, flag):
     pipe = pipes[case]
     with pytest.raises(LightcacheError, match=r"no implementation for the \w+ family yet.*turn it off"):

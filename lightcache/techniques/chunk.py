@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,20 @@ class FeatureChunkingHook(ModelHook):
             return block(*args)
         finally:
             block_hook.owns_input = False
+
+    @contextlib.contextmanager
+    def blocks_own_inputs(self, block_hooks: list["FeatureChunkingHook"]):
+        """While the model's own forward runs the blocks of ``block_hooks`` one after another, each on the hidden
+        state the one before returned (and holds no other reference to it), let each write its output over its
+        input, unless a hook that keeps its input sits on it."""
+        for block, block_hook in zip(self.blocks, self.block_hooks):
+            if block_hook in block_hooks:
+                block_hook.owns_input = _inplace_safe(block)
+        try:
+            yield
+        finally:
+            for block_hook in block_hooks:
+                block_hook.owns_input = False
 
 
 def apply_feature_chunking(

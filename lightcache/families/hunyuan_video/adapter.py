@@ -9,7 +9,8 @@ What differs from the defaults:
   tokens of the prompt) and a CLIP text model for the pooled projection (77 tokens); both are encoders the run
   observes and swapping parks, and a prompt either would cut is refused;
 * the scheduler has a ``step_index``, the cache context has none: the step comes from the scheduler;
-* no feature chunking and no sliced decoding yet (refused with the reason, before anything loads).
+* feature chunking chunks the dual- and single-stream blocks and the head (:mod:`.chunked`); no sliced decoding
+  yet (refused with the reason, before anything loads).
 
 EasyCache's reference for this model (``EasyCache4HunyuanVideo``) uses tau 0.025, five warm-up steps of 50, and
 computes the last step; the ``hunyuanvideo`` preset carries those settings.
@@ -79,6 +80,11 @@ class HunyuanVideoAdapter(FamilyAdapter):
         frames = (settings.frames - 1) // pipe.vae_scale_factor_temporal + 1
         return (1, int(pipe.transformer.config.in_channels), frames, settings.height // pipe.vae_scale_factor_spatial,
                 settings.width // pipe.vae_scale_factor_spatial)
+
+    def chunked_forwards(self, denoiser):
+        from .chunked import HunyuanVideoChunkedForwards
+
+        return HunyuanVideoChunkedForwards()
 
     @staticmethod
     def _true_cfg(settings) -> bool:

@@ -10,7 +10,10 @@ What differs from the defaults:
   ``min_guidance_scale``), and its ``fps`` is also the frame rate the model is conditioned on; the family's own
   fields are the motion bucket, the noise added to the image, the first guidance of the ramp and the frames the VAE
   decodes at once;
-* no feature chunking and no sliced decoding yet (refused with the reason, before anything loads).
+* feature chunking runs the UNet's feed-forward layers over token slices
+  (:class:`~lightcache.techniques.chunk_parts.FeedForwardChunking`: the arithmetic of diffusers'
+  ``enable_forward_chunking`` without its one chunk size for every axis); no sliced decoding yet (refused with the
+  reason, before anything loads).
 
 Example:
     >>> from lightcache.families import adapter_for
@@ -72,3 +75,10 @@ class SVDAdapter(FamilyAdapter):
         scale = pipe.vae_scale_factor
         return (1, int(pipe.unet.config.out_channels), settings.frames, settings.height // scale,
                 settings.width // scale)
+
+    def chunked_forwards(self, denoiser):
+        from diffusers import UNetSpatioTemporalConditionModel
+
+        from ...techniques.chunk_parts import FeedForwardChunking
+
+        return FeedForwardChunking((UNetSpatioTemporalConditionModel,))

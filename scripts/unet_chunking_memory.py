@@ -1,0 +1,105 @@
+"""Peak memory of one UNet call at a real shape: plain, diffusers' ``enable_forward_chunking``, lightcache's chunking.
+
+Runs the real SVD-XT and AnimateDiff (SD 1.5 + motion module) UNet configurations on the meta device, so nothing is
+computed and no weights exist; :class:`lightcache.telemetry.LiveBytesMeter` adds up the tensors the call creates
+and keeps the peak, and attention is sized as the GPU's flash / memory-efficient kernels hold it (its output only),
+so the figures are what a call adds over the weights on a GPU, up to the allocator's rounding. It prints one line
+per setting; diffusers' settings that raise (a chunk size that does not divide an axis) print the error. Only
+batch-axis settings of diffusers are measured: on the token axis (``dim=1``) a chunk size must divide the tokens of
+every spatial block and the frames of every temporal one, so only tiny chunks qualify, thousands of calls a layer.
+
+    python scripts/unet_chunking_memory.py            # SVD-XT 576x1024 x 25 frames, AnimateDiff 512x512 x 16 frames
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lightcache.families import adapter_named  # noqa: E402
+from lightcache.techniques.chunk import apply_feature_chunking, remove_feature_chunking  # noqa: E402
+from lightcache.telemetry import LiveBytesMeter  # noqa: E402
+
+GIB = 1024**3
+
+
+@contextlib.contextmanager
+def flash_like_attention():
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        return torch.empty(*query.shape[:-1], value.shape[-1], dtype=query.dtype, device=query.device)
+
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+def svd_call():
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel().to("meta", torch.float16).eval()  # SVD-XT's configuration
+    frames, height, width = 25, 576 // 8, 1024 // 8
+    args = (torch.empty(2, frames, 8, height, width, dtype=torch.float16, device="meta"),
+            torch.tensor([1.0], device="meta"), torch.empty(2, 1, 1024, dtype=torch.float16, device="meta"),
+            torch.empty(2, 3, dtype=torch.float16, device="meta"))
+    return "svd", unet, args, (1, 4, frames, height, width)
+
+
+def animatediff_call():
+    from diffusers import UNetMotionModel
+
+    with torch.device("meta"):
+        unet = UNetMotionModel().to("meta", torch.float16).eval()  # SD 1.5 with the motion modules of AnimateDiff v1.5
+    frames, height, width = 16, 512 // 8, 512 // 8
+    args = (torch.empty(2, 4, frames, height, width, dtype=torch.float16, device="meta"),
+            torch.tensor([1.0], device="meta"), torch.empty(2, 77, 768, dtype=torch.float16, device="meta"))
+    return "animatediff", unet, args, (1, 4, frames, height, width)
+
+
+def peak(unet, args) -> int:
+    with torch.no_grad(), flash_like_attention(), LiveBytesMeter() as meter:
+        out = unet(*args, return_dict=False)[0]
+        del out
+    return meter.peak
+
+
+def main() -> None:
+    for make in (svd_call, animatediff_call):
+        family, unet, args, _ = make()
+        print(f"{family}: plain {peak(unet, args) / GIB:.2f} GiB", flush=True)
+        for chunk_size, dim in ((1, 0), (2, 0)):
+            unet.enable_forward_chunking(chunk_size, dim)
+            try:
+                print(f"{family}: diffusers enable_forward_chunking({chunk_size}, dim={dim}) "
+                      f"{peak(unet, args) / GIB:.2f} GiB", flush=True)
+            except ValueError as exc:
+                print(f"{family}: diffusers enable_forward_chunking({chunk_size}, dim={dim}) refused: "
+                      f"{str(exc)[:90]}")
+            unet.disable_forward_chunking() if hasattr(unet, "disable_forward_chunking") else \
+                unet.enable_forward_chunking(None, 0)
+        _reset(unet)
+        for chunks in (4, 8, 16):
+            apply_feature_chunking(unet, chunks, adapter_named(family))
+            try:
+                print(f"{family}: lightcache chunk_ffn={chunks} {peak(unet, args) / GIB:.2f} GiB", flush=True)
+            finally:
+                remove_feature_chunking(unet)
+
+
+def _reset(unet) -> None:
+    for module in unet.modules():
+        if hasattr(module, "set_chunk_feed_forward"):
+            module._chunk_size = None
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,8 @@ per setting; diffusers' settings that raise (a chunk size that does not divide a
 batch-axis settings of diffusers are measured: on the token axis (``dim=1``) a chunk size must divide the tokens of
 every spatial block and the frames of every temporal one, so only tiny chunks qualify, thousands of calls a layer.
 
-    python scripts/unet_chunking_memory.py            # SVD-XT 576x1024 x 25 frames, AnimateDiff 512x512 x 16 frames
+    python scripts/unet_chunking_memory.py                # SVD-XT 576x1024 x 25 frames, AnimateDiff 512x512 x 16
+    python scripts/unet_chunking_memory.py animatediff    # one of them
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ def animatediff_call():
     from diffusers import UNetMotionModel
 
     with torch.device("meta"):
-        unet = UNetMotionModel().to("meta", torch.float16).eval()  # SD 1.5 with the motion modules of AnimateDiff v1.5
+        # SD 1.5 (its CLIP text width) with the motion modules of AnimateDiff v1.5
+        unet = UNetMotionModel(cross_attention_dim=768).to("meta", torch.float16).eval()
     frames, height, width = 16, 512 // 8, 512 // 8
     args = (torch.empty(2, 4, frames, height, width, dtype=torch.float16, device="meta"),
-            torch.tensor([1.0], device="meta"), torch.empty(2, 77, 768, dtype=torch.float16, device="meta"))
+            # the pipeline repeats the prompt's embedding for every frame
+            torch.tensor([1.0], device="meta"), torch.empty(2 * frames, 77, 768, dtype=torch.float16, device="meta"))
     return "animatediff", unet, args, (1, 4, frames, height, width)
 
 
@@ -73,7 +76,10 @@ def peak(unet, args) -> int:
 
 
 def main() -> None:
+    wanted = set(sys.argv[1:]) or {"svd", "animatediff"}
     for make in (svd_call, animatediff_call):
+        if make.__name__.removesuffix("_call") not in wanted:
+            continue
         family, unet, args, _ = make()
         print(f"{family}: plain {peak(unet, args) / GIB:.2f} GiB", flush=True)
         for chunk_size, dim in ((1, 0), (2, 0)):

@@ -10,8 +10,9 @@ This module is the shared part: the hook that replaces the forward of a model an
 slices (:func:`token_bounds`, :func:`token_rows`), and the rule that lets a block write its output over its input
 (when the model-level forward allocated that buffer itself and no hook keeps a reference to it). The chunked
 arithmetic of a family's blocks is the family's own (:class:`ChunkedForwards`, returned by the family adapter's
-``chunked_forwards``; Wan's is :mod:`lightcache.families.wan.chunked`). Nothing is approximated: the output matches
-the unchunked model to float rounding.
+``chunked_forwards``; Wan's is :mod:`lightcache.families.wan.chunked`), written with the parts every architecture
+shares (:mod:`lightcache.techniques.chunk_parts`). Nothing is approximated: the output matches the unchunked model
+to float rounding.
 
 Order matters: this module replaces the innermost forward of the transformer and of each block, so apply it
 *before* any other hook (EasyCache, group offloading) and remove it after them; both functions say so if not.

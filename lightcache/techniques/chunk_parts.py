@@ -42,7 +42,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..errors import LightcacheError
-from .chunk import CHUNK_HOOK, ChunkedForwards, FeatureChunkingHook, token_bounds
+from .chunk import ChunkedForwards, FeatureChunkingHook, token_bounds
 
 Bounds = Sequence[tuple[int, int]]
 
@@ -114,11 +114,11 @@ def check_processor(module: torch.nn.Module, processor_types: tuple[type, ...], 
 
 # --- a model forward that stays diffusers' own ------------------------------------------------------------------
 class _Deferred:
-    """What ``norm_out`` hands ``proj_out`` inside a chunked model forward: its inputs, not a ``tokens x dim``
-    result."""
+    """What ``norm_out`` hands ``proj_out`` inside a chunked model forward: its plain forward and inputs, not a
+    ``tokens x dim`` result."""
 
-    def __init__(self, hidden_states: torch.Tensor, args: tuple, kwargs: dict):
-        self.hidden_states, self.args, self.kwargs = hidden_states, args, kwargs
+    def __init__(self, norm: Callable, hidden_states: torch.Tensor, args: tuple, kwargs: dict):
+        self.norm, self.hidden_states, self.args, self.kwargs = norm, hidden_states, args, kwargs
 
 
 class HeadOverSlices:
@@ -146,15 +146,14 @@ class HeadOverSlices:
         """The chunking hook's forward for ``norm_out`` or ``proj_out``."""
         plain = hook.fn_ref.original_forward
         if module is self.norm_out:
-            return _Deferred(args[0], args[1:], kwargs) if self._active else plain(*args, **kwargs)
+            return _Deferred(plain, args[0], args[1:], kwargs) if self._active else plain(*args, **kwargs)
         deferred = args[0]
         if not isinstance(deferred, _Deferred):
             return plain(*args, **kwargs)
         x = deferred.hidden_states
-        norm = self.norm_out._diffusers_hook.get_hook(CHUNK_HOOK).fn_ref.original_forward
 
         def head(a: int, b: int) -> torch.Tensor:
-            return plain(norm(x[:, a:b], *deferred.args, **deferred.kwargs))
+            return plain(deferred.norm(x[:, a:b], *deferred.args, **deferred.kwargs))
 
         return fill_rows(token_bounds(x.shape[1], hook.config.num_chunks), head)[0]
 
@@ -166,7 +165,8 @@ class OwnForwardChunking(ChunkedForwards):
     The model's forward is diffusers' own; while it runs, each block may write its output over its input (the
     forward holds no other reference to it: that saves one ``tokens x dim`` buffer per block) and the head runs over
     slices (:class:`HeadOverSlices`). A family subclasses it with :meth:`check`, :meth:`transformer_blocks`,
-    :meth:`num_tokens` and :meth:`block_forward` (which writes over its input only when ``hook.owns_input``).
+    :meth:`num_tokens` and :meth:`transformer_block_forward` (which writes over its input only when
+    ``hook.owns_input`` and the input is contiguous).
     """
 
     def __init__(self):

@@ -474,25 +474,32 @@ CHUNKED = tuple(v for v in VARIANTS if not _refuses(v, "chunk_ffn"))
 
 
 class _FeedForwardCalls:
-    """Calls of each diffusers ``FeedForward``'s first layer, and of the denoisers: chunking runs a feed-forward
-    once per token slice, the plain model once per call."""
+    """Calls of each denoiser and of its diffusers ``FeedForward`` layers (their first sub-layer): chunking runs a
+    feed-forward once per token slice, the plain model once per call."""
 
     def __init__(self, pipe):
         from diffusers.models.attention import FeedForward
 
-        self.layers: dict[int, int] = {}
-        self.denoiser_calls = 0
+        self.denoiser_calls: dict[str, int] = {}
+        self.layer_calls: dict[str, dict[int, int]] = {}
         self._handles = []
-        for module in _denoisers(pipe).values():
-            self._handles.append(module.register_forward_pre_hook(self._count_denoiser))
+        for name, module in _denoisers(pipe).items():
+            self.denoiser_calls[name], self.layer_calls[name] = 0, {}
+            self._handles.append(module.register_forward_pre_hook(self._counter(self.denoiser_calls, name)))
             for ff in (m for m in module.modules() if isinstance(m, FeedForward)):
-                self._handles.append(ff.net[0].register_forward_pre_hook(self._count_layer))
+                self._handles.append(ff.net[0].register_forward_pre_hook(self._counter(self.layer_calls[name],
+                                                                                      id(ff))))
 
-    def _count_denoiser(self, _module, _args):
-        self.denoiser_calls += 1
+    @staticmethod
+    def _counter(counts: dict, key):
+        def count(_module, _args):
+            counts[key] = counts.get(key, 0) + 1
 
-    def _count_layer(self, module, _args):
-        self.layers[id(module)] = self.layers.get(id(module), 0) + 1
+        return count
+
+    def most_per_call(self, name: str) -> float:
+        """The most calls any feed-forward of denoiser ``name`` made per call of the denoiser."""
+        return max(self.layer_calls[name].values()) / self.denoiser_calls[name]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -513,9 +520,9 @@ def test_feature_chunking_matches_the_plain_run(pipes, case):
     finally:
         calls.remove()
     assert finished.summary["strategies"]["feature_chunking"]["active"]
-    # The run really sliced: some feed-forward ran once per slice, three times per denoiser call.
-    assert calls.denoiser_calls > 0
-    assert max(calls.layers.values()) >= 3 * calls.denoiser_calls
+    # The run really sliced: in every denoiser some feed-forward ran once per slice, three times per call.
+    assert set(calls.denoiser_calls) == set(_row(case).denoisers) and all(calls.denoiser_calls.values())
+    assert all(calls.most_per_call(name) >= 3 for name in calls.denoiser_calls)
     plain = pipes.plain(case, settings)
     assert finished.frames.shape == plain.shape
     assert np.abs(finished.frames - plain).max() <= CHUNK_TOL

@@ -639,15 +639,68 @@ def test_easycache_decisions_follow_an_independent_transcription_of_the_rules(pi
 
 
 # --- 4. memory strategies --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", WAN)
+def _refuses(variant: str, strategy: str) -> bool:
+    return strategy in adapter_named(ROWS[variant].family).refused_strategies()
+
+
+#: The variants whose family offers feature chunking (every family that does must be exact against plain).
+CHUNKED = tuple(v for v in VARIANTS if not _refuses(v, "chunk_ffn"))
+
+
+class _FeedForwardCalls:
+    """Calls of each denoiser and of its diffusers ``FeedForward`` layers (their first sub-layer): chunking runs a
+    feed-forward once per token slice, the plain model once per call."""
+
+    def __init__(self, pipe):
+        from diffusers.models.attention import FeedForward
+
+        self.denoiser_calls: dict[str, int] = {}
+        self.layer_calls: dict[str, dict[int, int]] = {}
+        self._handles = []
+        for name, module in _denoisers(pipe).items():
+            self.denoiser_calls[name], self.layer_calls[name] = 0, {}
+            self._handles.append(module.register_forward_pre_hook(self._counter(self.denoiser_calls, name)))
+            for ff in (m for m in module.modules() if isinstance(m, FeedForward)):
+                self._handles.append(ff.net[0].register_forward_pre_hook(self._counter(self.layer_calls[name],
+                                                                                      id(ff))))
+
+    @staticmethod
+    def _counter(counts: dict, key):
+        def count(_module, _args):
+            counts[key] = counts.get(key, 0) + 1
+
+        return count
+
+    def most_per_call(self, name: str) -> float:
+        """The most calls any feed-forward of denoiser ``name`` made per call of the denoiser."""
+        return max(self.layer_calls[name].values()) / self.denoiser_calls[name]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def test_every_family_with_chunked_blocks_offers_chunking():
+    assert {"wan", "hunyuan_video", "hunyuan_video15", "svd", "animatediff"} <= {ROWS[v].family for v in CHUNKED}
+
+
+@pytest.mark.parametrize("case", CHUNKED)
 def test_feature_chunking_matches_the_plain_run(pipes, case):
     pipe = pipes[_variant(case)]
-    settings = _settings(case, easycache=False, chunk_ffn=2)
-    _events, finished = _run(pipe, settings, image=_image(case))
+    settings = _settings(case, easycache=False, chunk_ffn=3)
+    calls = _FeedForwardCalls(pipe)
+    try:
+        _events, finished = _run(pipe, settings, image=_image(case))
+    finally:
+        calls.remove()
     assert finished.summary["strategies"]["feature_chunking"]["active"]
+    # The run really sliced: in every denoiser some feed-forward ran once per slice, three times per call.
+    assert set(calls.denoiser_calls) == set(_row(case).denoisers) and all(calls.denoiser_calls.values())
+    assert all(calls.most_per_call(name) >= 3 for name in calls.denoiser_calls)
     plain = pipes.plain(case, settings)
     assert finished.frames.shape == plain.shape
     assert np.abs(finished.frames - plain).max() <= CHUNK_TOL
+    _assert_pipeline_clean(pipe)
 
 
 @pytest.mark.parametrize("case", SLICED)

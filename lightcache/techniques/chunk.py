@@ -10,8 +10,9 @@ This module is the shared part: the hook that replaces the forward of a model an
 slices (:func:`token_bounds`, :func:`token_rows`), and the rule that lets a block write its output over its input
 (when the model-level forward allocated that buffer itself and no hook keeps a reference to it). The chunked
 arithmetic of a family's blocks is the family's own (:class:`ChunkedForwards`, returned by the family adapter's
-``chunked_forwards``; Wan's is :mod:`lightcache.families.wan.chunked`). Nothing is approximated: the output matches
-the unchunked model to float rounding.
+``chunked_forwards``; Wan's is :mod:`lightcache.families.wan.chunked`), written with the parts every architecture
+shares (:mod:`lightcache.techniques.chunk_parts`). Nothing is approximated: the output matches the unchunked model
+to float rounding.
 
 Order matters: this module replaces the innermost forward of the transformer and of each block, so apply it
 *before* any other hook (EasyCache, group offloading) and remove it after them; both functions say so if not.
@@ -35,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +139,20 @@ class FeatureChunkingHook(ModelHook):
             return block(*args)
         finally:
             block_hook.owns_input = False
+
+    @contextlib.contextmanager
+    def blocks_own_inputs(self, block_hooks: list["FeatureChunkingHook"]):
+        """While the model's own forward runs the blocks of ``block_hooks`` one after another, each on the hidden
+        state the one before returned (and holds no other reference to it), let each write its output over its
+        input, unless a hook that keeps its input sits on it."""
+        for block, block_hook in zip(self.blocks, self.block_hooks):
+            if block_hook in block_hooks:
+                block_hook.owns_input = _inplace_safe(block)
+        try:
+            yield
+        finally:
+            for block_hook in block_hooks:
+                block_hook.owns_input = False
 
 
 def apply_feature_chunking(

@@ -8,8 +8,11 @@ What differs from the defaults:
 * the ``motion_adapter`` the pipeline keeps is never called during a run (its weights live on in the UNet): it is
   an idle module, which swapping parks for the whole run;
 * one CLIP text encoder (77 tokens);
+* feature chunking runs the UNet's feed-forward layers over token slices
+  (:class:`~lightcache.techniques.chunk_parts.FeedForwardChunking`: the arithmetic of diffusers'
+  ``enable_forward_chunking`` without its one chunk size for every axis);
 * sliced decoding decodes the image VAE one frame at a time, each in bands with the whole frame's GroupNorm
-  statistics (:mod:`.vae_bands`); no feature chunking yet (refused with the reason, before anything loads).
+  statistics (:mod:`.vae_bands`).
 
 Example:
     >>> from lightcache.families import adapter_for
@@ -52,3 +55,10 @@ class AnimateDiffAdapter(FamilyAdapter):
         scale = pipe.vae_scale_factor
         return (1, int(pipe.unet.config.out_channels), settings.frames, settings.height // scale,
                 settings.width // scale)
+
+    def chunked_forwards(self, denoiser):
+        from diffusers import UNetMotionModel
+
+        from ...techniques.chunk_parts import FeedForwardChunking
+
+        return FeedForwardChunking((UNetMotionModel,))

@@ -9,9 +9,9 @@ What differs from the defaults:
   tokens of the prompt) and a CLIP text model for the pooled projection (77 tokens); both are encoders the run
   observes and swapping parks, and a prompt either would cut is refused;
 * the scheduler has a ``step_index``, the cache context has none: the step comes from the scheduler;
+* feature chunking chunks the dual- and single-stream blocks and the head (:mod:`.chunked`);
 * sliced decoding keeps the clip whole in time and decodes it in spatial bands with the whole clip's GroupNorm
-  statistics, the mid block's frame-causal attention run by query frame (:mod:`.vae_bands`); no feature chunking
-  yet (refused with the reason, before anything loads).
+  statistics, the mid block's frame-causal attention run by query frame (:mod:`.vae_bands`).
 
 EasyCache's reference for this model (``EasyCache4HunyuanVideo``) uses tau 0.025, five warm-up steps of 50, and
 computes the last step; the ``hunyuanvideo`` preset carries those settings.
@@ -81,6 +81,11 @@ class HunyuanVideoAdapter(FamilyAdapter):
         frames = (settings.frames - 1) // pipe.vae_scale_factor_temporal + 1
         return (1, int(pipe.transformer.config.in_channels), frames, settings.height // pipe.vae_scale_factor_spatial,
                 settings.width // pipe.vae_scale_factor_spatial)
+
+    def chunked_forwards(self, denoiser):
+        from .chunked import HunyuanVideoChunkedForwards
+
+        return HunyuanVideoChunkedForwards()
 
     def band_decoder(self, vae):
         from .vae_bands import CausalVAEBandDecoder

@@ -13,7 +13,8 @@ What differs from the defaults:
   and for image to video a SigLIP image encoder; all are encoders the run observes and swapping parks;
 * **image to video** takes no size: the video's size is the pipeline's bucket for the image's aspect ratio at the
   model's ``target_size``, and a request for another size is refused with the size to ask for;
-* no feature chunking and no sliced decoding yet (refused with the reason, before anything runs).
+* feature chunking chunks its dual-stream blocks (HunyuanVideo's, with this model's dense mask built a query slice
+  at a time: :mod:`.chunked`) and the head; no sliced decoding yet (refused with the reason, before anything runs).
 
 No EasyCache reference setting exists for this model: its presets start from Wan's tau, untuned.
 
@@ -51,6 +52,11 @@ class HunyuanVideo15Adapter(FamilyAdapter):
         if image is not None and not self.takes_image(pipe):
             raise LightcacheError(f"This {type(pipe).__name__} is text-to-video only; it takes no image.")
         return pipe
+
+    def chunked_forwards(self, denoiser):
+        from .chunked import HunyuanVideo15ChunkedForwards
+
+        return HunyuanVideo15ChunkedForwards()
 
     def prepare(self, pipe, settings) -> None:
         # The guider holds the guidance scale; a request that asks for another one gets a guider of its own.

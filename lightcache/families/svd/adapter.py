@@ -10,9 +10,11 @@ What differs from the defaults:
   ``min_guidance_scale``), and its ``fps`` is also the frame rate the model is conditioned on; the family's own
   fields are the motion bucket, the noise added to the image, the first guidance of the ramp and the frames the VAE
   decodes at once;
+* feature chunking runs the UNet's feed-forward layers over token slices
+  (:class:`~lightcache.techniques.chunk_parts.FeedForwardChunking`: the arithmetic of diffusers'
+  ``enable_forward_chunking`` without its one chunk size for every axis);
 * sliced decoding keeps each of the pipeline's ``decode_chunk_size`` chunks whole in time and decodes it in spatial
-  bands with the chunk's GroupNorm statistics (:mod:`.vae_bands`), so it is exact at any chunk size; no feature
-  chunking yet (refused with the reason, before anything loads).
+  bands with the chunk's GroupNorm statistics (:mod:`.vae_bands`), so it is exact at any chunk size.
 
 Example:
     >>> from lightcache.families import adapter_for
@@ -79,3 +81,10 @@ class SVDAdapter(FamilyAdapter):
         scale = pipe.vae_scale_factor
         return (1, int(pipe.unet.config.out_channels), settings.frames, settings.height // scale,
                 settings.width // scale)
+
+    def chunked_forwards(self, denoiser):
+        from diffusers import UNetSpatioTemporalConditionModel
+
+        from ...techniques.chunk_parts import FeedForwardChunking
+
+        return FeedForwardChunking((UNetSpatioTemporalConditionModel,))

@@ -95,6 +95,7 @@ NOT_MEASUREMENTS_IN = {
         "50%": "the synthetic clips' travel (35-50% of the frame), a setting of the data",
         "5x": "a loss weight of the training recipe, a setting",
     },
+    "README.md": {"5s": "part of a checkpoint's name (Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers), not a measurement"},
 }
 # "8x" but not "128 x 128": a size's "x" is followed by the next dimension.
 FIGURE = re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?\s?"

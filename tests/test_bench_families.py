@@ -107,3 +107,21 @@ def test_bench_runs_on_an_ltx2_checkpoint_with_three_calls_per_step(checkpoint):
                          settings={"steps": STEPS, "warmup": 1, "frames": 9, "height": 32, "width": 32})
     results = run_benchmark(pipe, preset, config)
     _check_counts(results, calls_per_step=3)
+
+
+def test_a_missing_work_axis_is_reported_as_not_counted_never_as_a_verdict():
+    from lightcache.bench.report import targets_section
+    from lightcache.bench.results import dominance, targets
+
+    def point(method, kind, work):
+        return {"method": method, "kind": kind, "setting": "s", "speedup_denoise": 2.0, "speedup_end_to_end": 1.5,
+                "work_fraction": work, "psnr_db": 30.0}
+
+    counted = [point("easycache", "ours", 0.5), point("fbc", "diffusers", 0.6)]
+    assert dominance(counted, "work")["holds"] is True  # counted work: a verdict
+    uncounted = [point("easycache", "ours", None), point("fbc", "diffusers", 0.6)]
+    work = dominance(uncounted, "work")
+    assert work["not_counted"] and work["dominated"] is None and work["holds"] is None
+    assert dominance(uncounted, "denoise")["holds"] is True  # the measured axes are unaffected
+    text = targets_section({"targets": targets(uncounted, None)})
+    assert "counted work (1 / work computed): **not counted**" in text

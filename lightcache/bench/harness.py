@@ -239,7 +239,7 @@ def run_benchmark(
     entries = _runnable(pipe, preset, config, cases, entries, skipped, log)
     # An image-to-video model needs a first frame; a model that may take one (TI2V) runs as text to video.
     needs_image = preset.image_input == "required"
-    image = bench_image(preset, RunSettings.from_preset(preset, **config.settings)) if needs_image else None
+    image = bench_image(RunSettings.from_preset(preset, **config.settings)) if needs_image else None
     for case in cases if image is not None else ():
         case["image"] = f"generated {image.width}x{image.height} (bench_image)"
     session = _Session(pipe, preset, config, cases, entries, skipped, log, image)
@@ -552,8 +552,8 @@ def measure_overhead(pipe, preset, config: BenchConfig, log: Callable[[str], Non
     }
     log(f"hook overhead: {frames} frames at {height}x{width}, {config.resolved_overhead_repeats()} interleaved "
         "repeats of plain / tau=0 / reusing tau, denoise only")
-    if image is not None and image.size != (width, height):
-        image = bench_image(preset, variants["plain"])
+    if preset.image_input == "required" and (image is None or image.size != (width, height)):
+        image = bench_image(variants["plain"])  # the overhead's own size
     _denoise_only(pipe, dataclasses.replace(variants["plain"], steps=2, warmup=0), preset.name, image)  # warm-up
     seconds: dict[str, list[float]] = {k: [] for k in variants}
     call_ms: dict[str, list[float]] = {"plain": [], "tau0": [], "computed": [], "reused": []}
@@ -657,16 +657,14 @@ def _runnable(pipe, preset, config: BenchConfig, cases, entries: list[_Entry], s
     return kept
 
 
-def bench_image(preset, settings: RunSettings):
+def bench_image(settings: RunSettings):
     """The first frame an image-to-video preset is benchmarked from: a deterministic picture at the run's size (a
     colour gradient with a bright disc), the same on every machine.
 
     >>> from lightcache.presets import load_preset
-    >>> from lightcache.settings import RunSettings
-    >>> preset = load_preset("tiny")
-    >>> bench_image(preset, RunSettings.from_preset(preset)).size == (RunSettings.from_preset(preset).width,
-    ...                                                               RunSettings.from_preset(preset).height)
-    True
+    >>> settings = RunSettings.from_preset(load_preset("tiny"), height=32, width=48)
+    >>> bench_image(settings).size
+    (48, 32)
     """
     from PIL import Image
 

@@ -198,6 +198,32 @@ class WorkMeter:
         return _rows(x) * 2 * 2 * self.dim * self.ffn_dim
 
 
+def has_wan_layout(transformer: torch.nn.Module) -> bool:
+    """True when ``transformer`` is laid out as :class:`WorkMeter` reads it part by part (Wan's, and models built
+    like it): a patch embedding, a ``blocks`` list, blocks with ``norm1``, ``attn1``, ``attn2`` and ``ffn``."""
+    blocks = getattr(transformer, "blocks", None)
+    config = getattr(transformer, "config", None)
+    return (isinstance(blocks, torch.nn.ModuleList) and len(blocks) > 0 and hasattr(transformer, "patch_embedding")
+            and all(hasattr(blocks[0], name) for name in ("norm1", "attn1", "attn2", "ffn"))
+            and all(hasattr(config, key) for key in ("num_attention_heads", "attention_head_dim", "ffn_dim",
+                                                      "patch_size")))
+
+
+def work_meter_for(denoiser: torch.nn.Module, blocks=None):
+    """The exact :class:`WorkMeter` where ``denoiser`` has Wan's layout, else a
+    :class:`~lightcache.block_work_meter.BlockWorkMeter` on ``blocks`` (the adapter's repeated blocks).
+
+    >>> from lightcache.tiny import build_tiny_pipeline
+    >>> type(work_meter_for(build_tiny_pipeline(seed=0).transformer)).__name__
+    'WorkMeter'
+    """
+    if has_wan_layout(denoiser):
+        return WorkMeter(denoiser)
+    from .block_work_meter import BlockWorkMeter
+
+    return BlockWorkMeter(denoiser, blocks)
+
+
 def _rows(x: Any) -> int:
     """Tokens in a (batch, tokens, features) activation: every row a linear layer sees."""
     if not isinstance(x, torch.Tensor) or x.ndim < 2:

@@ -39,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", help="comma-separated seeds")
     p.add_argument("--repeats", type=int, help="timed runs per method x setting x prompt (median reported)")
     p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--warmup", type=int, help="EasyCache warm-up steps (default: the preset's)")
     p.add_argument("--frames", type=int, help="frames, of the form 4k+1")
     p.add_argument("--height", type=int, help="height in pixels")
     p.add_argument("--width", type=int, help="width in pixels")
@@ -109,15 +110,17 @@ def _run(args, command: str) -> dict[str, Any]:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None,
         overhead=not args.no_overhead,
         overhead_size=_size(args.overhead_size),
-        settings={k: getattr(args, k) for k in ("steps", "frames", "height", "width") if getattr(args, k) is not None},
+        settings={k: getattr(args, k) for k in ("steps", "warmup", "frames", "height", "width")
+                  if getattr(args, k) is not None},
     )
-    # Validate the whole request before the model loads (it takes time on a GPU preset).
-    from .harness import _entries, _settings
+    # Validate the request before the model loads (it takes time on a GPU preset). A method whose settings the family
+    # refuses (a memory strategy it has no implementation of) is left out by the harness, with its reason.
+    from ..families import adapter_named
+    from .harness import _case_prompts, _entries, _settings
 
-    entries = _entries(config)
-    for prompt in config.resolved_prompts(preset.name):
-        for entry in entries:
-            _settings(preset, config, {"prompt": prompt, "seed": config.resolved_seeds()[0]}, entry)
+    plain = _entries(config)[0]
+    for prompt in _case_prompts(config, preset, adapter_named(preset.family)):
+        _settings(preset, config, {"prompt": prompt, "seed": config.resolved_seeds()[0]}, plain)
     pipe = load_pipeline(preset, device=args.device, model=args.model)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     return run_benchmark(pipe, preset, config, log=log, command=command)
@@ -128,6 +131,7 @@ def command_line(args) -> str:
     parts = ["python", "-m", "lightcache", "bench", "--preset", args.preset]
     for flag, value in (("--model", args.model), ("--device", args.device), ("--methods", args.methods),
                         ("--seeds", args.seeds), ("--repeats", args.repeats), ("--steps", args.steps),
+                        ("--warmup", args.warmup),
                         ("--frames", args.frames), ("--height", args.height), ("--width", args.width),
                         ("--overhead-size", args.overhead_size), ("--threads", args.threads)):
         if value is not None:

@@ -11,9 +11,14 @@ Order of work (one process, one pipeline):
 4. per case a final plain run: it must reproduce the first plain video bit for bit (nothing leaked from any
    method) and is one more timing sample for plain.
 
-Every run goes through :func:`lightcache.runner.run_generation` with a :class:`~lightcache.bench.meter.WorkMeter`
-on it (peak memory per stage comes from the runner's own telemetry); every method is detached right after its run
-and the transformer's hook list is checked to be back to what it was.
+Every run goes through :func:`lightcache.runner.run_generation` with a work meter on each denoiser the family adapter
+names (:class:`~lightcache.bench.meter.DenoiserMeters`; peak memory per stage comes from the runner's own telemetry);
+every method is detached right after its run and the denoisers' hook lists are checked to be back to what they were.
+
+Any family's preset runs: a model that takes no prompt gets an empty one, an image-to-video model a deterministic
+first frame (:func:`bench_image`), and a method the family cannot run (a diffusers cache on a model without the
+block list it needs, a memory strategy the family has no implementation of) is left out before the runs, with the
+reason in the results' ``skipped`` list.
 
 Example:
     >>> from lightcache.tiny import build_tiny_pipeline
@@ -42,13 +47,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..cache_methods import unsupported_reason
 from ..errors import LightcacheError
+from ..families import adapter_for
 from ..events import StageFinished, StepRecord
 from ..metrics import json_psnr, psnr, ssim
 from ..runner import run_generation, run_to_completion
 from ..settings import RunSettings
 from . import methods as M
-from .meter import COUNT_KEYS, WorkMeter, stage_memory
+from .meter import COUNT_KEYS, DenoiserMeters, WorkMeter, stage_memory
 from .results import SCHEMA, aggregate, targets
 
 #: Prompts per preset. The tiny model knows only its shapes grammar; the GPU presets get everyday scenes.
@@ -89,6 +96,14 @@ NOTES = (
     "the ratios of the cond and uncond branches are averaged, since diffusers uses one ratio array for both.",
     "Work computed counts the FLOPs of the blocks' attention and feed-forward layers that actually ran, against the "
     "plain run of the same case.",
+)
+
+#: Added to the notes where a denoiser has no layout the work meter reads part by part (any model but Wan's).
+GENERIC_WORK_NOTE = (
+    "This model's work is counted on its repeated blocks (the entries of its top-level block lists where it names "
+    "none): calls, calls in which a block ran, block calls, and the FLOPs of the blocks' linear and convolution "
+    "layers that ran (attention scores and layers outside the blocks not counted). Self-attention, cross-attention "
+    "and feed-forward calls are not counted apart on it."
 )
 
 
@@ -182,6 +197,8 @@ class _Outcome:
     counts: dict[str, Any]
     per_block: dict[str, list[int]]
     memory: dict[str, Any]
+    #: Per denoiser: its own counts, per-block counts and whether it was metered part by part (Wan's layout).
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,16 +227,24 @@ def run_benchmark(
     log = log or (lambda message: None)
     started = time.perf_counter()
     load_at_start = _load_average()
-    prompts, seeds = config.resolved_prompts(preset.name), config.resolved_seeds()
+    adapter = adapter_for(pipe)
+    adapter.check_denoisers(pipe)
+    prompts, seeds = _case_prompts(config, preset, adapter), config.resolved_seeds()
     cases = [{"id": f"p{i}-s{seed}", "prompt": p, "seed": seed} for i, p in enumerate(prompts) for seed in seeds]
     entries = _entries(config)
     if not entries or entries[0].method.name != "plain":
         raise LightcacheError("The benchmark needs the plain method: every figure is relative to it.")
     plain = entries[0]
-    skipped: list[dict[str, Any]] = []  # methods or settings left out during the run, with why (_Session._drop)
-    session = _Session(pipe, preset, config, cases, entries, skipped, log)
+    skipped: list[dict[str, Any]] = []  # methods or settings left out, with why (refusals, _Session._drop)
+    entries = _runnable(pipe, preset, config, cases, entries, skipped, log)
+    # An image-to-video model needs a first frame; a model that may take one (TI2V) runs as text to video.
+    needs_image = preset.image_input == "required"
+    image = bench_image(RunSettings.from_preset(preset, **config.settings)) if needs_image else None
+    for case in cases if image is not None else ():
+        case["image"] = f"generated {image.width}x{image.height} (bench_image)"
+    session = _Session(pipe, preset, config, cases, entries, skipped, log, image)
     try:
-        _warm_up(pipe, session.settings[(cases[0]["id"], _key(plain))], preset.name)
+        _warm_up(pipe, session.settings[(cases[0]["id"], _key(plain))], preset.name, image)
         for case in cases:
             session.reference(case)
             if case is cases[0] and any(e.method.needs_calibration for e in entries):
@@ -242,8 +267,10 @@ def run_benchmark(
     aggregates = aggregate(records)
     overhead = None
     if config.overhead:
-        overhead = measure_overhead(pipe, preset, config, log)
+        overhead = measure_overhead(pipe, preset, config, log, image)
     notes = list(NOTES)
+    if not session.meter.exact:
+        notes.append(GENERIC_WORK_NOTE)
     results = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -279,18 +306,18 @@ def run_benchmark(
 class _Session:
     """The state of one benchmark: the pipeline with its work meter, every cell measured so far, the checks."""
 
-    def __init__(self, pipe, preset, config: BenchConfig, cases, entries: list[_Entry], skipped, log):
-        self.pipe, self.preset, self.log, self.skipped = pipe, preset, log, skipped
+    def __init__(self, pipe, preset, config: BenchConfig, cases, entries: list[_Entry], skipped, log, image=None):
+        self.pipe, self.preset, self.log, self.skipped, self.image = pipe, preset, log, skipped, image
         self.plain = entries[0]
         self.settings = {(c["id"], _key(e)): _settings(preset, config, c, e) for c in cases for e in entries}
         self.cells = {(c["id"], _key(e)): _Cell(e, c) for c in cases for e in entries}
         self.references: dict[str, _Outcome] = {}
         self.calibration: list[float] | None = None
         self.checks: dict[str, Any] = {"leaks": [], "magcache_calibration": [], "hooks_restored": True}
-        self.hooks_before = M.hook_names(pipe.transformer)
+        self.hooks_before = denoiser_hook_names(pipe)
         self.entries = entries
         self.progress = _Progress(len(cases) * (len(entries) * config.resolved_repeats() + 1), log)
-        self.meter = WorkMeter(pipe.transformer).attach()
+        self.meter = DenoiserMeters(pipe).attach()
 
     def close(self) -> None:
         self.meter.detach()
@@ -322,7 +349,7 @@ class _Session:
         settings = self.settings[(case["id"], _key(self.plain))]
         try:
             self.calibration = _calibrate_magcache(self.pipe, settings, self.preset.name, self.references[case["id"]],
-                                                   self.checks, self.log)
+                                                   self.checks, self.log, self.image)
         except LightcacheError as exc:
             self._drop("magcache", None, str(exc))
 
@@ -337,7 +364,7 @@ class _Session:
 
     def _run(self, entry: _Entry, case) -> _Outcome:
         return _timed_run(self.pipe, self.settings[(case["id"], _key(entry))], self.preset.name, entry,
-                          self.calibration, self.meter, self.checks, self.hooks_before)
+                          self.calibration, self.meter, self.checks, self.hooks_before, self.image)
 
     def _add(self, entry: _Entry, case, outcome: _Outcome, label: str | None = None) -> None:
         cell = self.cells[(case["id"], _key(entry))]
@@ -354,16 +381,16 @@ class _Session:
 
 
 # --- one run -----------------------------------------------------------------------------------------------
-def _timed_run(pipe, settings: RunSettings, preset_name: str, entry: _Entry, calibration, meter: WorkMeter,
-               checks: dict[str, Any], hooks_before: list[str]) -> _Outcome:
+def _timed_run(pipe, settings: RunSettings, preset_name: str, entry: _Entry, calibration, meter: DenoiserMeters,
+               checks: dict[str, Any], hooks_before: list[str], image=None) -> _Outcome:
     _release_memory(pipe)
     entry.method.attach(pipe, entry.params, calibration)
     try:
         meter.reset()
-        finished = run_to_completion(run_generation(pipe, settings, preset_name))
+        finished = run_to_completion(run_generation(pipe, settings, preset_name, image=image))
     finally:
         entry.method.detach(pipe)
-    hooks_after = M.hook_names(pipe.transformer)
+    hooks_after = denoiser_hook_names(pipe)
     if hooks_after != hooks_before:
         checks["hooks_restored"] = False
         raise LightcacheError(
@@ -377,6 +404,8 @@ def _timed_run(pipe, settings: RunSettings, preset_name: str, entry: _Entry, cal
         counts=meter.counts(),
         per_block=meter.per_block(),
         memory=stage_memory(finished.summary),
+        parts={name: {"counts": m.counts(), "per_block": m.per_block(), "exact": isinstance(m, WorkMeter)}
+               for name, m in meter.meters.items()},
     )
 
 
@@ -398,7 +427,7 @@ def _record(cell: _Cell, plain: _Cell) -> dict[str, Any]:
     plain_denoise, plain_total = median(plain.denoise), median(plain.end_to_end)
     denoise, total = median(cell.denoise), median(cell.end_to_end)
     work = first.counts["work_flops"]
-    plain_work = reference.counts["work_flops"]
+    plain_work = reference.counts["work_flops"]  # None where the meter cannot price the layers: work not counted
     return {
         "method": entry.method.name,
         "label": entry.method.label,
@@ -417,7 +446,7 @@ def _record(cell: _Cell, plain: _Cell) -> dict[str, Any]:
         "speedup_end_to_end": plain_total / total if total > 0 else None,
         "calls_computed": first.summary["calls_computed"],
         "calls_reused": first.summary["calls_reused"],
-        "work_fraction": work / plain_work if plain_work else None,
+        "work_fraction": work / plain_work if work is not None and plain_work else None,
         "counts": {k: first.counts[k] for k in COUNT_KEYS},
         "psnr_db": json_psnr(cell.psnr),
         "ssim": cell.ssim,
@@ -434,48 +463,59 @@ def check_skips(claim: str, outcome: _Outcome, reference: _Outcome) -> dict[str,
     ``skipped`` is True when the run computed less than plain; ``holds`` when the pattern of what ran matches the
     claim (e.g. FirstBlockCache always runs block 0 and runs the other blocks all or none).
     """
-    per, ref = outcome.per_block, reference.per_block
-    calls = outcome.counts["transformer_calls"]
-    blocks = per["block_calls"]
-    units = ("self_attention_calls", "cross_attention_calls", "ffn_calls")
-    full = {k: sum(ref[k]) for k in ref}
     problems = []
 
     def expect(condition: bool, message: str) -> None:
-        if not condition:
+        if not condition and message not in problems:
             problems.append(message)
 
-    if claim == M.SKIPS_NOTHING:
-        expect(all(b == calls for b in blocks), "every block runs on every call")
-        expect(all(sum(per[u]) == full[u] for u in units), "every layer runs")
-    elif claim == M.SKIPS_CALLS:
+    # Each denoiser on its own (Wan2.2 A14B's experts take turns: a block runs on its own expert's calls only).
+    parts = outcome.parts or {"transformer": {"counts": outcome.counts, "per_block": outcome.per_block, "exact": True}}
+    ref_parts = reference.parts or {"transformer": {"counts": reference.counts, "per_block": reference.per_block}}
+    for name, part in parts.items():
+        per, ref = part["per_block"], ref_parts[name]["per_block"]
+        calls, bodies = part["counts"]["transformer_calls"], part["counts"]["transformer_bodies"]
+        blocks = per["block_calls"]
+        # Per-layer counts exist where the meter knows the layout part by part (Wan's); else blocks are checked.
+        units = [u for u in ("self_attention_calls", "cross_attention_calls", "ffn_calls") if u in per]
+        full = {k: sum(ref[k]) for k in ref}
+        if claim == M.SKIPS_NOTHING:
+            expect(all(b == calls for b in blocks), "every block runs on every call")
+            expect(all(sum(per[u]) == full[u] for u in units), "every layer runs")
+        elif claim == M.SKIPS_CALLS:
+            expect(all(b == bodies for b in blocks), "every block runs on every computed call, none on reused ones")
+        elif claim == M.SKIPS_BLOCKS:
+            if part["exact"]:  # the generic meter counts a body only where a block ran: nothing to check apart
+                expect(bodies == calls, "the transformer body runs on every call")
+            expect(len(set(blocks)) == 1, "all blocks run, or none, on each call")
+        elif claim == M.SKIPS_BLOCKS_AFTER_FIRST:
+            expect(blocks[0] == calls, "the first block runs on every call")
+            expect(len(set(blocks[1:])) <= 1, "the other blocks run all together or not at all")
+        elif claim in (M.SKIPS_ATTENTION, M.SKIPS_ATTENTION_FFN):
+            expect(sum(blocks) == sum(ref["block_calls"]), "every block is entered on every call")
+            if claim == M.SKIPS_ATTENTION and "ffn_calls" in per:
+                expect(sum(per["ffn_calls"]) == full["ffn_calls"], "every feed-forward layer runs")
+    if claim == M.SKIPS_CALLS:
         computed = outcome.summary["calls_computed"]
         expect(outcome.counts["transformer_bodies"] == computed, "the transformer body runs on computed calls only")
-        expect(all(b == computed for b in blocks), "every block runs on every computed call, none on reused ones")
-    elif claim == M.SKIPS_BLOCKS:
-        expect(outcome.counts["transformer_bodies"] == calls, "the transformer body runs on every call")
-        expect(len(set(blocks)) == 1, "all blocks run, or none, on each call")
-    elif claim == M.SKIPS_BLOCKS_AFTER_FIRST:
-        expect(blocks[0] == calls, "the first block runs on every call")
-        expect(len(set(blocks[1:])) <= 1, "the other blocks run all together or not at all")
-    elif claim in (M.SKIPS_ATTENTION, M.SKIPS_ATTENTION_FFN):
-        expect(sum(blocks) == sum(ref["block_calls"]), "every block is entered on every call")
-        if claim == M.SKIPS_ATTENTION:
-            expect(sum(per["ffn_calls"]) == full["ffn_calls"], "every feed-forward layer runs")
-    skipped = outcome.counts["work_flops"] < reference.counts["work_flops"]
+    work, plain_work = outcome.counts["work_flops"], reference.counts["work_flops"]
+    if work is not None and plain_work is not None:
+        skipped = work < plain_work
+    else:  # layers not priced: fewer block calls than plain is what skipping means then
+        skipped = outcome.counts["block_calls"] < reference.counts["block_calls"]
     return {"claim": claim, "holds": not problems, "skipped": skipped,
             "detail": "; ".join(f"expected: {p}" for p in problems) or "as claimed"}
 
 
 # --- MagCache calibration ----------------------------------------------------------------------------------
 def _calibrate_magcache(pipe, settings: RunSettings, preset_name: str, plain: _Outcome, checks: dict[str, Any],
-                        log) -> list[float]:
+                        log, image=None) -> list[float]:
     steps = settings.steps
     plain_settings = dataclasses.replace(settings, easycache=False)
     M.attach_magcache_calibration(pipe, steps)
     try:
         with M.capture_magcache_calibration() as captured:
-            finished = run_to_completion(run_generation(pipe, plain_settings, preset_name))
+            finished = run_to_completion(run_generation(pipe, plain_settings, preset_name, image=image))
     finally:
         if getattr(pipe.transformer, "_cache_config", None) is not None:
             pipe.transformer.disable_cache()
@@ -490,7 +530,7 @@ def _calibrate_magcache(pipe, settings: RunSettings, preset_name: str, plain: _O
 
 
 # --- hook overhead -----------------------------------------------------------------------------------------
-def measure_overhead(pipe, preset, config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
+def measure_overhead(pipe, preset, config: BenchConfig, log: Callable[[str], None], image=None) -> dict[str, Any]:
     """EasyCache's cost when it never reuses (tau = 0) and the cost of a reused call, against computed calls.
 
     Denoise-only runs (the event stream is closed after the denoise stage, so no decode is paid), plain, tau = 0
@@ -504,7 +544,7 @@ def measure_overhead(pipe, preset, config: BenchConfig, log: Callable[[str], Non
     # warm-up a candidate for reuse, so the medians rest on many reused calls.
     reuse_tau = REUSE_TAU
     common = {**config.settings, "frames": frames, "height": height, "width": width,
-              "prompt": config.resolved_prompts(preset.name)[0], "seed": config.resolved_seeds()[0]}
+              "prompt": _case_prompts(config, preset, adapter_for(pipe))[0], "seed": config.resolved_seeds()[0]}
     variants = {
         "plain": RunSettings.from_preset(preset, **common, easycache=False),
         "tau0": RunSettings.from_preset(preset, **common, easycache=True, threshold=0.0),
@@ -512,7 +552,9 @@ def measure_overhead(pipe, preset, config: BenchConfig, log: Callable[[str], Non
     }
     log(f"hook overhead: {frames} frames at {height}x{width}, {config.resolved_overhead_repeats()} interleaved "
         "repeats of plain / tau=0 / reusing tau, denoise only")
-    _denoise_only(pipe, dataclasses.replace(variants["plain"], steps=2, warmup=0), preset.name)  # warm-up
+    if preset.image_input == "required" and (image is None or image.size != (width, height)):
+        image = bench_image(variants["plain"])  # the overhead's own size
+    _denoise_only(pipe, dataclasses.replace(variants["plain"], steps=2, warmup=0), preset.name, image)  # warm-up
     seconds: dict[str, list[float]] = {k: [] for k in variants}
     call_ms: dict[str, list[float]] = {"plain": [], "tau0": [], "computed": [], "reused": []}
     names = list(variants)
@@ -520,7 +562,7 @@ def measure_overhead(pipe, preset, config: BenchConfig, log: Callable[[str], Non
         order = names[r % 3:] + names[:r % 3]
         for name in order:
             _release_memory(pipe)
-            denoise, records = _denoise_only(pipe, variants[name], preset.name)
+            denoise, records = _denoise_only(pipe, variants[name], preset.name, image)
             seconds[name].append(denoise)
             if name == "reuse":
                 call_ms["computed"] += [rec.ms for rec in records if rec.computed]
@@ -561,9 +603,9 @@ def _overhead_size(preset, config: BenchConfig) -> tuple[int, int, int]:
     return min(base.frames, lim.max_frames), lim.max_height, lim.max_width
 
 
-def _denoise_only(pipe, settings: RunSettings, preset_name: str) -> tuple[float, list[StepRecord]]:
+def _denoise_only(pipe, settings: RunSettings, preset_name: str, image=None) -> tuple[float, list[StepRecord]]:
     records: list[StepRecord] = []
-    events = run_generation(pipe, settings, preset_name)
+    events = run_generation(pipe, settings, preset_name, image=image)
     try:
         for event in events:
             if isinstance(event, StepRecord):
@@ -573,6 +615,71 @@ def _denoise_only(pipe, settings: RunSettings, preset_name: str) -> tuple[float,
     finally:
         events.close()  # stops before decoding; the runner's finally removes its hooks
     raise RuntimeError("The run ended without a denoise stage.")
+
+
+# --- what a family can run ---------------------------------------------------------------------------------
+def _case_prompts(config: BenchConfig, preset, adapter) -> tuple[str, ...]:
+    """The prompts of the cases; one empty prompt for a model that takes none (SVD): its cases differ by seed."""
+    if not adapter.takes_prompt:
+        if config.prompts is not None and any(p.strip() for p in config.prompts):
+            raise LightcacheError(f"The {preset.name} model takes no prompt; give no --prompt.")
+        return ("",)
+    return config.resolved_prompts(preset.name)
+
+
+def refusal(pipe, preset, config: BenchConfig, case: dict[str, Any], entry: _Entry) -> str | None:
+    """Why ``entry`` cannot run on this pipeline and preset, or None when it can: a diffusers cache on denoisers it
+    cannot hook (:func:`lightcache.cache_methods.unsupported_reason`), or settings the family refuses (a memory
+    strategy it has no implementation of)."""
+    if entry.method.kind == "diffusers":
+        reason = unsupported_reason(entry.method.name, adapter_for(pipe).denoisers(pipe))
+        if reason is not None:
+            return reason
+    try:
+        _settings(preset, config, case, entry)
+    except LightcacheError as exc:
+        return str(exc)
+    return None
+
+
+def _runnable(pipe, preset, config: BenchConfig, cases, entries: list[_Entry], skipped, log) -> list[_Entry]:
+    """``entries`` without those this family cannot run, each left out with its reason in ``skipped``."""
+    kept = []
+    for entry in entries:
+        reason = refusal(pipe, preset, config, cases[0], entry)
+        if reason is None:
+            kept.append(entry)
+        elif entry is entries[0]:
+            raise LightcacheError(f"The plain run cannot run: {reason}")
+        else:
+            skipped.append({"method": entry.method.name, "setting": entry.setting, "reason": reason})
+            log(f"  {entry.method.name} {entry.setting} is left out: {reason}")
+    return kept
+
+
+def bench_image(settings: RunSettings):
+    """The first frame an image-to-video preset is benchmarked from: a deterministic picture at the run's size (a
+    colour gradient with a bright disc), the same on every machine.
+
+    >>> from lightcache.presets import load_preset
+    >>> settings = RunSettings.from_preset(load_preset("tiny"), height=32, width=48)
+    >>> bench_image(settings).size
+    (48, 32)
+    """
+    from PIL import Image
+
+    h, w = settings.height, settings.width
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    red, green = 255 * x / max(1, w - 1), 255 * y / max(1, h - 1)
+    disc = ((x - w / 3) ** 2 + (y - h / 2) ** 2) < (min(h, w) / 4) ** 2
+    blue = np.where(disc, 255.0, 64.0)
+    return Image.fromarray(np.stack([red, green, blue], axis=-1).astype(np.uint8), "RGB")
+
+
+def denoiser_hook_names(pipe) -> list[str]:
+    """Every diffusers hook on every denoiser of ``pipe``, as ``denoiser/module.path:hook`` (for leak checks)."""
+    return sorted(f"{name}/{hook}" for name, module in adapter_for(pipe).denoisers(pipe).items()
+                  for hook in M.hook_names(module))
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -642,9 +749,9 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def _warm_up(pipe, settings: RunSettings, preset_name: str) -> None:
+def _warm_up(pipe, settings: RunSettings, preset_name: str, image=None) -> None:
     warm = dataclasses.replace(settings, steps=2, warmup=0, easycache=False)
-    run_to_completion(run_generation(pipe, warm, preset_name))
+    run_to_completion(run_generation(pipe, warm, preset_name, image=image))
 
 
 def _release_memory(pipe) -> None:

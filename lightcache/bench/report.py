@@ -136,6 +136,10 @@ def targets_section(results: dict[str, Any]) -> str:
     lines.append("**EasyCache Pareto-dominates every built-in** (for each built-in point there is an EasyCache point, "
                  "of either order, at least as fast with at least as high PSNR):\n")
     for axis, d in dom.items():
+        if d.get("not_counted"):
+            lines.append(f"- speed by {names[axis]}: **not counted** (the work meter does not price this model's "
+                         "layers).")
+            continue
         verdict = "met" if d["holds"] else ("not met" if d["built_in_points"] else "not measured")
         lines.append(f"- speed by {names[axis]}: **{verdict}**, {d['dominated']} of {d['built_in_points']} "
                      "built-in points dominated.")
@@ -216,7 +220,8 @@ def summary_text(results: dict[str, Any]) -> str:
                          f"PSNR {_psnr_db(p['psnr_db'])}, SSIM {p['ssim']:.4f}")
     t = results["targets"]
     for axis, d in t["pareto_dominance"].items():
-        lines.append(f"EasyCache dominates built-ins by {axis}: {d['dominated']}/{d['built_in_points']}")
+        verdict = "not counted" if d.get("not_counted") else f"{d['dominated']}/{d['built_in_points']}"
+        lines.append(f"EasyCache dominates built-ins by {axis}: {verdict}")
     for key in ("tau0_overhead", "reused_call_cost"):
         if t[key]["value_pct"] is not None:
             lines.append(f"{key}: {format_percent(t[key]['value_pct'], signed=True)} (target <= 2%)")
@@ -417,8 +422,9 @@ def per_case_section(results: dict[str, Any]) -> str:
             "| case | prompt | seed | built-in points dominated (denoise time) | (counted work) |",
             "|---|---|---:|---:|---:|"]
     for d, w in zip(by_axis["denoise"], by_axis["work"]):
+        work = "not counted" if w.get("not_counted") else f"{w['dominated']} of {w['built_in_points']}"
         rows.append(f"| {d['case']} | {d['prompt']} | {d['seed']} | {d['dominated']} of {d['built_in_points']} | "
-                    f"{w['dominated']} of {w['built_in_points']} |")
+                    f"{work} |")
     return "\n".join(rows)
 
 
@@ -463,6 +469,9 @@ def _dominance_paragraph(results: dict[str, Any]) -> str:
     table: list[str] = []
     for axis, d in dominance_by_axis.items():
         if not d["built_in_points"]:
+            continue
+        if d.get("not_counted"):
+            text.append(f"By {names[axis]}, no comparison: the work meter does not price this model's layers.")
             continue
         sentence = f"By {names[axis]}, {d['dominated']} of {d['built_in_points']} built-in points are dominated"
         if len(text) == 1:

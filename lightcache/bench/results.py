@@ -98,10 +98,15 @@ def dominance(aggregates: list[dict[str, Any]], axis: str) -> dict[str, Any]:
     """Does some EasyCache point match or beat every built-in point on ``axis`` speed and PSNR at once?
 
     Returns the count of built-in points, how many are dominated, and for each one that is not, the EasyCache point
-    that comes closest (the fastest one with at least its PSNR, else the one with the highest PSNR).
+    that comes closest (the fastest one with at least its PSNR, else the one with the highest PSNR). On the work
+    axis, where some point's work was not counted, ``dominated`` and ``holds`` are None and ``not_counted`` True.
     """
     ours = [a for a in aggregates if a["method"] in OURS]
     theirs = [a for a in aggregates if a["kind"] == BUILT_IN]
+    if axis == "work" and any(a.get("work_fraction") is None for a in ours + theirs):
+        # The work meter could not price this model's layers: no work axis, rather than a verdict made of gaps.
+        return {"axis": axis, "built_in_points": len(theirs), "dominated": None, "holds": None, "exceptions": [],
+                "not_counted": True}
     exceptions = []
     for b in theirs:
         sb, qb = speed(b, axis), as_float(b["psnr_db"])

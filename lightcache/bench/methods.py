@@ -128,9 +128,11 @@ METHODS: dict[str, Method] = {
             # Extrapolating keeps more of the quality per reused step than repeating, so the same tau reuses about
             # as much at a higher PSNR; past tau ~0.2 the lines it follows stray and order 0 is the better of the two.
             quick=tuple({"threshold": t} for t in (0.02, 0.05, 0.1)),
-            # Dense between 0.02 and 0.05, where the extrapolating peers (SeaCache order 1, TaylorSeer) sit at 1.6-2.5x.
+            # Dense between 0.02 and 0.05, where the extrapolating peers (SeaCache order 1, TaylorSeer) sit at 1.6-2.5x;
+            # 0.2 and 0.3 reach past 3x, where the committed run found FirstBlockCache 0.15-0.2 and TaylorSeer lite
+            # interval 4 (3.0-3.7x, about 25 dB) beyond its last point (tau 0.15, 3.01x).
             full=tuple({"threshold": t} for t in (0.01, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.075,
-                                                  0.1, 0.15)),
+                                                  0.1, 0.15, 0.2, 0.3)),
             describe=lambda p: f"tau={_fmt(p['threshold'])}",
         ),
         Method(
